@@ -1,0 +1,280 @@
+//! Bochs: boots an isolinux ISO; the serial console goes to a file that is
+//! followed while Bochs runs; its curses display draws on a pseudo-terminal
+//! that nobody reads but us (no VNC server, no open port).
+
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Sender};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::console::{self, LineSplitter, Output, PhaseRules, Running};
+use super::emulator::{Location, Requirement};
+use super::error::BootError;
+use super::iso;
+use super::kernel::PreparedKernel;
+use super::tempdir::PrivateDir;
+use super::{BootEnd, BootOptions, BootReport, KERNEL_CMDLINE};
+
+const PROGRAM: &str = "bochs-bin";
+const BIOS: &str = "/usr/share/bochs/BIOS-bochs-latest";
+const VGA_BIOS: &str = "/usr/share/vgabios/vgabios.bin";
+
+pub(crate) const REQUIREMENTS: &[Requirement] = &[
+    Requirement {
+        what: PROGRAM,
+        location: Location::Program(PROGRAM),
+        package: "bochs",
+    },
+    Requirement {
+        what: "the Bochs BIOS",
+        location: Location::File(&[BIOS]),
+        package: "bochsbios",
+    },
+    Requirement {
+        what: "the VGA BIOS",
+        location: Location::File(&[VGA_BIOS]),
+        package: "vgabios",
+    },
+    Requirement {
+        what: "the Bochs term display",
+        location: Location::File(&[
+            "/usr/lib/x86_64-linux-gnu/bochs/plugins/libbx_term_gui.so",
+            "/usr/lib/bochs/plugins/libbx_term_gui.so",
+        ]),
+        package: "bochs-term",
+    },
+    iso::XORRISO,
+    iso::ISOLINUX_BIN,
+    iso::LDLINUX_C32,
+];
+
+/// Phases the serial console shows under Bochs, which boots through a BIOS
+/// and isolinux (mirrored to serial by its SERIAL directive).
+const PHASES: PhaseRules = &[
+    ("ISOLINUX", "boot loader running"),
+    ("Loading /initrd.gz", "loading the initramfs"),
+    ("Decompressing Linux", "kernel booting"),
+    ("Booting the kernel", "kernel booting"),
+];
+
+/// The CPU Bochs emulates: a Haswell with VMX, EPT (with A/D bits), VPID,
+/// unrestricted guest and shadow VMCS. `ips` and `sync=none` are the fastest
+/// settings measured.
+fn bochsrc(memory_mib: u32, iso: &Path, serial: &Path, log: &Path) -> String {
+    format!(
+        "megs: {memory_mib}\n\
+         romimage: file={BIOS}\n\
+         vgaromimage: file={VGA_BIOS}\n\
+         cpu: model=corei7_haswell_4770, count=1, ips=100000000\n\
+         pci: enabled=1, chipset=i440fx\n\
+         ata0-master: type=cdrom, path=\"{}\", status=inserted\n\
+         boot: cdrom\n\
+         com1: enabled=1, mode=file, dev=\"{}\"\n\
+         clock: sync=none, time0=local\n\
+         display_library: term\n\
+         mouse: enabled=0\n\
+         log: \"{}\"\n\
+         panic: action=report\n\
+         error: action=report\n\
+         info: action=ignore\n\
+         debug: action=ignore\n",
+        iso.display(),
+        serial.display(),
+        log.display()
+    )
+}
+
+pub(crate) fn boot(
+    kernel: &PreparedKernel,
+    initramfs: &Path,
+    opts: &BootOptions,
+    on_line: &mut dyn FnMut(&str),
+    on_progress: &mut dyn FnMut(&str),
+) -> Result<BootReport, BootError> {
+    let dir = PrivateDir::new("nestfault-bochs")?;
+    on_progress("building the boot ISO");
+    let iso = iso::build_iso(dir.path(), &kernel.vmlinuz, initramfs, KERNEL_CMDLINE)?;
+    let serial = dir.path().join("serial.txt");
+    let log = dir.path().join("bochs.log");
+    let config = dir.path().join("bochsrc");
+    let rc = dir.path().join("debugger.rc");
+    fs::write(&config, bochsrc(opts.memory_mib, &iso, &serial, &log))
+        .map_err(|e| BootError::io("write", &config, e))?;
+    // Debian's Bochs has its debugger built in and waits at the first
+    // instruction: tell it to go on.
+    fs::write(&rc, "continue\n").map_err(|e| BootError::io("write", &rc, e))?;
+
+    let (master, slave) = open_pty()?;
+    let slave_copy = slave
+        .try_clone()
+        .map_err(|e| BootError::io("duplicate", "the pseudo-terminal", e))?;
+    let mut command = Command::new(PROGRAM);
+    command
+        .arg("-q")
+        .arg("-f")
+        .arg(&config)
+        .arg("-rc")
+        .arg(&rc)
+        .current_dir(dir.path())
+        .env("TERM", "vt100")
+        .stdin(Stdio::from(slave))
+        .stdout(Stdio::from(slave_copy))
+        .stderr(Stdio::piped());
+    console::tie_to_parent(&mut command, true);
+    on_progress("starting bochs");
+    let mut child = command.spawn().map_err(|source| BootError::Spawn {
+        program: PROGRAM.into(),
+        source,
+    })?;
+    // Our copies of the slave side go with the command, so that the master
+    // reads EOF/EIO once Bochs is gone.
+    drop(command);
+    drain_terminal(master);
+
+    let (sender, output) = channel();
+    if let Some(stderr) = child.stderr.take() {
+        console::spawn_line_reader(stderr, sender.clone(), Output::Emulator);
+    }
+    let ended = Arc::new(AtomicBool::new(false));
+    follow_file(serial, Arc::clone(&ended), sender);
+    let running = Running {
+        child,
+        output,
+        ended,
+        power_off_codes: &[0, 1],
+        label: "[bochs]",
+    };
+    let mut report = console::watch(running, PHASES, opts, on_line, on_progress)?;
+    if report.end != BootEnd::PoweredOff {
+        report.tail.extend(log_tail(&log));
+    }
+    Ok(report)
+}
+
+fn open_pty() -> Result<(OwnedFd, OwnedFd), BootError> {
+    let mut master = -1;
+    let mut slave = -1;
+    let size = libc::winsize {
+        ws_row: 25,
+        ws_col: 80,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: openpty writes two descriptors into the out-pointers, which
+    // are valid; the name and termios pointers may be null; size is valid.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            &size,
+        )
+    };
+    if rc != 0 {
+        return Err(BootError::io(
+            "open",
+            "a pseudo-terminal",
+            io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: both descriptors were just opened by openpty and are owned by
+    // nothing else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) })
+}
+
+/// Reads and discards what Bochs draws, so it never blocks on a full
+/// terminal. Ends when Bochs closes the terminal.
+fn drain_terminal(master: OwnedFd) {
+    std::thread::spawn(move || {
+        let mut master = File::from(master);
+        let mut buffer = [0u8; 4096];
+        while matches!(master.read(&mut buffer), Ok(n) if n > 0) {}
+    });
+}
+
+/// Follows the serial file as Bochs writes it; reads the rest and stops once
+/// `ended` is set.
+fn follow_file(path: PathBuf, ended: Arc<AtomicBool>, sender: Sender<Output>) {
+    std::thread::spawn(move || {
+        let mut file = None;
+        let mut splitter = LineSplitter::default();
+        let mut buffer = [0u8; 4096];
+        loop {
+            let finishing = ended.load(Ordering::SeqCst);
+            if file.is_none() {
+                file = File::open(&path).ok();
+            }
+            if let Some(file) = file.as_mut() {
+                // Read everything there is now.
+                while let Ok(n @ 1..) = file.read(&mut buffer) {
+                    splitter.push(&buffer[..n], |line| {
+                        let _ = sender.send(Output::Console(line));
+                    });
+                }
+            }
+            if finishing {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if let Some(line) = splitter.finish() {
+            let _ = sender.send(Output::Console(line));
+        }
+    });
+}
+
+/// The last lines of Bochs's own log, without the MSR noise every Linux
+/// boot causes, for diagnosing a boot that did not end well.
+fn log_tail(log: &Path) -> Vec<String> {
+    let text = fs::read(log).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let mut lines: Vec<String> = text
+        .lines()
+        .filter(|line| !line.contains("RDMSR") && !line.contains("WRMSR"))
+        .filter(|line| !line.trim().is_empty())
+        .rev()
+        .take(10)
+        .map(|line| format!("[bochs] {}", line.trim_end()))
+        .collect();
+    lines.reverse();
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_is_headless_and_serial_to_file() {
+        let rc = bochsrc(
+            512,
+            Path::new("/t/boot.iso"),
+            Path::new("/t/serial.txt"),
+            Path::new("/t/bochs.log"),
+        );
+        assert!(rc.contains("display_library: term\n"));
+        assert!(!rc.contains("rfb"));
+        assert!(rc.contains("com1: enabled=1, mode=file, dev=\"/t/serial.txt\"\n"));
+        assert!(rc.contains("cpu: model=corei7_haswell_4770"));
+        assert!(rc.contains("megs: 512\n"));
+    }
+
+    #[test]
+    fn log_tail_skips_msr_noise() {
+        let dir = PrivateDir::new("nestfault-bochs-test").unwrap();
+        let log = dir.path().join("bochs.log");
+        fs::write(
+            &log,
+            "00000 [CPU0 ] RDMSR: Unknown register 0xe7\nreal problem\n\
+             00001 [CPU0 ] RDMSR: Unknown register 0xe8\n",
+        )
+        .unwrap();
+        assert_eq!(log_tail(&log), vec!["[bochs] real problem"]);
+    }
+}

@@ -1,0 +1,315 @@
+//! The initramfs: a gzip'd newc cpio archive holding /init (a copy of the
+//! running nestfault binary), what its dynamic linker needs, the vendor's KVM
+//! modules in load order, and the arguments to run with inside.
+
+use std::collections::{BTreeSet, HashSet, VecDeque};
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use super::elf::{Elf, EM_X86_64};
+use super::error::BootError;
+use super::inner::paths;
+use super::kernel::PreparedKernel;
+use super::modules;
+use super::KvmVendor;
+
+/// Where the dynamic linker of a Debian system finds libraries without an
+/// ld.so.cache; libraries are searched here and put at the same place.
+const LIBRARY_DIRS: [&str; 6] = [
+    "/lib/x86_64-linux-gnu",
+    "/usr/lib/x86_64-linux-gnu",
+    "/lib64",
+    "/usr/lib64",
+    "/lib",
+    "/usr/lib",
+];
+
+/// Builds the initramfs at `out`. See the module documentation for its contents.
+pub fn build_initramfs(
+    init_exe: &Path,
+    kernel: &PreparedKernel,
+    vendor: KvmVendor,
+    inner_args: &[String],
+    out: &Path,
+) -> Result<(), BootError> {
+    let init = fs::read(init_exe).map_err(|e| BootError::io("read", init_exe, e))?;
+    let runtime = runtime_files(init_exe, &init)?;
+    let modules = match &kernel.modules_dir {
+        Some(dir) => modules::resolve(dir, vendor.module_name(), &kernel.release)?,
+        None => Vec::new(),
+    };
+
+    let file = File::create(out).map_err(|e| BootError::io("create", out, e))?;
+    let gzip = flate2::write::GzEncoder::new(BufWriter::new(file), flate2::Compression::default());
+    let mut cpio = CpioWriter::new(gzip);
+    let written: io::Result<()> = (|| {
+        for dir in ["dev", "proc", "sys", "tmp", "root", paths::MODULES_DIR] {
+            cpio.dir(dir.trim_start_matches('/'))?;
+        }
+        // The kernel opens /dev/console for init's stdio before anything is mounted.
+        cpio.char_device("dev/console", 0o600, 5, 1)?;
+        cpio.file("init", 0o755, &init)?;
+        for (guest_path, host_path) in &runtime {
+            let data = fs::read(host_path)?;
+            cpio.file(guest_path.trim_start_matches('/'), 0o755, &data)?;
+        }
+        let mut load_order = String::new();
+        for module in &modules {
+            // Only the vendor module gets parameters; its dependencies load plain.
+            let params = if module.name == vendor.module_name() {
+                vendor.module_parameters(&module.info.params)
+            } else {
+                String::new()
+            };
+            load_order.push_str(&format!("{}\t{}\n", module.name, params));
+            let path = format!("{}/{}.ko", paths::MODULES_DIR, module.name);
+            cpio.file(path.trim_start_matches('/'), 0o644, &module.image)?;
+        }
+        cpio.file(
+            paths::LOAD_ORDER.trim_start_matches('/'),
+            0o644,
+            load_order.as_bytes(),
+        )?;
+        let args: Vec<u8> = inner_args
+            .iter()
+            .flat_map(|arg| arg.bytes().chain([0]))
+            .collect();
+        cpio.file(paths::ARGS.trim_start_matches('/'), 0o644, &args)?;
+        cpio.file(
+            paths::VENDOR.trim_start_matches('/'),
+            0o644,
+            vendor.to_string().as_bytes(),
+        )?;
+        cpio.finish()?.finish()?.flush()
+    })();
+    written.map_err(|e| {
+        let _ = fs::remove_file(out);
+        BootError::io("write", out, e)
+    })
+}
+
+/// The dynamic linker and every library the executable needs, transitively,
+/// as (path inside the guest, path on the host). Empty for a static binary.
+fn runtime_files(exe: &Path, exe_data: &[u8]) -> Result<Vec<(String, PathBuf)>, BootError> {
+    let bad = |path: &Path, reason: String| BootError::BadExecutable {
+        path: path.to_owned(),
+        reason,
+    };
+    let elf = Elf::parse(exe_data).map_err(|r| bad(exe, r))?;
+    if elf.machine != EM_X86_64 {
+        return Err(bad(exe, format!("built for ELF machine {}", elf.machine)));
+    }
+    let mut files = Vec::new();
+    if let Some(interpreter) = elf.interpreter().map_err(|r| bad(exe, r))? {
+        files.push((interpreter.clone(), PathBuf::from(interpreter)));
+    }
+    let mut seen = HashSet::new();
+    let mut pending: VecDeque<(String, PathBuf)> = elf
+        .needed_libraries()
+        .map_err(|r| bad(exe, r))?
+        .into_iter()
+        .map(|lib| (lib, exe.to_owned()))
+        .collect();
+    while let Some((library, needed_by)) = pending.pop_front() {
+        if !seen.insert(library.clone()) {
+            continue;
+        }
+        let found = find_library(&library).ok_or_else(|| BootError::LibraryNotFound {
+            library: library.clone(),
+            needed_by: needed_by.clone(),
+            searched: LIBRARY_DIRS.iter().map(|d| d.to_string()).collect(),
+        })?;
+        let data = fs::read(&found).map_err(|e| BootError::io("read", &found, e))?;
+        let lib_elf = Elf::parse(&data).map_err(|r| bad(&found, r))?;
+        for next in lib_elf.needed_libraries().map_err(|r| bad(&found, r))? {
+            pending.push_back((next, found.clone()));
+        }
+        let guest_path = found.to_string_lossy().into_owned();
+        if !files.iter().any(|(path, _)| *path == guest_path) {
+            files.push((guest_path, found));
+        }
+    }
+    Ok(files)
+}
+
+fn find_library(name: &str) -> Option<PathBuf> {
+    if name.contains('/') {
+        return Some(PathBuf::from(name)).filter(|path| path.is_file());
+    }
+    LIBRARY_DIRS
+        .iter()
+        .map(|dir| Path::new(dir).join(name))
+        .find(|path| path.is_file())
+}
+
+/// Writes a newc ("070701") cpio archive, creating parent directories of
+/// every entry before the entry itself, as the kernel's unpacker expects.
+pub(crate) struct CpioWriter<W: Write> {
+    out: W,
+    next_inode: u32,
+    dirs: BTreeSet<String>,
+}
+
+const S_IFDIR: u32 = 0o040000;
+const S_IFREG: u32 = 0o100000;
+const S_IFCHR: u32 = 0o020000;
+
+impl<W: Write> CpioWriter<W> {
+    pub(crate) fn new(out: W) -> Self {
+        CpioWriter {
+            out,
+            next_inode: 1,
+            dirs: BTreeSet::new(),
+        }
+    }
+
+    /// `path` is relative to the archive root, e.g. `lib/x86_64-linux-gnu`.
+    pub(crate) fn dir(&mut self, path: &str) -> io::Result<()> {
+        let path = path.trim_end_matches('/');
+        if path.is_empty() || self.dirs.contains(path) {
+            return Ok(());
+        }
+        self.parents(path)?;
+        self.dirs.insert(path.to_owned());
+        self.entry(path, S_IFDIR | 0o755, 2, (0, 0), &[])
+    }
+
+    pub(crate) fn file(&mut self, path: &str, mode: u32, data: &[u8]) -> io::Result<()> {
+        self.parents(path)?;
+        self.entry(path, S_IFREG | (mode & 0o7777), 1, (0, 0), data)
+    }
+
+    pub(crate) fn char_device(
+        &mut self,
+        path: &str,
+        mode: u32,
+        major: u32,
+        minor: u32,
+    ) -> io::Result<()> {
+        self.parents(path)?;
+        self.entry(path, S_IFCHR | (mode & 0o7777), 1, (major, minor), &[])
+    }
+
+    /// Writes the trailer and returns the underlying writer.
+    pub(crate) fn finish(mut self) -> io::Result<W> {
+        self.entry("TRAILER!!!", 0, 1, (0, 0), &[])?;
+        Ok(self.out)
+    }
+
+    fn parents(&mut self, path: &str) -> io::Result<()> {
+        match path.rsplit_once('/') {
+            Some((parent, _)) => self.dir(parent),
+            None => Ok(()),
+        }
+    }
+
+    fn entry(
+        &mut self,
+        name: &str,
+        mode: u32,
+        links: u32,
+        (rdev_major, rdev_minor): (u32, u32),
+        data: &[u8],
+    ) -> io::Result<()> {
+        let size = u32::try_from(data.len())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "file over 4 GiB"))?;
+        let inode = self.next_inode;
+        self.next_inode += 1;
+        let name_size = name.len() as u32 + 1;
+        let fields = [
+            inode, mode, 0, 0, links, 0, size, 0, 0, rdev_major, rdev_minor, name_size, 0,
+        ];
+        let mut header = String::from("070701");
+        for field in fields {
+            header.push_str(&format!("{field:08x}"));
+        }
+        self.out.write_all(header.as_bytes())?;
+        self.out.write_all(name.as_bytes())?;
+        self.out.write_all(&[0])?;
+        // Header and name together, then the data, are padded to 4 bytes.
+        self.pad(header.len() + name_size as usize)?;
+        self.out.write_all(data)?;
+        self.pad(data.len())
+    }
+
+    fn pad(&mut self, len: usize) -> io::Result<()> {
+        let padding = (4 - len % 4) % 4;
+        self.out.write_all(&[0; 3][..padding])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A minimal newc reader, to check the writer against the format.
+    fn read_newc(mut data: &[u8]) -> Vec<(String, u32, Vec<u8>)> {
+        let mut entries = Vec::new();
+        let field = |header: &[u8], index: usize| {
+            let text = std::str::from_utf8(&header[6 + index * 8..14 + index * 8]).unwrap();
+            u32::from_str_radix(text, 16).unwrap()
+        };
+        loop {
+            assert_eq!(&data[..6], b"070701");
+            let mode = field(data, 1);
+            let size = field(data, 6) as usize;
+            let name_size = field(data, 11) as usize;
+            let name = std::str::from_utf8(&data[110..110 + name_size - 1])
+                .unwrap()
+                .to_owned();
+            let data_start = (110 + name_size).next_multiple_of(4);
+            let body = data[data_start..data_start + size].to_vec();
+            data = &data[(data_start + size).next_multiple_of(4)..];
+            if name == "TRAILER!!!" {
+                assert!(data.is_empty());
+                return entries;
+            }
+            entries.push((name, mode, body));
+        }
+    }
+
+    #[test]
+    fn newc_round_trip_with_parents() {
+        let mut cpio = CpioWriter::new(Vec::new());
+        cpio.file("init", 0o755, b"#!").unwrap();
+        cpio.file("lib/x86_64-linux-gnu/libc.so.6", 0o755, b"libc!")
+            .unwrap();
+        cpio.dir("lib").unwrap();
+        cpio.char_device("dev/console", 0o600, 5, 1).unwrap();
+        let archive = cpio.finish().unwrap();
+        let entries = read_newc(&archive);
+        let names: Vec<_> = entries.iter().map(|(n, _, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            vec![
+                "init",
+                "lib",
+                "lib/x86_64-linux-gnu",
+                "lib/x86_64-linux-gnu/libc.so.6",
+                "dev",
+                "dev/console"
+            ]
+        );
+        assert_eq!(entries[0].1, S_IFREG | 0o755);
+        assert_eq!(entries[0].2, b"#!");
+        assert_eq!(entries[1].1, S_IFDIR | 0o755);
+        assert_eq!(entries[3].2, b"libc!");
+        assert_eq!(entries[5].1, S_IFCHR | 0o600);
+    }
+
+    #[test]
+    fn finds_runtime_of_a_dynamic_binary() {
+        let exe = std::env::current_exe().unwrap();
+        let data = fs::read(&exe).unwrap();
+        let files = runtime_files(&exe, &data).unwrap();
+        assert!(files[0].0.contains("ld-linux-x86-64"), "{files:?}");
+        assert!(files.iter().any(|(guest, _)| guest.ends_with("/libc.so.6")));
+    }
+
+    #[test]
+    fn rejects_a_non_elf_init() {
+        let err = runtime_files(Path::new("/x"), b"#!/bin/sh\n").unwrap_err();
+        assert!(matches!(err, BootError::BadExecutable { .. }));
+    }
+}

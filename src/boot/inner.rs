@@ -1,0 +1,237 @@
+//! The guest side: what nestfault does first when it runs as /init inside the
+//! kernel under test, and how it powers the guest off at the end.
+
+use std::ffi::CString;
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::time::Duration;
+
+use super::error::BootError;
+use super::KvmVendor;
+
+/// Files that build_initramfs writes and inner_setup reads.
+pub(crate) mod paths {
+    /// One module per line, `name<TAB>parameters`, in load order.
+    pub(crate) const LOAD_ORDER: &str = "/nestfault/modules.load";
+    /// Holds `<name>.ko` for every entry of LOAD_ORDER, uncompressed.
+    pub(crate) const MODULES_DIR: &str = "/nestfault/modules";
+    /// The inner nestfault arguments, each terminated by a NUL byte.
+    pub(crate) const ARGS: &str = "/nestfault/args";
+    /// `amd` or `intel`.
+    pub(crate) const VENDOR: &str = "/nestfault/vendor";
+}
+
+/// Printed on the console once /init runs; the host reports "init running".
+pub const INIT_MARKER: &str = "nestfault-init: running";
+/// Printed by power_off just before the guest is switched off; the host
+/// tells a deliberate power-off from a crash or reset by it.
+pub const POWER_OFF_MARKER: &str = "nestfault-init: powering off";
+
+/// What the guest side knows once set up.
+#[derive(Clone, Debug)]
+pub struct InnerEnv {
+    /// The nestfault arguments to run with inside the guest.
+    pub args: Vec<String>,
+    /// `uname -r` of the kernel under test.
+    pub kernel_release: String,
+    /// The modules loaded, in order, with their parameters (`kvm_amd nested=1 npt=1`).
+    pub loaded: Vec<String>,
+    pub vendor: KvmVendor,
+}
+
+/// True when this process is PID 1 in an initramfs built by build_initramfs.
+pub fn running_as_init() -> bool {
+    std::process::id() == 1 && Path::new(paths::ARGS).exists()
+}
+
+/// Mounts /proc, /sys and /dev, quiets the kernel console, loads the KVM
+/// modules with their parameters and checks that nested virtualization is on.
+pub fn inner_setup() -> Result<InnerEnv, BootError> {
+    announce(INIT_MARKER);
+    mount("proc", "/proc")?;
+    mount("sysfs", "/sys")?;
+    mount("devtmpfs", "/dev")?;
+    // Only emergencies reach the console from now on, so kernel messages do
+    // not cut into nestfault's output lines. Failing to do so is harmless.
+    let _ = fs::write("/proc/sys/kernel/printk", "1");
+
+    let vendor = read_text(paths::VENDOR)?
+        .trim()
+        .parse::<KvmVendor>()
+        .map_err(|_| BootError::NotOurInitramfs {
+            path: paths::VENDOR.into(),
+        })?;
+    let args = read_text(paths::ARGS)?
+        .split_terminator('\0')
+        .map(str::to_owned)
+        .collect();
+    let mut loaded = Vec::new();
+    for line in read_text(paths::LOAD_ORDER)?.lines() {
+        let (name, params) = line.split_once('\t').unwrap_or((line, ""));
+        load_module(name, params)?;
+        loaded.push(format!("{name} {params}").trim_end().to_owned());
+    }
+    check_nested(vendor)?;
+    Ok(InnerEnv {
+        args,
+        kernel_release: kernel_release(),
+        loaded,
+        vendor,
+    })
+}
+
+fn announce(line: &str) {
+    let mut stdout = io::stdout().lock();
+    let _ = writeln!(stdout, "{line}");
+    let _ = stdout.flush();
+}
+
+fn read_text(path: &'static str) -> Result<String, BootError> {
+    fs::read_to_string(path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => BootError::NotOurInitramfs { path: path.into() },
+        _ => BootError::io("read", path, e),
+    })
+}
+
+fn mount(fstype: &'static str, target: &'static str) -> Result<(), BootError> {
+    let mount_error = |source| BootError::Mount {
+        fstype,
+        target,
+        source,
+    };
+    fs::create_dir_all(target).map_err(mount_error)?;
+    let source = CString::new(fstype).expect("file system names hold no NUL");
+    let target_c = CString::new(target).expect("mount points hold no NUL");
+    // SAFETY: all pointers are valid NUL-terminated strings that outlive the
+    // call; a null data pointer is allowed.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target_c.as_ptr(),
+            source.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    match rc {
+        0 => Ok(()),
+        _ => match io::Error::last_os_error() {
+            // Already mounted (e.g. devtmpfs with CONFIG_DEVTMPFS_MOUNT).
+            e if e.raw_os_error() == Some(libc::EBUSY) => Ok(()),
+            e => Err(mount_error(e)),
+        },
+    }
+}
+
+fn load_module(name: &str, params: &str) -> Result<(), BootError> {
+    let path = format!("{}/{name}.ko", paths::MODULES_DIR);
+    let file = File::open(&path).map_err(|e| BootError::io("open", &path, e))?;
+    let params_c = CString::new(params).map_err(|_| BootError::NotOurInitramfs {
+        path: paths::LOAD_ORDER.into(),
+    })?;
+    // SAFETY: finit_module reads the module from a valid open descriptor and
+    // the parameter string, a NUL-terminated string alive across the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_finit_module,
+            file.as_raw_fd(),
+            params_c.as_ptr(),
+            0,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let error = io::Error::last_os_error();
+    let hint = match error.raw_os_error() {
+        Some(libc::EEXIST) => return Ok(()),
+        Some(libc::ENODEV) | Some(libc::EIO) => {
+            "; the (emulated) CPU lacks the virtualization extension: kvm_amd needs SVM \
+             (QEMU TCG), kvm_intel needs VMX (Bochs)"
+        }
+        Some(libc::ENOEXEC) => "; the module does not match this kernel",
+        Some(libc::ENOENT) => "; a symbol it needs is missing: a dependency did not load",
+        Some(libc::EINVAL) => "; a parameter was refused",
+        _ => "",
+    };
+    Err(BootError::ModuleLoad {
+        module: name.to_owned(),
+        params: if params.is_empty() {
+            "no parameters".to_owned()
+        } else {
+            params.to_owned()
+        },
+        source: error,
+        hint,
+    })
+}
+
+fn check_nested(vendor: KvmVendor) -> Result<(), BootError> {
+    let module = vendor.module_name();
+    let parameter = format!("/sys/module/{module}/parameters/nested");
+    match fs::read_to_string(&parameter) {
+        Ok(value) if is_on(&value) => Ok(()),
+        Ok(value) => Err(BootError::NestedOff {
+            module,
+            value: value.trim().to_owned(),
+        }),
+        Err(_) => Err(BootError::KvmAbsent { module }),
+    }
+}
+
+/// Module parameters read as `Y`/`N` (bool) or `1`/`0` (int).
+pub(crate) fn is_on(value: &str) -> bool {
+    matches!(value.trim(), "Y" | "y" | "1")
+}
+
+fn kernel_release() -> String {
+    fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|release| release.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".to_owned())
+}
+
+/// Flushes the console, then switches the guest off. Does not return; if
+/// the kernel refuses (not PID 1), exits, which for PID 1 panics the kernel.
+pub fn power_off() -> ! {
+    let _ = io::stderr().flush();
+    announce(POWER_OFF_MARKER);
+    // Wait until the UART has sent everything written so far.
+    // SAFETY: tcdrain only waits on the descriptor; 1 is stdout, and an
+    // error (e.g. not a terminal) is ignored.
+    unsafe { libc::tcdrain(1) };
+    if under_bochs() {
+        // Bochs's UART runs in virtual time, and the last bytes reach its
+        // serial file only while the guest keeps running.
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    // SAFETY: sync and reboot take no pointers; reboot only acts if allowed.
+    unsafe {
+        libc::sync();
+        libc::reboot(libc::RB_POWER_OFF);
+    }
+    eprintln!(
+        "nestfault: power-off refused: {}",
+        io::Error::last_os_error()
+    );
+    std::process::exit(1)
+}
+
+fn under_bochs() -> bool {
+    fs::read_to_string("/sys/class/dmi/id/bios_vendor")
+        .is_ok_and(|vendor| vendor.to_ascii_lowercase().contains("bochs"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameter_values() {
+        assert!(is_on("Y\n"));
+        assert!(is_on("1\n"));
+        assert!(!is_on("N\n"));
+        assert!(!is_on("0"));
+    }
+}

@@ -1,0 +1,235 @@
+//! The boot layer: runs a kernel under test inside an emulator that offers
+//! hardware virtualization (QEMU TCG: AMD SVM+NPT; Bochs: Intel VMX+EPT; or
+//! QEMU with the host's KVM where the host nests), with nestfault itself as
+//! /init, so that the kernel's KVM can be tested as the L0 hypervisor.
+//!
+//! Host side: [`prepare_kernel`] -> [`build_initramfs`] -> [`boot`].
+//! Guest side: [`running_as_init`] -> [`inner_setup`] -> ... -> [`power_off`].
+//!
+//! This module is self-contained: it uses nothing else from the crate.
+
+mod bochs;
+mod compression;
+mod console;
+mod deb;
+mod elf;
+mod emulator;
+mod error;
+mod initramfs;
+mod inner;
+mod iso;
+mod kernel;
+mod modules;
+mod qemu;
+mod tempdir;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+pub use emulator::choose_emulator;
+pub use error::BootError;
+pub use initramfs::build_initramfs;
+pub use inner::{inner_setup, power_off, running_as_init, InnerEnv, INIT_MARKER, POWER_OFF_MARKER};
+pub use kernel::{prepare_kernel, KernelInput, PreparedKernel};
+pub use tempdir::PrivateDir;
+
+/// The kernel command line for every emulator. `panic=-1` reboots at once on
+/// a panic, which ends QEMU (-no-reboot); `quiet` keeps the slow emulated
+/// UART from carrying the whole boot log.
+const KERNEL_CMDLINE: &str = "console=ttyS0,115200 panic=-1 quiet";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Emulator {
+    /// QEMU with the host's KVM: fast, needs a host that nests.
+    QemuKvm,
+    /// QEMU's TCG emulator: AMD SVM with NPT.
+    QemuTcg,
+    /// Bochs: Intel VMX with EPT; about a minute to boot.
+    Bochs,
+}
+
+impl fmt::Display for Emulator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Emulator::QemuKvm => "qemu-kvm",
+            Emulator::QemuTcg => "qemu-tcg",
+            Emulator::Bochs => "bochs",
+        })
+    }
+}
+
+impl FromStr for Emulator {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "qemu-kvm" => Ok(Emulator::QemuKvm),
+            "qemu-tcg" => Ok(Emulator::QemuTcg),
+            "bochs" => Ok(Emulator::Bochs),
+            _ => Err(format!(
+                "unknown emulator {text:?}: use qemu-kvm, qemu-tcg or bochs"
+            )),
+        }
+    }
+}
+
+/// Which KVM module the kernel under test loads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KvmVendor {
+    Amd,
+    Intel,
+}
+
+impl KvmVendor {
+    pub fn module_name(self) -> &'static str {
+        match self {
+            KvmVendor::Amd => "kvm_amd",
+            KvmVendor::Intel => "kvm_intel",
+        }
+    }
+
+    /// The module parameters wanted, as far as the module declares them
+    /// (eptad, for one, is missing from some kernels); `nested=1` always.
+    pub(crate) fn module_parameters(self, declared: &[String]) -> String {
+        let wanted: &[(&str, &str)] = match self {
+            KvmVendor::Amd => &[("nested", "1"), ("npt", "1")],
+            KvmVendor::Intel => &[("nested", "1"), ("ept", "1"), ("eptad", "1")],
+        };
+        wanted
+            .iter()
+            .filter(|(name, _)| *name == "nested" || declared.iter().any(|d| d == name))
+            .map(|(name, value)| format!("{name}={value}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+impl fmt::Display for KvmVendor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            KvmVendor::Amd => "amd",
+            KvmVendor::Intel => "intel",
+        })
+    }
+}
+
+impl FromStr for KvmVendor {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "amd" => Ok(KvmVendor::Amd),
+            "intel" => Ok(KvmVendor::Intel),
+            _ => Err(format!("unknown vendor {text:?}: use amd or intel")),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct BootOptions {
+    /// The whole boot, from starting the emulator to its end; then it is killed.
+    pub timeout: Duration,
+    /// Copy the raw console to stderr as it arrives.
+    pub verbose: bool,
+    /// Also write every console line to this file.
+    pub console_log: Option<PathBuf>,
+    pub memory_mib: u32,
+}
+
+impl BootOptions {
+    /// Settings measured to work: Bochs boots in about a minute and is given
+    /// 512 MiB as in emulators.md; QEMU boots in about 5 s.
+    pub fn for_emulator(emulator: Emulator) -> Self {
+        let (timeout_secs, memory_mib) = match emulator {
+            Emulator::Bochs => (600, 512),
+            Emulator::QemuKvm | Emulator::QemuTcg => (120, 1024),
+        };
+        BootOptions {
+            timeout: Duration::from_secs(timeout_secs),
+            verbose: false,
+            console_log: None,
+            memory_mib,
+        }
+    }
+}
+
+/// How a boot ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BootEnd {
+    /// The guest switched itself off through [`power_off`].
+    PoweredOff,
+    /// The kernel panicked (a "Kernel panic" line was seen).
+    Panicked,
+    /// The guest reset or stopped without a panic message and without
+    /// [`power_off`] (e.g. a triple fault).
+    Reset,
+    /// The timeout ran out and the emulator was killed.
+    TimedOut,
+    /// The emulator ended on its own in another way, with this exit code
+    /// (128 + signal number when killed by a signal).
+    EmulatorExited(i32),
+}
+
+#[derive(Clone, Debug)]
+pub struct BootReport {
+    pub end: BootEnd,
+    /// The last console lines (up to 40), followed by the emulator's own
+    /// diagnostics (prefixed `[qemu]` / `[bochs]`) when it had any.
+    pub tail: Vec<String>,
+    pub elapsed: Duration,
+}
+
+/// Boots `kernel` with `initramfs` in `emulator` until the guest powers off,
+/// panics, or `opts.timeout` runs out. `on_line` gets every console line as
+/// it arrives; `on_progress` gets coarse phases ("starting bochs", "kernel
+/// booting", "init running"). The guest has no network; temporary files live
+/// in a private directory removed afterwards.
+pub fn boot(
+    emulator: Emulator,
+    kernel: &PreparedKernel,
+    initramfs: &Path,
+    opts: &BootOptions,
+    on_line: &mut dyn FnMut(&str),
+    on_progress: &mut dyn FnMut(&str),
+) -> Result<BootReport, BootError> {
+    emulator::check_installed(emulator)?;
+    match emulator {
+        Emulator::QemuKvm | Emulator::QemuTcg => {
+            qemu::boot(emulator, kernel, initramfs, opts, on_line, on_progress)
+        }
+        Emulator::Bochs => bochs::boot(kernel, initramfs, opts, on_line, on_progress),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameters_follow_what_the_module_declares() {
+        let declared = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            KvmVendor::Amd.module_parameters(&declared(&["nested", "npt", "avic"])),
+            "nested=1 npt=1"
+        );
+        assert_eq!(
+            KvmVendor::Intel.module_parameters(&declared(&["nested", "ept", "eptad"])),
+            "nested=1 ept=1 eptad=1"
+        );
+        assert_eq!(
+            KvmVendor::Intel.module_parameters(&declared(&["ept"])),
+            "nested=1 ept=1"
+        );
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for emulator in [Emulator::QemuKvm, Emulator::QemuTcg, Emulator::Bochs] {
+            assert_eq!(emulator.to_string().parse::<Emulator>(), Ok(emulator));
+        }
+        for vendor in [KvmVendor::Amd, KvmVendor::Intel] {
+            assert_eq!(vendor.to_string().parse::<KvmVendor>(), Ok(vendor));
+        }
+        assert!("vmware".parse::<Emulator>().is_err());
+    }
+}

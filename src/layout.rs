@@ -1,0 +1,331 @@
+//! Turns a [`Case`] into L1's physical memory: L1's identity map, GDT and TSS, the stub, L2's page
+//! tables and code, the nested tables with the scenario's fault applied, and the mailbox with the
+//! vendor's control-block writes. Pure data: nothing here talks to KVM.
+//!
+//! L1 physical memory (4 MiB, identity-mapped for L1):
+//!
+//! ```text
+//! 0x0000_1000  mailbox (nestfault_protocol::MAILBOX_GPA)
+//! 0x0000_2000  GDT                0x0000_3000  TSS
+//! 0x0000_8000  L1 stack (grows down from 0x1_0000)
+//! 0x0010_0000  L1 stub image (guest/stub/link.ld)
+//! 0x0020_0000  page pool: tables, VMCB/VMCS, L2 code, stack and data pages
+//! ```
+//!
+//! L2 (virtual) address space: its code and stack identity-mapped; [`FAULT_GVA`] mapped to the data
+//! page, 2 MiB-aligned so that its leaf entry is entry 0 of a page-table page of its own (the
+//! emulator reports page-aligned GPAs, the CPU the entry's own address: index 0 makes them agree).
+
+use nestfault_protocol::{Mailbox, MAILBOX_GPA, MAX_WRITES};
+
+use crate::elf;
+use crate::paging::{Format, LayoutError, PageTable, Perms, PhysImage, PAGE_SIZE};
+use crate::scenario::{Access, AccessPath, Case, Fault, Target};
+use crate::vendor::{ControlBlock, Vendor};
+
+pub const MEMORY_SIZE: u64 = 4 << 20;
+const GDT_GPA: u64 = 0x2000;
+const TSS_GPA: u64 = 0x3000;
+const L1_STACK_TOP: u64 = 0x1_0000;
+const POOL_START: u64 = 0x20_0000;
+/// Pages L0 should not find shadowed already are placed on their own 64 KiB boundary: KVM
+/// prefetches shadow entries in aligned groups of 8 or 16 around a fault.
+const PREFETCH_GROUP: u64 = 0x1_0000;
+
+/// The data page L2 touches; 2 MiB-aligned (leaf PTE index 0), outside everything else.
+pub const FAULT_GVA: u64 = 0x4000_0000;
+/// Mapped through page tables of its own to L2's code page (see [`Prime`]).
+const PRIME_WALK_GVA: u64 = 0x8000_0000;
+/// I/O port L2's string I/O uses; the host answers INSB's read of it.
+pub const L2_IO_PORT: u16 = 0x80;
+
+const CR0_PE: u64 = 1 << 0;
+const CR0_MP: u64 = 1 << 1;
+const CR0_ET: u64 = 1 << 4;
+const CR0_NE: u64 = 1 << 5;
+const CR0_WP: u64 = 1 << 16;
+const CR0_PG: u64 = 1 << 31;
+const CR4_PAE: u64 = 1 << 5;
+const EFER_LME: u64 = 1 << 8;
+const EFER_LMA: u64 = 1 << 10;
+const RFLAGS_FIXED: u64 = 1 << 1;
+
+/// A segment in the VMX access-rights format (SDM 25.4.1); other formats derive from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Segment {
+    pub selector: u16,
+    pub base: u64,
+    pub limit: u32,
+    pub access_rights: u32,
+}
+
+impl Segment {
+    pub const CODE64: Segment = Segment { selector: 0x08, base: 0, limit: 0xffff_ffff, access_rights: 0xa09b };
+    pub const DATA: Segment = Segment { selector: 0x10, base: 0, limit: 0xffff_ffff, access_rights: 0xc093 };
+    pub const TSS: Segment = Segment { selector: 0x18, base: TSS_GPA, limit: 0x67, access_rights: 0x008b };
+    /// VMX's "unusable" bit (16), for LDTR.
+    pub const UNUSABLE: Segment = Segment { selector: 0, base: 0, limit: 0, access_rights: 1 << 16 };
+
+    /// The SVM VMCB attribute format: access byte in 7:0, AVL/L/DB/G in 11:8 (APM 15.5.1).
+    pub fn svm_attributes(&self) -> u16 {
+        ((self.access_rights & 0xff) | ((self.access_rights >> 4) & 0xf00)) as u16
+    }
+
+    /// The 8-byte GDT descriptor (the low half, for the 16-byte TSS descriptor).
+    fn descriptor(&self) -> u64 {
+        let (base, limit, ar) = (self.base, u64::from(self.limit), u64::from(self.access_rights));
+        let (limit, granular) = if limit > 0xf_ffff { (limit >> 12, 1 << 15) } else { (limit, 0) };
+        (limit & 0xffff)
+            | ((base & 0xff_ffff) << 16)
+            | ((ar & 0xff) << 40)
+            | (((limit >> 16) & 0xf) << 48)
+            | (((ar & 0x7000) | granular) << 40)
+            | (((base >> 24) & 0xff) << 56)
+    }
+}
+
+/// A 64-bit CPL0 context: L1's (set through KVM) and L2's (described to L1's VMCB/VMCS).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CpuState {
+    pub cr0: u64,
+    pub cr3: u64,
+    pub cr4: u64,
+    pub efer: u64,
+    pub rip: u64,
+    pub rsp: u64,
+    pub gdt_base: u64,
+    pub gdt_limit: u16,
+    pub code: Segment,
+    pub data: Segment,
+    pub tr: Segment,
+}
+
+/// Where the scenario's fault is, in L2's address spaces; the oracle derives GPAs from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FaultSite {
+    pub gva: u64,
+    pub data_gpa: u64,
+    /// The leaf page-table page that maps `gva`, and the entry's own address in it.
+    pub pt_page_gpa: u64,
+    pub pte_gpa: u64,
+}
+
+/// Everything the VM needs to start L1 on a case.
+pub struct GuestImage {
+    pub memory: PhysImage,
+    pub l1: CpuState,
+    pub site: FaultSite,
+    /// L1's NPT or EPT, with the fault applied.
+    pub nested: PageTable,
+}
+
+/// A read L2 does before the faulting instruction, so that the last hardware nested fault L0
+/// handled is of the opposite stage to the expected one. Kernels up to 6.9 copied stale VMX
+/// qualification bits 8:7 from that fault into emulator-injected EPT violations (oracle.md 3);
+/// without the prime one row could pass by coincidence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Prime {
+    /// Through fresh page tables to an already-shadowed page: last fault is a paging-structure one.
+    Walk,
+    /// Through already-shadowed tables to a fresh page: last fault is on a final translation.
+    Final,
+}
+
+pub fn build(case: &Case, vendor: &dyn Vendor, stub: &[u8]) -> Result<GuestImage, BuildError> {
+    let mut memory = PhysImage::new(MEMORY_SIZE, POOL_START);
+    let l1_tables = PageTable::new(Format::X86_64, &mut memory)?;
+    l1_tables.identity_map(&mut memory, 0, MEMORY_SIZE)?;
+    write_gdt(&mut memory)?;
+    let entry = elf::load(stub, &mut memory, 0x10_0000..POOL_START)?;
+
+    let base = CpuState {
+        cr0: CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG,
+        cr3: l1_tables.root,
+        cr4: CR4_PAE | vendor.required_cr4(),
+        efer: EFER_LME | EFER_LMA,
+        rip: entry,
+        // A call's worth below a 16-byte boundary, as if `_start` had been called.
+        rsp: L1_STACK_TOP - 8,
+        gdt_base: GDT_GPA,
+        gdt_limit: 0x27,
+        code: Segment::CODE64,
+        data: Segment::DATA,
+        tr: Segment::TSS,
+    };
+
+    // L2's world.
+    let l2_tables = PageTable::new(Format::X86_64, &mut memory)?;
+    let code = memory.alloc_page("L2 code")?;
+    let stack = memory.alloc_page("L2 stack")?;
+    l2_tables.map(&mut memory, code, code, Perms::RWX)?;
+    l2_tables.map(&mut memory, stack, stack, Perms::RWX)?;
+    memory.align_pool(PREFETCH_GROUP);
+    let data = memory.alloc_page("the data page")?;
+    l2_tables.map(&mut memory, FAULT_GVA, data, Perms::RWX)?;
+    let prime = match case.scenario.target {
+        Target::FinalPage => Prime::Walk,
+        Target::PtPage => Prime::Final,
+    };
+    memory.align_pool(PREFETCH_GROUP);
+    let prime_gva = match prime {
+        Prime::Walk => {
+            l2_tables.map(&mut memory, PRIME_WALK_GVA, code, Perms::RWX)?;
+            PRIME_WALK_GVA
+        }
+        Prime::Final => {
+            // Next to the code page, so it shares the code's (already shadowed) page tables.
+            let gva = code + 2 * PAGE_SIZE;
+            let fresh = memory.alloc_page("the prime page")?;
+            l2_tables.map(&mut memory, gva, fresh, Perms::RWX)?;
+            gva
+        }
+    };
+    let pte_gpa = l2_tables.leaf_entry(&memory, FAULT_GVA)?;
+    let site = FaultSite { gva: FAULT_GVA, data_gpa: data, pt_page_gpa: pte_gpa & !(PAGE_SIZE - 1), pte_gpa };
+    let program = l2_program(case, prime_gva, vendor.done_instruction());
+    memory.write("L2 code", code, &program)?;
+
+    // L1's nested tables: identity, with the scenario's fault.
+    memory.align_pool(PREFETCH_GROUP);
+    let nested = PageTable::new(vendor.nested_format(), &mut memory)?;
+    nested.identity_map(&mut memory, 0, MEMORY_SIZE)?;
+    let broken = match case.scenario.target {
+        Target::FinalPage => site.data_gpa,
+        Target::PtPage => site.pt_page_gpa,
+    };
+    let perms = match case.scenario.fault {
+        Fault::Unmapped => None,
+        Fault::WriteProtected => Some(Perms::READ_EXEC),
+    };
+    nested.set_leaf(&mut memory, broken, perms)?;
+
+    let l2 = CpuState { cr3: l2_tables.root, rip: code, rsp: stack + PAGE_SIZE, ..base.clone() };
+    let host_save = memory.alloc_page("the host-save area")?;
+    let control = memory.alloc_page("the control block")?;
+    let block = vendor.control_block(&base, &l2, nested.root)?;
+    write_mailbox(&mut memory, &block, host_save, control)?;
+    Ok(GuestImage { memory, l1: base, site, nested })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    #[error("the L1 stub image is unusable: {0}")]
+    Stub(#[from] elf::ElfError),
+    #[error("{0}")]
+    Vendor(String),
+}
+
+fn write_gdt(memory: &mut PhysImage) -> Result<(), LayoutError> {
+    let tss = Segment::TSS;
+    let entries = [0, Segment::CODE64.descriptor(), Segment::DATA.descriptor(), tss.descriptor(), tss.base >> 32];
+    for (i, entry) in entries.into_iter().enumerate() {
+        memory.write_u64("the GDT", GDT_GPA + 8 * i as u64, entry)?;
+    }
+    // An empty I/O bitmap offset past the limit: no I/O permission bitmap.
+    memory.write("the TSS", TSS_GPA + 0x66, &0x68u16.to_le_bytes())
+}
+
+fn write_mailbox(memory: &mut PhysImage, block: &ControlBlock, host_save: u64, control: u64) -> Result<(), BuildError> {
+    if block.writes.len() > MAX_WRITES {
+        return Err(BuildError::Vendor(format!("{} control-block writes exceed the mailbox's {MAX_WRITES}", block.writes.len())));
+    }
+    if let Some(revision) = block.revision {
+        memory.write("the VMXON region", host_save, &revision.to_le_bytes())?;
+        memory.write("the VMCS", control, &revision.to_le_bytes())?;
+    }
+    let mut mailbox = Mailbox::new(block.executor);
+    mailbox.host_save_gpa = host_save;
+    mailbox.control_block_gpa = control;
+    mailbox.write_count = block.writes.len() as u64;
+    mailbox.writes[..block.writes.len()].copy_from_slice(&block.writes);
+    mailbox.reads = block.reads;
+    memory.write("the mailbox", MAILBOX_GPA, &crate::vm::mailbox_bytes(&mailbox))?;
+    Ok(())
+}
+
+/// L2's code: the prime read, the scenario's access to [`FAULT_GVA`], then the vendor's
+/// hypercall, which L1 intercepts as "finished without a fault".
+fn l2_program(case: &Case, prime_gva: u64, done: [u8; 3]) -> Vec<u8> {
+    let mut code = Vec::new();
+    let imm64 = |code: &mut Vec<u8>, value: u64| code.extend_from_slice(&value.to_le_bytes());
+    // mov al, [moffs64]
+    code.push(0xa0);
+    imm64(&mut code, prime_gva);
+    match (case.path, case.scenario.access) {
+        (AccessPath::Emulated, access) => {
+            let (load_index_register, string_op) = match access {
+                Access::Read => (0xbe, 0x6e),  // mov rsi, imm64; outsb
+                Access::Write => (0xbf, 0x6c), // mov rdi, imm64; insb
+            };
+            code.extend_from_slice(&[0x48, load_index_register]);
+            imm64(&mut code, FAULT_GVA);
+            code.extend_from_slice(&[0x66, 0xba]); // mov dx, imm16
+            code.extend_from_slice(&L2_IO_PORT.to_le_bytes());
+            code.push(string_op);
+        }
+        (AccessPath::Hardware, access) => {
+            // mov al, [moffs64] or mov [moffs64], al
+            code.push(if access == Access::Read { 0xa0 } else { 0xa2 });
+            imm64(&mut code, FAULT_GVA);
+        }
+    }
+    code.extend_from_slice(&done);
+    code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::{built_in, expand};
+    use crate::vendor;
+
+    fn case(id: &str) -> Case {
+        expand(&built_in().unwrap()).into_iter().find(|case| case.id() == id).unwrap()
+    }
+
+    #[test]
+    fn descriptors_match_the_usual_encodings() {
+        assert_eq!(Segment::CODE64.descriptor(), 0x00af_9b00_0000_ffff);
+        assert_eq!(Segment::DATA.descriptor(), 0x00cf_9300_0000_ffff);
+        assert_eq!(Segment::TSS.descriptor(), 0x0000_8b00_3000_0067);
+        assert_eq!(Segment::CODE64.svm_attributes(), 0xa9b);
+        assert_eq!(Segment::DATA.svm_attributes(), 0xc93);
+    }
+
+    #[test]
+    fn l2_programs_encode_the_scenario_access() {
+        let done = [0x0f, 0x01, 0xd9];
+        let outsb = l2_program(&case("svm/pt_page_unmapped/emulated"), 0x1234, done);
+        assert_eq!(&outsb[..9], &[0xa0, 0x34, 0x12, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(&outsb[9..11], &[0x48, 0xbe]);
+        assert_eq!(&outsb[11..19], &FAULT_GVA.to_le_bytes());
+        assert_eq!(&outsb[19..], &[0x66, 0xba, 0x80, 0x00, 0x6e, 0x0f, 0x01, 0xd9]);
+        let insb = l2_program(&case("svm/final_page_write_protected/emulated"), 0, done);
+        assert_eq!((insb[10], insb[23]), (0xbf, 0x6c));
+        let store = l2_program(&case("svm/final_page_write_protected/hardware"), 0, done);
+        assert_eq!(&store[9..18], &[0xa2, 0, 0, 0, 0x40, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn nested_tables_break_exactly_the_scenarios_entry() {
+        for (id, format) in [("svm/pt_page_write_protected/emulated", Format::Npt), ("vmx/final_page_unmapped/hardware", Format::Ept)] {
+            let case = case(id);
+            let vendor = vendor::for_tests(case.vendor);
+            let image = build(&case, vendor.as_ref(), &crate::elf::tests::tiny_stub()).unwrap();
+            let site = image.site;
+            assert_eq!(site.gva % (2 << 20), 0);
+            assert_eq!(site.pte_gpa, site.pt_page_gpa, "leaf entry index 0");
+            let mailbox = image.memory.read("", MAILBOX_GPA, 64).unwrap();
+            assert_eq!(&mailbox[..8], b"NFMAILBX");
+            let nested = image.nested;
+            assert_eq!(nested.format, format);
+            let broken = if case.scenario.target == Target::PtPage { site.pt_page_gpa } else { site.data_gpa };
+            let expected = if case.scenario.fault == Fault::Unmapped { None } else { Some((broken, Perms::READ_EXEC)) };
+            assert_eq!(nested.translate(&image.memory, broken).unwrap(), expected);
+            assert_eq!(nested.translate(&image.memory, site.data_gpa ^ broken ^ site.pt_page_gpa).unwrap().map(|t| t.1), Some(Perms::RWX));
+            assert_eq!(nested.translate(&image.memory, MAILBOX_GPA).unwrap(), Some((MAILBOX_GPA, Perms::RWX)));
+        }
+    }
+}

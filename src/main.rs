@@ -1,0 +1,167 @@
+//! nestfault: does this kernel's KVM tell an L1 hypervisor the truth about nested page faults it
+//! injects from its instruction emulator? See README.md.
+
+mod boot;
+mod elf;
+mod kernel_mode;
+mod layout;
+mod paging;
+mod report;
+mod runner;
+mod scenario;
+mod selection;
+mod vendor;
+mod verdict;
+mod vm;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+
+use report::{exit_code, Format};
+use scenario::{Case, VendorKind};
+use selection::{PathChoice, VendorChoice};
+
+/// Checks that KVM reports nested page faults injected by its instruction emulator to L1 correctly
+/// (SVM #NPF exit_info_1 GUEST_PAGE/GUEST_FINAL, VMX EPT-violation GVA_IS_VALID/GVA_TRANSLATED).
+///
+/// Exit status: 0 all selected cases passed, 1 a case failed or errored, 125 nothing failed but
+/// something could not be tested, 255 usage or harness error.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Cli {
+    /// Print the case ids (`<vendor>/<scenario>/<path>`), one per line, and exit.
+    #[arg(long)]
+    list: bool,
+
+    /// A case id, a scenario name (all its vendors and paths) or `all`; repeatable. Default: all.
+    #[arg(long = "scenario", value_name = "ID|NAME|all")]
+    scenarios: Vec<String>,
+
+    /// auto: the vendors this host's KVM can nest (direct mode) or both (with --kernel).
+    #[arg(long, value_enum, default_value = "auto")]
+    vendor: VendorChoice,
+
+    #[arg(long, value_enum, default_value = "all")]
+    path: PathChoice,
+
+    #[arg(long, value_enum, default_value = "human")]
+    format: Format,
+
+    /// Seconds before a case (direct mode) or a whole boot (--kernel) is stopped and reported.
+    #[arg(long, value_name = "SECONDS")]
+    timeout: Option<u64>,
+
+    /// Load scenarios from this directory instead of the built-in ones.
+    #[arg(long, value_name = "DIR")]
+    scenarios_dir: Option<PathBuf>,
+
+    /// Test this kernel instead of the running one: a bzImage/vmlinuz, or a Debian kernel .deb.
+    /// It is booted in an emulator as the L0 hypervisor and the suite runs inside it.
+    #[arg(long, value_name = "IMAGE")]
+    kernel: Option<PathBuf>,
+
+    /// With --kernel: its lib/modules/<release> directory, or the linux-modules .deb.
+    #[arg(long, value_name = "DIR|DEB", requires = "kernel")]
+    modules: Option<PathBuf>,
+
+    /// With --kernel: which emulator boots it (auto: QEMU with KVM where the host nests, else
+    /// QEMU TCG for SVM and Bochs for VMX).
+    #[arg(long, value_enum, default_value = "auto", requires = "kernel")]
+    emulator: kernel_mode::EmulatorChoice,
+
+    /// With --kernel: copy the guest's raw console to stderr.
+    #[arg(long, requires = "kernel")]
+    verbose: bool,
+
+    /// With --kernel: write the guest's raw console to this file.
+    #[arg(long, value_name = "FILE", requires = "kernel")]
+    console_log: Option<PathBuf>,
+}
+
+impl Cli {
+    fn cases(&self) -> anyhow::Result<Vec<Case>> {
+        let scenarios = match &self.scenarios_dir {
+            Some(dir) => scenario::load_dir(dir)?,
+            None => scenario::built_in().context("a built-in scenario is broken")?,
+        };
+        Ok(scenario::expand(&scenarios))
+    }
+
+    fn explicit_vendors(&self) -> Option<Vec<VendorKind>> {
+        match self.vendor {
+            VendorChoice::Auto => None,
+            VendorChoice::Svm => Some(vec![VendorKind::Svm]),
+            VendorChoice::Vmx => Some(vec![VendorKind::Vmx]),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    if boot::running_as_init() {
+        kernel_mode::inner_main();
+    }
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            let code = if error.use_stderr() { report::exit_code::HARNESS } else { report::exit_code::PASS };
+            let _ = error.print();
+            return ExitCode::from(code);
+        }
+    };
+    match run(&cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(error) => {
+            eprintln!("nestfault: error: {error:#}");
+            ExitCode::from(report::exit_code::HARNESS)
+        }
+    }
+}
+
+fn run(cli: &Cli) -> anyhow::Result<u8> {
+    let all = cli.cases()?;
+    if cli.list {
+        let vendors = cli.explicit_vendors().unwrap_or(VendorKind::ALL.to_vec());
+        let mut stdout = std::io::stdout().lock();
+        for case in selection::select(&all, &[], &vendors, cli.path)? {
+            writeln!(stdout, "{}", case.id())?;
+        }
+        return Ok(report::exit_code::PASS);
+    }
+    if let Some(image) = &cli.kernel {
+        return kernel_mode::run(cli, image, &all);
+    }
+    let vendors = match cli.explicit_vendors() {
+        Some(vendors) => vendors,
+        None => auto_vendors()?,
+    };
+    let cases = selection::select(&all, &cli.scenarios, &vendors, cli.path)?;
+    let options = runner::RunOptions { timeout: Duration::from_secs(cli.timeout.unwrap_or(10)) };
+    let verdicts = runner::run(&cases, &options, &mut |_| {});
+    report::render(cli.format, &kernel_release(), &verdicts, &mut std::io::stdout().lock())?;
+    Ok(exit_code(&verdicts))
+}
+
+/// The vendors this host's KVM can run nested; both when it can run neither, so that each is
+/// reported as untested with its own reason.
+fn auto_vendors() -> anyhow::Result<Vec<VendorKind>> {
+    let Ok(kvm) = vm::open_kvm() else {
+        return Ok(VendorKind::ALL.to_vec());
+    };
+    let mut nested = Vec::new();
+    for kind in VendorKind::ALL {
+        if vm::missing_nested_support(&kvm, kind)?.is_none() {
+            nested.push(kind);
+        }
+    }
+    Ok(if nested.is_empty() { VendorKind::ALL.to_vec() } else { nested })
+}
+
+/// The running kernel's release (uname -r).
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_else(|_| "unknown".into())
+}

@@ -1,0 +1,105 @@
+//! Runs cases on this machine's KVM: one VM per case, the L1 stub inside, L2 through the scenario,
+//! and a verdict for each. Hardware paths run before emulated ones, so that every emulated verdict
+//! can say whether the emulator agreed with the CPU.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use kvm_ioctls::Kvm;
+
+use crate::elf::L1_STUB;
+use crate::layout::{self, MEMORY_SIZE};
+use crate::scenario::{AccessPath, Case, VendorKind};
+use crate::vendor::{Svm, Vendor, Vmx, VmxCapabilities};
+use crate::verdict::{compare_paths, judge, Status, Verdict};
+use crate::vm::{self, Vm, VmError};
+
+pub struct RunOptions {
+    /// Per case: a guest that has not reported by then is stopped and reported as an error.
+    pub timeout: Duration,
+}
+
+/// Runs `cases` and returns their verdicts in the same order; `on_verdict` sees each as it lands.
+pub fn run(cases: &[Case], options: &RunOptions, on_verdict: &mut dyn FnMut(&Verdict)) -> Vec<Verdict> {
+    let kvm = match vm::open_kvm() {
+        Ok(kvm) => kvm,
+        Err(error) => {
+            return cases
+                .iter()
+                .map(|case| report(on_verdict, Verdict::without_run(case, Status::Skip, error.to_string())))
+                .collect();
+        }
+    };
+    let mut unsupported: HashMap<VendorKind, Option<String>> = HashMap::new();
+    let mut verdicts: Vec<Option<Verdict>> = vec![None; cases.len()];
+    let mut order: Vec<usize> = (0..cases.len()).collect();
+    order.sort_by_key(|&i| (cases[i].vendor, cases[i].scenario.name.clone(), cases[i].path != AccessPath::Hardware));
+    let mut hardware_results: HashMap<(VendorKind, String), Verdict> = HashMap::new();
+    for i in order {
+        let case = &cases[i];
+        let missing = unsupported
+            .entry(case.vendor)
+            .or_insert_with(|| vm::missing_nested_support(&kvm, case.vendor).unwrap_or_else(|error| Some(error.to_string())));
+        let verdict = match missing {
+            Some(reason) => Verdict::without_run(case, Status::Skip, reason.clone()),
+            None => run_one(&kvm, case, options, &hardware_results),
+        };
+        if case.path == AccessPath::Hardware {
+            hardware_results.insert((case.vendor, case.scenario.name.clone()), verdict.clone());
+        }
+        verdicts[i] = Some(report(on_verdict, verdict));
+    }
+    verdicts.into_iter().map(|v| v.expect("every case ran")).collect()
+}
+
+fn report(on_verdict: &mut dyn FnMut(&Verdict), verdict: Verdict) -> Verdict {
+    on_verdict(&verdict);
+    verdict
+}
+
+fn run_one(kvm: &Kvm, case: &Case, options: &RunOptions, hardware: &HashMap<(VendorKind, String), Verdict>) -> Verdict {
+    let started = Instant::now();
+    let harness_error = |error: String| Verdict::without_run(case, Status::Error, error);
+    let mut vm = match Vm::new(kvm, MEMORY_SIZE) {
+        Ok(vm) => vm,
+        Err(error) => return harness_error(error.to_string()),
+    };
+    let vendor: Box<dyn Vendor> = match case.vendor {
+        VendorKind::Svm => Box::new(Svm),
+        VendorKind::Vmx => match vmx_capabilities(&vm).map(Vmx::new) {
+            Ok(Ok(vmx)) => Box::new(vmx),
+            Ok(Err(missing)) => return Verdict::without_run(case, Status::Skip, missing),
+            Err(error) => return harness_error(error.to_string()),
+        },
+    };
+    let image = match layout::build(case, vendor.as_ref(), L1_STUB) {
+        Ok(image) => image,
+        Err(error) => return harness_error(format!("building the guest image: {error}")),
+    };
+    let expectation = vendor.expect(case, &image.site);
+    if let Err(error) = vm.load(&image, &vendor.msrs()) {
+        return harness_error(error.to_string());
+    }
+    let observation = match vm.run(options.timeout) {
+        Ok(observation) => observation,
+        Err(error) => return harness_error(error.to_string()),
+    };
+    let duration_ms = started.elapsed().as_millis() as u64;
+    let mut verdict = judge(vendor.as_ref(), case, &expectation, &observation, duration_ms);
+    if case.path == AccessPath::Emulated {
+        if let Some(hardware) = hardware.get(&(case.vendor, case.scenario.name.clone())) {
+            // The hardware path's masked bits are the ones the CPU may legitimately report differently.
+            let mut hardware_case = case.clone();
+            hardware_case.path = AccessPath::Hardware;
+            let mask = vendor.expect(&hardware_case, &image.site).fields[1].mask;
+            compare_paths(&mut verdict, hardware, vendor.as_ref(), mask);
+        }
+    }
+    verdict
+}
+
+fn vmx_capabilities(vm: &Vm) -> Result<VmxCapabilities, VmError> {
+    let values = vm.read_msrs(&VmxCapabilities::MSRS)?;
+    let values: [u64; 11] = values.try_into().map_err(|_| VmError::Memory("short MSR read".into()))?;
+    Ok(VmxCapabilities::from_msrs(&values))
+}

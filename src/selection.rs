@@ -1,0 +1,97 @@
+//! Which cases a command line selects: `--scenario` (ids, names or `all`), `--vendor`, `--path`.
+
+use thiserror::Error;
+
+use crate::scenario::{AccessPath, Case, VendorKind};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum VendorChoice {
+    /// What this host's KVM offers nested (direct mode); both, emulated, with --kernel.
+    Auto,
+    Svm,
+    Vmx,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PathChoice {
+    Emulated,
+    Hardware,
+    All,
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("unknown scenario {wanted:?}; valid are `all`, a scenario name ({names}) or one of these ids:\n{ids}")]
+pub struct UnknownScenario {
+    wanted: String,
+    names: String,
+    ids: String,
+}
+
+/// The cases named by `patterns` (empty means `all`), restricted to `vendors` and `path`, in
+/// the order of `all`.
+pub fn select(all: &[Case], patterns: &[String], vendors: &[VendorKind], path: PathChoice) -> Result<Vec<Case>, UnknownScenario> {
+    let path_ok = |case: &Case| match path {
+        PathChoice::All => true,
+        PathChoice::Emulated => case.path == AccessPath::Emulated,
+        PathChoice::Hardware => case.path == AccessPath::Hardware,
+    };
+    for pattern in patterns {
+        if !all.iter().any(|case| matches(case, pattern)) {
+            let mut names: Vec<&str> = all.iter().map(|case| case.scenario.name.as_str()).collect();
+            names.dedup();
+            return Err(UnknownScenario {
+                wanted: pattern.clone(),
+                names: names.join(", "),
+                ids: all.iter().map(|case| format!("  {}", case.id())).collect::<Vec<_>>().join("\n"),
+            });
+        }
+    }
+    Ok(all
+        .iter()
+        .filter(|case| patterns.is_empty() || patterns.iter().any(|pattern| matches(case, pattern)))
+        .filter(|case| vendors.contains(&case.vendor) && path_ok(case))
+        .cloned()
+        .collect())
+}
+
+fn matches(case: &Case, pattern: &str) -> bool {
+    pattern == "all" || pattern == case.scenario.name || pattern == case.id()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::{built_in, expand};
+
+    fn all() -> Vec<Case> {
+        expand(&built_in().unwrap())
+    }
+
+    fn ids(patterns: &[&str], vendors: &[VendorKind], path: PathChoice) -> Vec<String> {
+        let patterns: Vec<String> = patterns.iter().map(|p| p.to_string()).collect();
+        select(&all(), &patterns, vendors, path).unwrap().iter().map(Case::id).collect()
+    }
+
+    #[test]
+    fn names_ids_and_all_select() {
+        assert_eq!(ids(&[], &VendorKind::ALL, PathChoice::All).len(), 16);
+        assert_eq!(ids(&["all"], &[VendorKind::Svm], PathChoice::All).len(), 8);
+        assert_eq!(
+            ids(&["pt_page_unmapped"], &VendorKind::ALL, PathChoice::Emulated),
+            ["svm/pt_page_unmapped/emulated", "vmx/pt_page_unmapped/emulated"]
+        );
+        assert_eq!(
+            ids(&["vmx/final_page_unmapped/hardware", "svm/final_page_unmapped/hardware"], &VendorKind::ALL, PathChoice::All),
+            ["svm/final_page_unmapped/hardware", "vmx/final_page_unmapped/hardware"]
+        );
+    }
+
+    #[test]
+    fn unknown_scenarios_list_the_valid_ids() {
+        let error = select(&all(), &["pt_page_unmaped".to_string()], &VendorKind::ALL, PathChoice::All).unwrap_err();
+        let text = error.to_string();
+        assert!(text.contains("\"pt_page_unmaped\""), "{text}");
+        assert!(text.contains("  svm/pt_page_unmapped/emulated\n"), "{text}");
+        assert_eq!(text.matches("  vmx/").count(), 8, "{text}");
+    }
+}

@@ -1,0 +1,146 @@
+//! What differs between AMD SVM and Intel VMX, behind one small interface chosen once per case:
+//! KVM set-up needs, the control block that describes L2 to L1's stub, and the oracle's rules
+//! (expected exit fields, bit decoders, known-bug signatures). Everything else is vendor-neutral.
+
+mod svm;
+mod vmx;
+
+use nestfault_protocol::{Executor, FieldWrite, EXIT_FIELDS};
+
+use crate::layout::{BuildError, CpuState, FaultSite};
+use crate::paging::{Format, PAGE_SIZE};
+use crate::scenario::{AccessPath, Case, Target, VendorKind};
+
+pub use svm::Svm;
+pub use vmx::{Vmx, VmxCapabilities};
+
+/// What the stub needs to run L2: its writes to the VMCB/VMCS, the exit fields to read back, and
+/// (VMX) the revision identifier the VMXON region and VMCS must carry.
+pub struct ControlBlock {
+    pub executor: Executor,
+    pub writes: Vec<FieldWrite>,
+    pub reads: [u64; EXIT_FIELDS],
+    pub revision: Option<u32>,
+}
+
+/// One expected exit field: compare `actual & mask` with `value & mask`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Expected {
+    pub value: u64,
+    pub mask: u64,
+}
+
+impl Expected {
+    pub const fn exact(value: u64) -> Self {
+        Self { value, mask: u64::MAX }
+    }
+
+    pub fn matches(&self, actual: u64) -> bool {
+        (actual ^ self.value) & self.mask == 0
+    }
+}
+
+/// The oracle's answer for one case: a value per exit field, and why any bits are masked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Expectation {
+    pub fields: Vec<Expected>,
+    pub notes: Vec<String>,
+}
+
+pub trait Vendor {
+    fn kind(&self) -> VendorKind;
+    /// The format of L1's nested tables.
+    fn nested_format(&self) -> Format;
+    /// CR4 bits L1 must have from the start (VMX: CR4.VMXE, per IA32_VMX_CR4_FIXED0).
+    fn required_cr4(&self) -> u64;
+    /// MSRs the VMM sets before L1 runs.
+    fn msrs(&self) -> Vec<(u32, u64)>;
+    /// The hypercall L2 ends with; L1 intercepts it as "finished without a fault".
+    fn done_instruction(&self) -> [u8; 3];
+    fn control_block(&self, l1: &CpuState, l2: &CpuState, nested_root: u64) -> Result<ControlBlock, BuildError>;
+    /// Names of the exit fields reported, in the order the oracle compares them.
+    fn exit_fields(&self) -> &'static [&'static str];
+    fn expect(&self, case: &Case, site: &FaultSite) -> Expectation;
+    /// `value` of exit field `field` decoded by name (e.g. "U|W|GUEST_PAGE"), for fields that
+    /// are more than an address.
+    fn decode(&self, field: usize, value: u64) -> Option<String>;
+    /// Findings for a mismatch: known unfixed-kernel signatures (naming the missing commit), or
+    /// what the exit means when it is not the expected kind at all.
+    fn diagnose(&self, case: &Case, expected: &Expectation, actual: &[u64]) -> Vec<String>;
+}
+
+/// The emulator reports the page-aligned GPA of the page it failed to reach (data page or leaf
+/// PT page); the CPU the exact byte, or the address of the page-table entry it was reading.
+pub fn faulting_gpa(case: &Case, site: &FaultSite) -> u64 {
+    match (case.scenario.target, case.path) {
+        (Target::FinalPage, AccessPath::Emulated) => site.data_gpa,
+        (Target::FinalPage, AccessPath::Hardware) => site.data_gpa | (site.gva & (PAGE_SIZE - 1)),
+        (Target::PtPage, AccessPath::Emulated) => site.pt_page_gpa,
+        (Target::PtPage, AccessPath::Hardware) => site.pte_gpa,
+    }
+}
+
+/// Names the set bits of `value` from `names` (bit, name); unnamed bits as hex.
+pub fn bit_names(value: u64, names: &[(u32, &str)]) -> String {
+    let mut parts = Vec::new();
+    let mut rest = value;
+    for &(bit, name) in names {
+        if value & (1 << bit) != 0 {
+            parts.push(name.to_string());
+            rest &= !(1 << bit);
+        }
+    }
+    if rest != 0 {
+        parts.push(format!("{rest:#x}"));
+    }
+    if parts.is_empty() {
+        "none".to_string()
+    } else {
+        parts.join("|")
+    }
+}
+
+/// Bits that differ between wanted and got, named: "GUEST_PAGE expected, GUEST_FINAL set".
+/// `0x...`, followed by the decoded names where the field has them.
+pub fn show(vendor: &dyn Vendor, field: usize, value: u64) -> String {
+    match vendor.decode(field, value) {
+        Some(names) => format!("{value:#x} ({names})"),
+        None => format!("{value:#x}"),
+    }
+}
+
+pub fn bit_diff(wanted: u64, got: u64, mask: u64, names: &[(u32, &str)]) -> String {
+    let missing = wanted & !got & mask;
+    let extra = got & !wanted & mask;
+    let mut parts = Vec::new();
+    if extra != 0 {
+        parts.push(format!("{} set", bit_names(extra, names)));
+    }
+    if missing != 0 {
+        parts.push(format!("{} expected", bit_names(missing, names)));
+    }
+    parts.join(", ")
+}
+
+#[cfg(test)]
+pub fn for_tests(kind: VendorKind) -> Box<dyn Vendor> {
+    match kind {
+        VendorKind::Svm => Box::new(Svm),
+        VendorKind::Vmx => Box::new(Vmx::new(VmxCapabilities::KVM_UNDER_BOCHS).unwrap()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bit_helpers_name_bits() {
+        let names = [(0, "P"), (32, "FINAL"), (33, "PAGE")];
+        assert_eq!(bit_names(0x1_0000_0001, &names), "P|FINAL");
+        assert_eq!(bit_names(0x10, &names), "0x10");
+        assert_eq!(bit_names(0, &names), "none");
+        assert_eq!(bit_diff(0x2_0000_0000, 0x1_0000_0000, u64::MAX, &names), "FINAL set, PAGE expected");
+        assert_eq!(bit_diff(1, 0, 0, &names), "");
+    }
+}

@@ -1,0 +1,243 @@
+//! The verdict on one case, and how it is reached from the oracle's expectation and what L1 saw.
+//! A [`Verdict`] is also what crosses from an inner run (inside an emulated kernel) to the outer
+//! process, one JSON line each, so it serializes losslessly.
+
+use std::fmt::Write as _;
+
+use nestfault_protocol::{split_vmx_detail, Status as StubStatus};
+use serde::{Deserialize, Serialize};
+
+use crate::scenario::Case;
+use crate::vendor::{show, Expectation, Vendor};
+use crate::vm::{L2Io, Observation};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Pass,
+    Fail,
+    Skip,
+    Error,
+}
+
+/// Exit fields by name, in comparison order; serialized as `{"name": "0x..."}`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExitValues(pub Vec<(String, u64)>);
+
+impl ExitValues {
+    fn new(names: &[&str], values: impl IntoIterator<Item = u64>) -> Self {
+        Self(names.iter().map(|name| name.to_string()).zip(values).collect())
+    }
+
+    pub fn get(&self, name: &str) -> Option<u64> {
+        self.0.iter().find(|(n, _)| n == name).map(|&(_, v)| v)
+    }
+}
+
+impl Serialize for ExitValues {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (name, value) in &self.0 {
+            map.serialize_entry(name, &format!("{value:#x}"))?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for ExitValues {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = ExitValues;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a map of exit field names to \"0x...\" strings")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<ExitValues, A::Error> {
+                let mut fields = Vec::new();
+                while let Some((name, text)) = map.next_entry::<String, String>()? {
+                    let value = text
+                        .strip_prefix("0x")
+                        .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+                        .ok_or_else(|| serde::de::Error::custom(format!("{name}: {text:?} is not a 0x... number")))?;
+                    fields.push((name, value));
+                }
+                Ok(ExitValues(fields))
+            }
+        }
+        deserializer.deserialize_map(Visitor)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verdict {
+    pub id: String,
+    pub vendor: String,
+    pub scenario: String,
+    pub path: String,
+    pub status: Status,
+    pub expected: ExitValues,
+    pub actual: Option<ExitValues>,
+    pub diagnosis: Option<String>,
+    pub duration_ms: u64,
+}
+
+impl Verdict {
+    /// A verdict without a run: skipped (the reason says why) or a harness error.
+    pub fn without_run(case: &Case, status: Status, reason: String) -> Self {
+        Self {
+            id: case.id(),
+            vendor: case.vendor.name().to_string(),
+            scenario: case.scenario.name.clone(),
+            path: case.path.name().to_string(),
+            status,
+            expected: ExitValues::default(),
+            actual: None,
+            diagnosis: Some(reason),
+            duration_ms: 0,
+        }
+    }
+}
+
+/// Compares what L1 saw with the oracle, field by field in the oracle's order (exit code, then
+/// GPA, then the bits), and explains every difference.
+pub fn judge(vendor: &dyn Vendor, case: &Case, expectation: &Expectation, observation: &Observation, duration_ms: u64) -> Verdict {
+    let names = vendor.exit_fields();
+    let mut verdict = Verdict::without_run(case, Status::Error, String::new());
+    verdict.expected = ExitValues::new(names, expectation.fields.iter().map(|e| e.value));
+    verdict.duration_ms = duration_ms;
+    let (mailbox, l2_io) = match observation {
+        Observation::Stopped { reason, registers, .. } => {
+            verdict.diagnosis = Some(format!("{reason}; vCPU {registers}"));
+            return verdict;
+        }
+        Observation::Reported { status, mailbox, l2_io } => match status {
+            Some(StubStatus::Exited) => (mailbox, *l2_io),
+            Some(StubStatus::VmxInstructionFailed) => {
+                let (step, index, error) = split_vmx_detail(mailbox.detail);
+                let at = if step == Some(nestfault_protocol::VmxStep::Vmwrite) { format!(" (write #{index})") } else { String::new() };
+                verdict.diagnosis = Some(format!("L1's {step:?}{at} failed with VM-instruction error {error}"));
+                return verdict;
+            }
+            other => {
+                verdict.diagnosis = Some(format!("the stub rejected its mailbox (status {other:?})"));
+                return verdict;
+            }
+        },
+    };
+    let actual = &mailbox.exit[..names.len()];
+    verdict.actual = Some(ExitValues::new(names, actual.iter().copied()));
+    let mut lines = Vec::new();
+    for (i, (expected, &got)) in expectation.fields.iter().zip(actual).enumerate() {
+        if !expected.matches(got) {
+            let (wanted, got) = (show(vendor, i, expected.value), show(vendor, i, got));
+            lines.push(format!("{}: wanted {wanted}, got {got}", names[i]));
+        }
+    }
+    verdict.status = if lines.is_empty() { Status::Pass } else { Status::Fail };
+    if verdict.status == Status::Fail {
+        lines.extend(vendor.diagnose(case, expectation, actual));
+        lines.extend(l2_io_finding(l2_io));
+    }
+    lines.extend(expectation.notes.iter().map(|note| format!("note: {note}")));
+    verdict.diagnosis = (!lines.is_empty()).then(|| lines.join("\n"));
+    verdict
+}
+
+fn l2_io_finding(io: L2Io) -> Option<String> {
+    (io.port_writes > 0).then(|| {
+        "L2's OUTSB reached the port: the emulator read the page although L1's tables forbid it".to_string()
+    })
+}
+
+/// Adds to the emulated verdict how it compares with the hardware path of the same scenario:
+/// the emulator should report what the CPU reports (oracle.md 4), up to the masked bits.
+pub fn compare_paths(emulated: &mut Verdict, hardware: &Verdict, vendor: &dyn Vendor, field_mask: u64) {
+    let (Some(emulated_actual), Some(hardware_actual)) = (&emulated.actual, &hardware.actual) else {
+        return;
+    };
+    let name = vendor.exit_fields()[1];
+    let (Some(from_emulator), Some(from_cpu)) = (emulated_actual.get(name), hardware_actual.get(name)) else {
+        return;
+    };
+    let mut text = emulated.diagnosis.take().unwrap_or_default();
+    if !text.is_empty() {
+        text.push('\n');
+    }
+    if (from_emulator ^ from_cpu) & field_mask == 0 {
+        let _ = write!(text, "paths agree: the hardware path reported the same {name}");
+    } else {
+        let _ = write!(
+            text,
+            "paths disagree: {name} {} from the emulator, {} from the hardware path",
+            show(vendor, 1, from_emulator),
+            show(vendor, 1, from_cpu)
+        );
+    }
+    emulated.diagnosis = Some(text);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::FaultSite;
+    use crate::scenario::{built_in, expand};
+    use crate::vendor;
+    use nestfault_protocol::{Executor, Mailbox};
+
+    fn case(id: &str) -> Case {
+        expand(&built_in().unwrap()).into_iter().find(|case| case.id() == id).unwrap()
+    }
+
+    const SITE: FaultSite = FaultSite { gva: 0x4000_0000, data_gpa: 0x21_0000, pt_page_gpa: 0x20_5000, pte_gpa: 0x20_5000 };
+
+    fn observed(exit: [u64; 4]) -> Observation {
+        let mut mailbox = Mailbox::new(Executor::Svm);
+        mailbox.exit = exit;
+        Observation::Reported { status: Some(StubStatus::Exited), mailbox: Box::new(mailbox), l2_io: L2Io::default() }
+    }
+
+    #[test]
+    fn matching_exit_passes_and_wrong_stage_fails_with_names() {
+        let vendor = vendor::for_tests(crate::scenario::VendorKind::Svm);
+        let case = case("svm/pt_page_unmapped/emulated");
+        let expectation = vendor.expect(&case, &SITE);
+        let pass = judge(vendor.as_ref(), &case, &expectation, &observed([0x400, 0x2_0000_0006, 0x20_5000, 0]), 3);
+        assert_eq!(pass.status, Status::Pass);
+        assert_eq!(pass.diagnosis, None);
+        let fail = judge(vendor.as_ref(), &case, &expectation, &observed([0x400, 0x1_0000_0006, 0x20_5000, 0]), 3);
+        assert_eq!(fail.status, Status::Fail);
+        let diagnosis = fail.diagnosis.unwrap();
+        assert!(diagnosis.starts_with("exit_info_1: wanted 0x200000006 (W|U|GUEST_PAGE), got 0x100000006 (W|U|GUEST_FINAL)"), "{diagnosis}");
+        assert!(diagnosis.contains("297c2fe249db"), "{diagnosis}");
+    }
+
+    #[test]
+    fn stopped_runs_and_stub_failures_are_errors() {
+        let vendor = vendor::for_tests(crate::scenario::VendorKind::Vmx);
+        let case = case("vmx/pt_page_unmapped/emulated");
+        let expectation = vendor.expect(&case, &SITE);
+        let stopped = Observation::Stopped { reason: "timeout".into(), registers: "rip=0x1".into(), l2_io: L2Io::default() };
+        let verdict = judge(vendor.as_ref(), &case, &expectation, &stopped, 1);
+        assert_eq!((verdict.status, verdict.actual), (Status::Error, None));
+        let mut mailbox = Mailbox::new(Executor::Vmx);
+        mailbox.detail = nestfault_protocol::vmx_detail(nestfault_protocol::VmxStep::Vmlaunch, 0, 7);
+        let failed = Observation::Reported { status: Some(StubStatus::VmxInstructionFailed), mailbox: Box::new(mailbox), l2_io: L2Io::default() };
+        let verdict = judge(vendor.as_ref(), &case, &expectation, &failed, 1);
+        assert_eq!(verdict.status, Status::Error);
+        assert!(verdict.diagnosis.unwrap().contains("Vmlaunch"));
+    }
+
+    #[test]
+    fn verdicts_round_trip_through_json() {
+        let vendor = vendor::for_tests(crate::scenario::VendorKind::Vmx);
+        let case = case("vmx/final_page_unmapped/emulated");
+        let expectation = vendor.expect(&case, &SITE);
+        let verdict = judge(vendor.as_ref(), &case, &expectation, &observed([48, 0x81, 0x21_0000, 0x4000_0000]), 9);
+        let json = serde_json::to_string(&verdict).unwrap();
+        assert!(json.contains("\"exit_qualification\":\"0x181\""), "{json}");
+        assert!(json.contains("\"status\":\"fail\""), "{json}");
+        assert_eq!(serde_json::from_str::<Verdict>(&json).unwrap(), verdict);
+        assert!(serde_json::from_str::<Verdict>(&json.replace("0x181", "181")).is_err());
+    }
+}

@@ -1,0 +1,354 @@
+//! The only module that talks to KVM: one VM with one vCPU and one memory slot per case, set up
+//! with long-standing ioctls only (KVM_SET_USER_MEMORY_REGION, KVM_SET_CPUID2, KVM_SET_SREGS,
+//! KVM_SET_MSRS, ...), so it runs on every kernel a bisect may land on.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use kvm_bindings::{kvm_segment, kvm_userspace_memory_region, CpuId, Msrs, KVM_MAX_CPUID_ENTRIES};
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use nestfault_protocol::{Mailbox, Status, DONE_PORT, MAILBOX_GPA};
+use thiserror::Error;
+use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+
+use crate::layout::{GuestImage, Segment, L2_IO_PORT};
+use crate::scenario::VendorKind;
+
+#[derive(Debug, Error)]
+pub enum VmError {
+    #[error("/dev/kvm does not exist: load kvm and kvm_amd or kvm_intel (modprobe kvm_amd / kvm_intel), or run on a machine with KVM")]
+    NoKvm,
+    #[error("permission denied opening /dev/kvm: add yourself to the kvm group (sudo usermod -aG kvm $USER, then log in again) or run as root")]
+    KvmPermission,
+    #[error("cannot open /dev/kvm: {0}")]
+    KvmOpen(kvm_ioctls::Error),
+    #[error("{what} failed: {source}")]
+    Ioctl { what: &'static str, source: kvm_ioctls::Error },
+    #[error("KVM set {set} of the {wanted} MSRs nestfault needs ({what})")]
+    Msrs { what: &'static str, wanted: usize, set: usize },
+    #[error("guest memory: {0}")]
+    Memory(String),
+}
+
+fn ioctl(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::Ioctl { what, source }
+}
+
+pub fn open_kvm() -> Result<Kvm, VmError> {
+    Kvm::new().map_err(|error| match error.errno() {
+        libc::ENOENT => VmError::NoKvm,
+        libc::EACCES | libc::EPERM => VmError::KvmPermission,
+        _ => VmError::KvmOpen(error),
+    })
+}
+
+/// Why this host's KVM cannot run `kind` nested, or `None` if it can: checks what L1 would be
+/// offered (KVM_GET_SUPPORTED_CPUID), and names the module parameter behind a missing bit.
+pub fn missing_nested_support(kvm: &Kvm, kind: VendorKind) -> Result<Option<String>, VmError> {
+    let cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(ioctl("KVM_GET_SUPPORTED_CPUID"))?;
+    let leaf = |function: u32| cpuid.as_slice().iter().find(|e| e.function == function && e.index == 0).copied();
+    let (module, bit_ok, what) = match kind {
+        VendorKind::Svm => {
+            let svm = leaf(0x8000_0001).is_some_and(|e| e.ecx & (1 << 2) != 0);
+            let npt = leaf(0x8000_000a).is_some_and(|e| e.edx & 1 != 0);
+            let what = if !svm { "SVM (CPUID 0x80000001 ECX bit 2)" } else { "nested paging (CPUID 0x8000000A EDX bit 0, kvm_amd npt)" };
+            ("kvm_amd", svm && npt, what)
+        }
+        VendorKind::Vmx => ("kvm_intel", leaf(1).is_some_and(|e| e.ecx & (1 << 5) != 0), "VMX (CPUID 0x1 ECX bit 5)"),
+    };
+    if bit_ok {
+        return Ok(None);
+    }
+    let nested = std::fs::read_to_string(format!("/sys/module/{module}/parameters/nested"));
+    let why = match nested {
+        Err(_) => format!("{module} is not loaded (not a{} host?)", if kind == VendorKind::Svm { "n AMD" } else { "n Intel" }),
+        Ok(value) if matches!(value.trim(), "0" | "N") => {
+            format!("{module} is loaded with nested={}: reload it with nested=1", value.trim())
+        }
+        Ok(value) => format!("{module} nested={}, yet KVM does not offer it (running nested without nesting?)", value.trim()),
+    };
+    Ok(Some(format!("{}: KVM_GET_SUPPORTED_CPUID lacks {what}; {why}", kind.name().to_uppercase())))
+}
+
+/// How a run ended.
+#[derive(Debug)]
+pub enum Observation {
+    /// The stub reported through the done port; the mailbox holds its outputs.
+    Reported { status: Option<Status>, mailbox: Box<Mailbox>, l2_io: L2Io },
+    /// The vCPU stopped some other way: not a verdict on the kernel, a harness error.
+    Stopped { reason: String, registers: String, l2_io: L2Io },
+}
+
+/// L2's string I/O that reached userspace: INSB's port read is expected before its write faults;
+/// an OUTSB port write means the read that should have faulted went through.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct L2Io {
+    pub port_reads: u32,
+    pub port_writes: u32,
+}
+
+/// A VM with L1's memory and one vCPU.
+pub struct Vm {
+    vm: VmFd,
+    vcpu: VcpuFd,
+    memory: GuestMemoryMmap,
+}
+
+impl Vm {
+    /// A VM of `memory_size` bytes whose vCPU has the CPUID KVM supports, which on a nested-capable
+    /// host advertises SVM and NP or VMX: KVM refuses EFER.SVME / CR4.VMXE without them.
+    pub fn new(kvm: &Kvm, memory_size: u64) -> Result<Self, VmError> {
+        let vm = kvm.create_vm().map_err(ioctl("KVM_CREATE_VM"))?;
+        let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), memory_size as usize)])
+            .map_err(|error| VmError::Memory(error.to_string()))?;
+        let host = memory.get_host_address(GuestAddress(0)).map_err(|error| VmError::Memory(error.to_string()))?;
+        let region = kvm_userspace_memory_region {
+            slot: 0,
+            flags: 0,
+            guest_phys_addr: 0,
+            memory_size,
+            userspace_addr: host as u64,
+        };
+        // SAFETY: `memory` is a live anonymous mapping of `memory_size` bytes that outlives the VM
+        // (both are fields of the returned Vm, and `vm` is dropped first).
+        unsafe { vm.set_user_memory_region(region) }.map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))?;
+        let vcpu = vm.create_vcpu(0).map_err(ioctl("KVM_CREATE_VCPU"))?;
+        let cpuid: CpuId = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(ioctl("KVM_GET_SUPPORTED_CPUID"))?;
+        vcpu.set_cpuid2(&cpuid).map_err(ioctl("KVM_SET_CPUID2"))?;
+        Ok(Self { vm, vcpu, memory })
+    }
+
+    /// Reads MSRs of the vCPU (VMX capability MSRs as KVM offers them to L1).
+    pub fn read_msrs(&self, indices: &[u32]) -> Result<Vec<u64>, VmError> {
+        let entries: Vec<_> = indices.iter().map(|&index| kvm_bindings::kvm_msr_entry { index, ..Default::default() }).collect();
+        let mut msrs = Msrs::from_entries(&entries).map_err(|error| VmError::Memory(format!("{error:?}")))?;
+        let read = self.vcpu.get_msrs(&mut msrs).map_err(ioctl("KVM_GET_MSRS"))?;
+        if read != indices.len() {
+            return Err(VmError::Msrs { what: "reading capability MSRs", wanted: indices.len(), set: read });
+        }
+        Ok(msrs.as_slice().iter().map(|entry| entry.data).collect())
+    }
+
+    /// Copies L1's memory image in and puts the vCPU in L1's long-mode state.
+    pub fn load(&mut self, image: &GuestImage, msrs: &[(u32, u64)]) -> Result<(), VmError> {
+        self.memory
+            .write_slice(image.memory.bytes(), GuestAddress(0))
+            .map_err(|error| VmError::Memory(error.to_string()))?;
+        let l1 = &image.l1;
+        let mut sregs = self.vcpu.get_sregs().map_err(ioctl("KVM_GET_SREGS"))?;
+        sregs.cs = kvm_segment_of(l1.code);
+        (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss) =
+            (kvm_segment_of(l1.data), kvm_segment_of(l1.data), kvm_segment_of(l1.data), kvm_segment_of(l1.data), kvm_segment_of(l1.data));
+        sregs.tr = kvm_segment_of(l1.tr);
+        sregs.ldt = kvm_segment_of(Segment::UNUSABLE);
+        sregs.gdt.base = l1.gdt_base;
+        sregs.gdt.limit = l1.gdt_limit;
+        // No IDT: an exception in L1 becomes a triple fault, which the run loop reports.
+        sregs.idt.base = 0;
+        sregs.idt.limit = 0;
+        (sregs.cr0, sregs.cr3, sregs.cr4, sregs.efer) = (l1.cr0, l1.cr3, l1.cr4, l1.efer);
+        self.vcpu.set_sregs(&sregs).map_err(ioctl("KVM_SET_SREGS"))?;
+        let regs = kvm_bindings::kvm_regs { rip: l1.rip, rsp: l1.rsp, rflags: 0x2, ..Default::default() };
+        self.vcpu.set_regs(&regs).map_err(ioctl("KVM_SET_REGS"))?;
+        if !msrs.is_empty() {
+            let entries: Vec<_> =
+                msrs.iter().map(|&(index, data)| kvm_bindings::kvm_msr_entry { index, data, ..Default::default() }).collect();
+            let msrs = Msrs::from_entries(&entries).map_err(|error| VmError::Memory(format!("{error:?}")))?;
+            let set = self.vcpu.set_msrs(&msrs).map_err(ioctl("KVM_SET_MSRS"))?;
+            if set != entries.len() {
+                return Err(VmError::Msrs { what: "L1's MSRs (IA32_FEATURE_CONTROL)", wanted: entries.len(), set });
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the vCPU until the stub reports, something else stops it, or `timeout` passes.
+    pub fn run(&mut self, timeout: Duration) -> Result<Observation, VmError> {
+        let deadline = Instant::now() + timeout;
+        let finished = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            let watchdog = Watchdog::arm(scope, deadline, &finished);
+            let result = self.run_until(deadline);
+            finished.store(true, Ordering::SeqCst);
+            drop(watchdog);
+            result
+        })
+    }
+
+    fn run_until(&mut self, deadline: Instant) -> Result<Observation, VmError> {
+        const MAX_L2_PORT_ACCESSES: u32 = 16;
+        let mut l2_io = L2Io::default();
+        loop {
+            if Instant::now() >= deadline {
+                return Ok(self.stopped(format!("timeout: the guest did not report within the time limit"), l2_io));
+            }
+            let stop = match self.vcpu.run() {
+                Ok(VcpuExit::IoOut(DONE_PORT, data)) => {
+                    let status = data.try_into().ok().map(u32::from_le_bytes).and_then(Status::from_raw);
+                    let mailbox = self.mailbox()?;
+                    return Ok(Observation::Reported { status, mailbox: Box::new(mailbox), l2_io });
+                }
+                Ok(VcpuExit::IoIn(L2_IO_PORT, data)) => {
+                    // INSB's port read: any byte will do; the write to memory comes next.
+                    data.fill(0);
+                    l2_io.port_reads += 1;
+                    None
+                }
+                Ok(VcpuExit::IoOut(L2_IO_PORT, _)) => {
+                    l2_io.port_writes += 1;
+                    None
+                }
+                Ok(VcpuExit::IoIn(port, _)) | Ok(VcpuExit::IoOut(port, _)) => Some(format!("unexpected I/O to port {port:#x}")),
+                Ok(VcpuExit::Hlt) => Some("L1 halted without reporting".to_string()),
+                Ok(VcpuExit::Shutdown) => {
+                    Some("shutdown: L1 triple-faulted (an exception in L1, which has no IDT)".to_string())
+                }
+                Ok(VcpuExit::FailEntry(reason, _)) => Some(format!("KVM_EXIT_FAIL_ENTRY, hardware reason {reason:#x}")),
+                Ok(VcpuExit::InternalError) => Some(self.internal_error()),
+                Ok(VcpuExit::Intr) => None,
+                Ok(other) => Some(format!("unexpected exit {other:?}")),
+                Err(error) if error.errno() == libc::EINTR => None,
+                Err(error) => return Err(VmError::Ioctl { what: "KVM_RUN", source: error }),
+            };
+            if let Some(reason) = stop {
+                return Ok(self.stopped(reason, l2_io));
+            }
+            if l2_io.port_reads + l2_io.port_writes > MAX_L2_PORT_ACCESSES {
+                return Ok(self.stopped("L2's string I/O kept reaching userspace".to_string(), l2_io));
+            }
+        }
+    }
+
+    fn mailbox(&self) -> Result<Mailbox, VmError> {
+        let wrapper: MailboxBytes =
+            self.memory.read_obj(GuestAddress(MAILBOX_GPA)).map_err(|error| VmError::Memory(error.to_string()))?;
+        Ok(wrapper.0)
+    }
+
+    fn internal_error(&mut self) -> String {
+        // SAFETY: KVM_EXIT_INTERNAL_ERROR means the kernel filled the `internal` member of the
+        // exit union; kvm-ioctls does not surface it.
+        let internal = unsafe { self.vcpu.get_kvm_run().__bindgen_anon_1.internal };
+        let count = (internal.ndata as usize).min(internal.data.len());
+        format!("KVM internal error, suberror {} (data {:x?})", internal.suberror, &internal.data[..count])
+    }
+
+    fn stopped(&self, reason: String, l2_io: L2Io) -> Observation {
+        Observation::Stopped { reason, registers: self.registers(), l2_io }
+    }
+
+    /// The vCPU's registers, for error reports. While L2 runs these are L2's.
+    fn registers(&self) -> String {
+        match (self.vcpu.get_regs(), self.vcpu.get_sregs()) {
+            (Ok(regs), Ok(sregs)) => format!(
+                "rip={:#x} rsp={:#x} rax={:#x} rflags={:#x} cr0={:#x} cr3={:#x} cr4={:#x} efer={:#x} cs={:#x}",
+                regs.rip, regs.rsp, regs.rax, regs.rflags, sregs.cr0, sregs.cr3, sregs.cr4, sregs.efer, sregs.cs.selector
+            ),
+            (Err(error), _) | (_, Err(error)) => format!("(registers unavailable: {error})"),
+        }
+    }
+}
+
+impl fmt::Debug for Vm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Vm").field("vm", &self.vm).finish_non_exhaustive()
+    }
+}
+
+fn kvm_segment_of(segment: Segment) -> kvm_segment {
+    let ar = segment.access_rights;
+    let bit = |n: u32| ((ar >> n) & 1) as u8;
+    kvm_segment {
+        base: segment.base,
+        limit: segment.limit,
+        selector: segment.selector,
+        type_: (ar & 0xf) as u8,
+        s: bit(4),
+        dpl: ((ar >> 5) & 3) as u8,
+        present: bit(7),
+        avl: bit(12),
+        l: bit(13),
+        db: bit(14),
+        g: bit(15),
+        unusable: bit(16),
+        padding: 0,
+    }
+}
+
+/// The mailbox as guest-memory bytes.
+#[derive(Clone, Copy)]
+#[repr(transparent)]
+struct MailboxBytes(Mailbox);
+
+impl Default for MailboxBytes {
+    fn default() -> Self {
+        MailboxBytes(Mailbox::new(nestfault_protocol::Executor::Svm))
+    }
+}
+
+// SAFETY: Mailbox is #[repr(C)] and made only of u64s and arrays of #[repr(C)] u64 pairs: no
+// padding, and every bit pattern is a valid value.
+unsafe impl ByteValued for MailboxBytes {}
+
+pub fn mailbox_bytes(mailbox: &Mailbox) -> Vec<u8> {
+    MailboxBytes(*mailbox).as_slice().to_vec()
+}
+
+/// Kicks the vCPU thread out of KVM_RUN once the deadline has passed, by signalling it until the
+/// run loop notices (a signal that lands just before KVM_RUN would otherwise be lost).
+struct Watchdog;
+
+extern "C" fn ignore_signal(_: libc::c_int) {}
+
+impl Watchdog {
+    const SIGNAL: libc::c_int = libc::SIGUSR1;
+
+    fn arm<'scope>(scope: &'scope std::thread::Scope<'scope, '_>, deadline: Instant, finished: &'scope AtomicBool) -> Watchdog {
+        // SAFETY: installs a handler that does nothing, without SA_RESTART, so a pending signal
+        // makes KVM_RUN return EINTR instead of being ignored or killing the process.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = ignore_signal as *const () as usize;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(Self::SIGNAL, &action, std::ptr::null_mut());
+        }
+        // SAFETY: pthread_self has no preconditions.
+        let vcpu_thread = unsafe { libc::pthread_self() };
+        scope.spawn(move || {
+            while !finished.load(Ordering::SeqCst) {
+                let now = Instant::now();
+                if now >= deadline {
+                    // SAFETY: the vCPU thread is alive: this scoped thread is joined before the run
+                    // loop's thread leaves the scope, and `finished` is set before that.
+                    unsafe { libc::pthread_kill(vcpu_thread, Self::SIGNAL) };
+                }
+                std::thread::sleep(Duration::from_millis(20).min(deadline.saturating_duration_since(now)).max(Duration::from_millis(1)));
+            }
+        });
+        Watchdog
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_convert_from_vmx_access_rights() {
+        let cs = kvm_segment_of(Segment::CODE64);
+        assert_eq!((cs.type_, cs.s, cs.present, cs.l, cs.db, cs.g), (0xb, 1, 1, 1, 0, 1));
+        let tr = kvm_segment_of(Segment::TSS);
+        assert_eq!((tr.type_, tr.s, tr.present), (0xb, 0, 1));
+        assert_eq!(kvm_segment_of(Segment::UNUSABLE).unusable, 1);
+    }
+
+    #[test]
+    fn mailbox_bytes_round_trip() {
+        let mut mailbox = Mailbox::new(nestfault_protocol::Executor::Vmx);
+        mailbox.exit[2] = 0x1234;
+        let bytes = mailbox_bytes(&mailbox);
+        assert_eq!(bytes.len(), std::mem::size_of::<Mailbox>());
+        assert_eq!(&bytes[..8], b"NFMAILBX");
+    }
+}
