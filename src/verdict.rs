@@ -112,15 +112,19 @@ pub fn judge(vendor: &dyn Vendor, case: &Case, expectation: &Expectation, observ
             return verdict;
         }
         Observation::Reported { status, mailbox, l2_io } => match status {
-            Some(StubStatus::Exited) => (mailbox, *l2_io),
-            Some(StubStatus::VmxInstructionFailed) => {
+            Ok(StubStatus::Exited) => (mailbox, *l2_io),
+            Ok(StubStatus::VmxInstructionFailed) => {
                 let (step, index, error) = split_vmx_detail(mailbox.detail);
                 let at = if step == Some(nestfault_protocol::VmxStep::Vmwrite) { format!(" (write #{index})") } else { String::new() };
                 verdict.diagnosis = Some(format!("L1's {step:?}{at} failed with VM-instruction error {error}"));
                 return verdict;
             }
-            other => {
-                verdict.diagnosis = Some(format!("the stub rejected its mailbox (status {other:?})"));
+            Ok(StubStatus::BadMailbox) => {
+                verdict.diagnosis = Some("the stub rejected its mailbox (wrong magic, version or executor)".into());
+                return verdict;
+            }
+            Err(raw) => {
+                verdict.diagnosis = Some(format!("the stub reported an unknown status {raw:#x}"));
                 return verdict;
             }
         },
@@ -194,7 +198,7 @@ mod tests {
     fn observed(exit: [u64; 4]) -> Observation {
         let mut mailbox = Mailbox::new(Executor::Svm);
         mailbox.exit = exit;
-        Observation::Reported { status: Some(StubStatus::Exited), mailbox: Box::new(mailbox), l2_io: L2Io::default() }
+        Observation::Reported { status: Ok(StubStatus::Exited), mailbox: Box::new(mailbox), l2_io: L2Io::default() }
     }
 
     #[test]
@@ -217,12 +221,12 @@ mod tests {
         let vendor = vendor::for_tests(crate::scenario::VendorKind::Vmx);
         let case = case("vmx/pt_page_unmapped/emulated");
         let expectation = vendor.expect(&case, &SITE);
-        let stopped = Observation::Stopped { reason: "timeout".into(), registers: "rip=0x1".into(), l2_io: L2Io::default() };
+        let stopped = Observation::Stopped { reason: "timeout".into(), registers: "rip=0x1".into() };
         let verdict = judge(vendor.as_ref(), &case, &expectation, &stopped, 1);
         assert_eq!((verdict.status, verdict.actual), (Status::Error, None));
         let mut mailbox = Mailbox::new(Executor::Vmx);
         mailbox.detail = nestfault_protocol::vmx_detail(nestfault_protocol::VmxStep::Vmlaunch, 0, 7);
-        let failed = Observation::Reported { status: Some(StubStatus::VmxInstructionFailed), mailbox: Box::new(mailbox), l2_io: L2Io::default() };
+        let failed = Observation::Reported { status: Ok(StubStatus::VmxInstructionFailed), mailbox: Box::new(mailbox), l2_io: L2Io::default() };
         let verdict = judge(vendor.as_ref(), &case, &expectation, &failed, 1);
         assert_eq!(verdict.status, Status::Error);
         assert!(verdict.diagnosis.unwrap().contains("Vmlaunch"));

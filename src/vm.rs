@@ -15,6 +15,7 @@ use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryBackend, GuestMemory
 use crate::layout::{GuestImage, Segment, L2_IO_PORT};
 use crate::scenario::VendorKind;
 
+
 #[derive(Debug, Error)]
 pub enum VmError {
     #[error("/dev/kvm does not exist: load kvm and kvm_amd or kvm_intel (modprobe kvm_amd / kvm_intel), or run on a machine with KVM")]
@@ -74,10 +75,11 @@ pub fn missing_nested_support(kvm: &Kvm, kind: VendorKind) -> Result<Option<Stri
 /// How a run ended.
 #[derive(Debug)]
 pub enum Observation {
-    /// The stub reported through the done port; the mailbox holds its outputs.
-    Reported { status: Option<Status>, mailbox: Box<Mailbox>, l2_io: L2Io },
+    /// The stub reported through the done port (a [`Status`], or the raw value if it is none);
+    /// the mailbox holds its outputs.
+    Reported { status: Result<Status, u32>, mailbox: Box<Mailbox>, l2_io: L2Io },
     /// The vCPU stopped some other way: not a verdict on the kernel, a harness error.
-    Stopped { reason: String, registers: String, l2_io: L2Io },
+    Stopped { reason: String, registers: String },
 }
 
 /// L2's string I/O that reached userspace: INSB's port read is expected before its write faults;
@@ -181,11 +183,12 @@ impl Vm {
         let mut l2_io = L2Io::default();
         loop {
             if Instant::now() >= deadline {
-                return Ok(self.stopped(format!("timeout: the guest did not report within the time limit"), l2_io));
+                return Ok(self.stopped("timeout: the guest did not report within the time limit".to_string()));
             }
             let stop = match self.vcpu.run() {
                 Ok(VcpuExit::IoOut(DONE_PORT, data)) => {
-                    let status = data.try_into().ok().map(u32::from_le_bytes).and_then(Status::from_raw);
+                    let raw = data.try_into().map(u32::from_le_bytes).unwrap_or(u32::MAX);
+                    let status = Status::from_raw(raw).ok_or(raw);
                     let mailbox = self.mailbox()?;
                     return Ok(Observation::Reported { status, mailbox: Box::new(mailbox), l2_io });
                 }
@@ -212,10 +215,10 @@ impl Vm {
                 Err(error) => return Err(VmError::Ioctl { what: "KVM_RUN", source: error }),
             };
             if let Some(reason) = stop {
-                return Ok(self.stopped(reason, l2_io));
+                return Ok(self.stopped(reason));
             }
             if l2_io.port_reads + l2_io.port_writes > MAX_L2_PORT_ACCESSES {
-                return Ok(self.stopped("L2's string I/O kept reaching userspace".to_string(), l2_io));
+                return Ok(self.stopped("L2's string I/O kept reaching userspace".to_string()));
             }
         }
     }
@@ -234,8 +237,8 @@ impl Vm {
         format!("KVM internal error, suberror {} (data {:x?})", internal.suberror, &internal.data[..count])
     }
 
-    fn stopped(&self, reason: String, l2_io: L2Io) -> Observation {
-        Observation::Stopped { reason, registers: self.registers(), l2_io }
+    fn stopped(&self, reason: String) -> Observation {
+        Observation::Stopped { reason, registers: self.registers() }
     }
 
     /// The vCPU's registers, for error reports. While L2 runs these are L2's.
@@ -333,6 +336,90 @@ impl Watchdog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::elf::L1_STUB;
+    use crate::layout;
+    use crate::scenario::{built_in, expand};
+    use crate::vendor::{self, Vendor};
+    use crate::verdict::{judge, Status as VerdictStatus};
+    use nestfault_protocol::{Executor, GARBAGE_STATUS};
+
+    /// This machine's /dev/kvm, or `None` (the test then says it skipped; under CI=true a missing
+    /// /dev/kvm fails instead, so CI cannot pass without running these).
+    fn real_kvm(test: &str) -> Option<Kvm> {
+        match open_kvm() {
+            Ok(kvm) => Some(kvm),
+            Err(error) if std::env::var("CI").as_deref() == Ok("true") => panic!("{test}: needs /dev/kvm under CI: {error}"),
+            Err(error) => {
+                eprintln!("SKIPPED {test}: {error}");
+                None
+            }
+        }
+    }
+
+    /// Boots the real stub in long mode on this host's KVM (no nesting needed) with its mailbox
+    /// asking for `executor`, and judges the result as the runner would.
+    fn run_stub(kvm: &Kvm, executor: u64, timeout: Duration) -> (Observation, crate::verdict::Verdict) {
+        let case = expand(&built_in().unwrap()).remove(0);
+        let vendor = vendor::for_tests(case.vendor);
+        let mut image = layout::build(&case, vendor.as_ref(), L1_STUB).unwrap();
+        // Mailbox::executor is its third u64.
+        image.memory.write_u64("the mailbox", MAILBOX_GPA + 16, executor).unwrap();
+        let mut vm = Vm::new(kvm, layout::MEMORY_SIZE).unwrap();
+        vm.load(&image, &[]).unwrap();
+        let observation = vm.run(timeout).unwrap();
+        let expectation = vendor.expect(&case, &image.site);
+        let verdict = judge(vendor.as_ref(), &case, &expectation, &observation, 0);
+        (observation, verdict)
+    }
+
+    #[test]
+    fn kvm_mailbox_round_trips_through_the_real_stub() {
+        let Some(kvm) = real_kvm("kvm_mailbox_round_trips_through_the_real_stub") else { return };
+        let (observation, _) = run_stub(&kvm, Executor::TestEcho as u64, Duration::from_secs(10));
+        let Observation::Reported { status, mailbox, .. } = observation else { panic!("{observation:?}") };
+        assert_eq!(status, Ok(Status::Exited));
+        // The SVM case's reads are VMCB offsets 0x70, 0x78, 0x80, 0x88.
+        assert_eq!(mailbox.exit, [0x71, 0x79, 0x81, 0x89]);
+        let (observation, verdict) = run_stub(&kvm, 0x77, Duration::from_secs(10));
+        assert!(matches!(observation, Observation::Reported { status: Ok(Status::BadMailbox), .. }), "{observation:?}");
+        assert_eq!(verdict.status, VerdictStatus::Error);
+    }
+
+    #[test]
+    fn kvm_hang_ends_as_an_error_within_the_timeout() {
+        let Some(kvm) = real_kvm("kvm_hang_ends_as_an_error_within_the_timeout") else { return };
+        let started = Instant::now();
+        let (_, verdict) = run_stub(&kvm, Executor::TestHang as u64, Duration::from_millis(500));
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+        assert_eq!(verdict.status, VerdictStatus::Error);
+        let diagnosis = verdict.diagnosis.unwrap();
+        assert!(diagnosis.starts_with("timeout") && diagnosis.contains("rip=0x10"), "{diagnosis}");
+    }
+
+    #[test]
+    fn kvm_triple_fault_and_garbage_end_as_errors() {
+        let Some(kvm) = real_kvm("kvm_triple_fault_and_garbage_end_as_errors") else { return };
+        let (_, verdict) = run_stub(&kvm, Executor::TestTripleFault as u64, Duration::from_secs(10));
+        assert_eq!(verdict.status, VerdictStatus::Error);
+        assert!(verdict.diagnosis.unwrap().starts_with("shutdown: L1 triple-faulted"));
+        let (observation, verdict) = run_stub(&kvm, Executor::TestGarbage as u64, Duration::from_secs(10));
+        assert!(matches!(observation, Observation::Reported { status: Err(GARBAGE_STATUS), .. }), "{observation:?}");
+        assert_eq!(verdict.status, VerdictStatus::Error);
+        assert!(verdict.diagnosis.unwrap().contains("0xdeadbeef"));
+    }
+
+    /// Without SVM in its CPUID, the vCPU refuses EFER.SVME: the real SVM executor's first step
+    /// faults, and that is an error with the registers, not a pass.
+    #[test]
+    fn kvm_svm_without_nesting_is_an_error_not_a_pass() {
+        let Some(kvm) = real_kvm("kvm_svm_without_nesting_is_an_error_not_a_pass") else { return };
+        if missing_nested_support(&kvm, VendorKind::Svm).unwrap().is_none() {
+            eprintln!("SKIPPED kvm_svm_without_nesting_is_an_error_not_a_pass: this host nests SVM");
+            return;
+        }
+        let (_, verdict) = run_stub(&kvm, Executor::Svm as u64, Duration::from_secs(10));
+        assert_eq!(verdict.status, VerdictStatus::Error, "{verdict:?}");
+    }
 
     #[test]
     fn segments_convert_from_vmx_access_rights() {

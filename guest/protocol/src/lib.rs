@@ -29,7 +29,7 @@ pub const MAX_WRITES: usize = 96;
 /// Number of exit fields the stub copies back.
 pub const EXIT_FIELDS: usize = 4;
 
-/// Which virtualization extension the stub drives.
+/// Which virtualization extension the stub drives (or which test behaviour it shows).
 #[repr(u64)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Executor {
@@ -37,6 +37,16 @@ pub enum Executor {
     Svm = 1,
     /// Intel VMX: `writes` are VMWRITEs (field encoding, value), `reads` are VMREAD encodings.
     Vmx = 2,
+    /// Test behaviours, which need no virtualization extension: they let the harness's own paths
+    /// (mailbox round trip, watchdog, crash and garbage handling) be proven on any KVM host.
+    /// Copies `reads[i] + 1` to `exit[i]` and reports [`Status::Exited`].
+    TestEcho = 0x10,
+    /// Spins forever without exiting to the host.
+    TestHang = 0x11,
+    /// Raises an exception with no IDT: a triple fault.
+    TestTripleFault = 0x12,
+    /// Reports a status no host knows.
+    TestGarbage = 0x13,
 }
 
 impl Executor {
@@ -44,6 +54,10 @@ impl Executor {
         match raw {
             1 => Some(Self::Svm),
             2 => Some(Self::Vmx),
+            0x10 => Some(Self::TestEcho),
+            0x11 => Some(Self::TestHang),
+            0x12 => Some(Self::TestTripleFault),
+            0x13 => Some(Self::TestGarbage),
             _ => None,
         }
     }
@@ -61,6 +75,9 @@ pub enum Status {
     /// A VMX instruction (VMXON, VMCLEAR, VMPTRLD, VMWRITE, VMLAUNCH, VMREAD) failed; see `detail`.
     VmxInstructionFailed = 2,
 }
+
+/// What [`Executor::TestGarbage`] reports: no [`Status`] has this value.
+pub const GARBAGE_STATUS: u32 = 0xdead_beef;
 
 impl Status {
     pub fn from_raw(raw: u32) -> Option<Self> {

@@ -1,7 +1,7 @@
 //! The few privileged instructions both executors need.
 
 use core::arch::asm;
-use nestfault_protocol::{Status, DONE_PORT};
+use nestfault_protocol::DONE_PORT;
 
 pub fn rdmsr(msr: u32) -> u64 {
     let (low, high): (u32, u32);
@@ -19,11 +19,25 @@ pub fn wrmsr(msr: u32, value: u64) {
     };
 }
 
-/// Tells the host the run is over; the host stops the vCPU on this OUT.
-pub fn report_and_halt(status: Status) -> ! {
+/// Tells the host the run is over (with a `Status`, or garbage on purpose); the host stops the
+/// vCPU on this OUT.
+pub fn report_raw_and_halt(status: u32) -> ! {
     // SAFETY: an OUT to the done port exits to the host VMM, which owns the port.
-    unsafe { asm!("out dx, eax", in("dx") DONE_PORT, in("eax") status as u32, options(nostack)) };
+    unsafe { asm!("out dx, eax", in("dx") DONE_PORT, in("eax") status, options(nostack)) };
     halt_forever()
+}
+
+/// Never exits to the host: only the host's watchdog ends this.
+pub fn spin_forever() -> ! {
+    loop {
+        core::hint::spin_loop();
+    }
+}
+
+/// UD2 with no IDT: #UD cannot be delivered, so the vCPU triple-faults.
+pub fn raise_undefined_opcode() -> ! {
+    // SAFETY: deliberately faults; the host sees a shutdown exit and never resumes L1.
+    unsafe { asm!("ud2", options(nomem, nostack, noreturn)) }
 }
 
 pub fn halt_forever() -> ! {

@@ -10,7 +10,7 @@ mod cpu;
 mod svm;
 mod vmx;
 
-use nestfault_protocol::{Executor, Mailbox, MAILBOX_GPA};
+use nestfault_protocol::{Executor, Mailbox, Status, GARBAGE_STATUS, MAILBOX_GPA};
 
 /// Entry point; the host sets RSP to the top of the stub's stack and long mode is already on.
 #[no_mangle]
@@ -23,9 +23,16 @@ pub extern "C" fn _start() -> ! {
         Err(status) => status,
         Ok(Executor::Svm) => svm::run(mailbox),
         Ok(Executor::Vmx) => vmx::run(mailbox),
+        Ok(Executor::TestEcho) => {
+            mailbox.exit = mailbox.reads.map(|read| read.wrapping_add(1));
+            Status::Exited
+        }
+        Ok(Executor::TestHang) => cpu::spin_forever(),
+        Ok(Executor::TestTripleFault) => cpu::raise_undefined_opcode(),
+        Ok(Executor::TestGarbage) => cpu::report_raw_and_halt(GARBAGE_STATUS),
     };
     mailbox.status = status as u64;
-    cpu::report_and_halt(status)
+    cpu::report_raw_and_halt(status as u32)
 }
 
 #[panic_handler]
