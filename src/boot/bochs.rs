@@ -12,7 +12,7 @@ use std::sync::mpsc::{channel, Sender};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::console::{self, LineSplitter, Output, PhaseRules, Running};
+use super::console::{self, LineSender, Output, Phase, Progress, Running, Stream};
 use super::emulator::{Location, Requirement};
 use super::error::BootError;
 use super::iso;
@@ -53,14 +53,12 @@ pub(crate) const REQUIREMENTS: &[Requirement] = &[
     iso::LDLINUX_C32,
 ];
 
-/// Phases the serial console shows under Bochs, which boots through a BIOS
-/// and isolinux (mirrored to serial by its SERIAL directive).
-const PHASES: PhaseRules = &[
-    ("ISOLINUX", "boot loader running"),
-    ("Loading /initrd.gz", "loading the initramfs"),
-    ("Decompressing Linux", "kernel booting"),
-    ("Booting the kernel", "kernel booting"),
-];
+/// Bochs boots through a BIOS and isolinux, whose banner reaches the serial
+/// console (its SERIAL directive).
+const PHASES: &[Phase] = &[Phase {
+    name: "boot loader running",
+    shown_by: |line| line.starts_with("ISOLINUX"),
+}];
 
 /// The CPU Bochs emulates: a Haswell with VMX, EPT (with A/D bits), VPID,
 /// unrestricted guest and shadow VMCS. `ips` and `sync=none` are the fastest
@@ -127,9 +125,9 @@ pub(crate) fn boot(
         .stderr(Stdio::piped());
     console::tie_to_parent(&mut command, true);
     on_progress("starting bochs");
-    let mut child = command.spawn().map_err(|source| BootError::Spawn {
+    let mut child = command.spawn().map_err(|cause| BootError::Spawn {
         program: PROGRAM.into(),
-        source,
+        cause,
     })?;
     // Our copies of the slave side go with the command, so that the master
     // reads EOF/EIO once Bochs is gone.
@@ -138,7 +136,7 @@ pub(crate) fn boot(
 
     let (sender, output) = channel();
     if let Some(stderr) = child.stderr.take() {
-        console::spawn_line_reader(stderr, sender.clone(), Output::Emulator);
+        console::spawn_line_reader(stderr, sender.clone(), Stream::Emulator);
     }
     let ended = Arc::new(AtomicBool::new(false));
     follow_file(serial, Arc::clone(&ended), sender);
@@ -149,7 +147,7 @@ pub(crate) fn boot(
         power_off_codes: &[0, 1],
         label: "[bochs]",
     };
-    let mut report = console::watch(running, PHASES, opts, on_line, on_progress)?;
+    let mut report = console::watch(running, Progress::new(PHASES), opts, on_line, on_progress)?;
     if report.end != BootEnd::PoweredOff {
         report.tail.extend(log_tail(&log));
     }
@@ -203,7 +201,7 @@ fn drain_terminal(master: OwnedFd) {
 fn follow_file(path: PathBuf, ended: Arc<AtomicBool>, sender: Sender<Output>) {
     std::thread::spawn(move || {
         let mut file = None;
-        let mut splitter = LineSplitter::default();
+        let mut lines = LineSender::new(sender, Stream::Console);
         let mut buffer = [0u8; 4096];
         loop {
             let finishing = ended.load(Ordering::SeqCst);
@@ -213,9 +211,7 @@ fn follow_file(path: PathBuf, ended: Arc<AtomicBool>, sender: Sender<Output>) {
             if let Some(file) = file.as_mut() {
                 // Read everything there is now.
                 while let Ok(n @ 1..) = file.read(&mut buffer) {
-                    splitter.push(&buffer[..n], |line| {
-                        let _ = sender.send(Output::Console(line));
-                    });
+                    lines.push(&buffer[..n]);
                 }
             }
             if finishing {
@@ -223,9 +219,7 @@ fn follow_file(path: PathBuf, ended: Arc<AtomicBool>, sender: Sender<Output>) {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        if let Some(line) = splitter.finish() {
-            let _ = sender.send(Output::Console(line));
-        }
+        lines.finish();
     });
 }
 

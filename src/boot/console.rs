@@ -28,8 +28,18 @@ const DRAIN_GRACE: Duration = Duration::from_secs(2);
 pub(crate) enum Output {
     /// A line of the guest's serial console.
     Console(String),
+    /// The console's current unterminated line, so far. Some fatal messages
+    /// ("-- System halted") end without a newline.
+    Unfinished(String),
     /// A line of the emulator's own diagnostics (its stderr).
     Emulator(String),
+}
+
+/// Which stream a reader follows.
+#[derive(Clone, Copy)]
+pub(crate) enum Stream {
+    Console,
+    Emulator,
 }
 
 /// Cuts a byte stream into lines, dropping the serial console's '\r'.
@@ -49,6 +59,11 @@ impl LineSplitter {
         }
     }
 
+    /// The line begun but not ended yet, if any.
+    pub(crate) fn unfinished(&self) -> Option<String> {
+        (!self.partial.is_empty()).then(|| String::from_utf8_lossy(&self.partial).into_owned())
+    }
+
     /// The unterminated rest, if any, at the end of the stream.
     pub(crate) fn finish(mut self) -> Option<String> {
         (!self.partial.is_empty()).then(|| self.take())
@@ -61,28 +76,64 @@ impl LineSplitter {
     }
 }
 
-/// Reads `input` to its end on a thread, sending each line wrapped by `wrap`.
+/// Sends a byte stream to the watcher as lines of one stream.
+pub(crate) struct LineSender {
+    splitter: LineSplitter,
+    sender: Sender<Output>,
+    stream: Stream,
+}
+
+impl LineSender {
+    pub(crate) fn new(sender: Sender<Output>, stream: Stream) -> Self {
+        LineSender {
+            splitter: LineSplitter::default(),
+            sender,
+            stream,
+        }
+    }
+
+    pub(crate) fn push(&mut self, bytes: &[u8]) {
+        let (sender, stream) = (&self.sender, self.stream);
+        self.splitter.push(bytes, |line| {
+            let _ = sender.send(wrap(stream, line));
+        });
+        if let (Stream::Console, Some(rest)) = (stream, self.splitter.unfinished()) {
+            let _ = sender.send(Output::Unfinished(rest));
+        }
+    }
+
+    pub(crate) fn finish(self) {
+        if let Some(line) = self.splitter.finish() {
+            let _ = self.sender.send(wrap(self.stream, line));
+        }
+    }
+}
+
+fn wrap(stream: Stream, line: String) -> Output {
+    match stream {
+        Stream::Console => Output::Console(line),
+        Stream::Emulator => Output::Emulator(line),
+    }
+}
+
+/// Reads `input` to its end on a thread, sending its lines.
 pub(crate) fn spawn_line_reader(
     mut input: impl Read + Send + 'static,
     sender: Sender<Output>,
-    wrap: fn(String) -> Output,
+    stream: Stream,
 ) {
     std::thread::spawn(move || {
-        let mut splitter = LineSplitter::default();
+        let mut lines = LineSender::new(sender, stream);
         let mut buffer = [0u8; 4096];
         loop {
             match input.read(&mut buffer) {
                 Ok(0) => break,
-                Ok(n) => splitter.push(&buffer[..n], |line| {
-                    let _ = sender.send(wrap(line));
-                }),
+                Ok(n) => lines.push(&buffer[..n]),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => break,
             }
         }
-        if let Some(line) = splitter.finish() {
-            let _ = sender.send(wrap(line));
-        }
+        lines.finish();
     });
 }
 
@@ -117,16 +168,77 @@ pub(crate) struct Running {
     pub(crate) label: &'static str,
 }
 
-/// Phases shown by console lines: (text in the line, phase), each reported once.
-pub(crate) type PhaseRules = &'static [(&'static str, &'static str)];
+/// A boot phase that console lines show.
+pub(crate) struct Phase {
+    pub(crate) name: &'static str,
+    pub(crate) shown_by: fn(&str) -> bool,
+}
 
-/// Phases every guest shows.
-const COMMON_PHASES: PhaseRules = &[(INIT_MARKER, "init running")];
+/// Phases every guest goes through, after the emulator's own.
+const KERNEL_BOOTING: Phase = Phase {
+    name: "kernel booting",
+    // The decompressor's lines (earlyprintk), then the kernel's log.
+    shown_by: |line| {
+        is_kernel_message(line) || line.contains("KASLR") || line.contains("Decompressing Linux")
+    },
+};
+const INIT_RUNNING: Phase = Phase {
+    name: "init running",
+    shown_by: |line| line.contains(INIT_MARKER),
+};
+
+/// Reports boot phases once each and only forward, whether reached by a
+/// console line or declared by the emulator's code.
+pub(crate) struct Progress {
+    phases: Vec<&'static Phase>,
+    reached: Option<usize>,
+}
+
+impl Progress {
+    /// `own`: the emulator's phases, in order, before the kernel's.
+    pub(crate) fn new(own: &'static [Phase]) -> Self {
+        Progress {
+            phases: own.iter().chain([&KERNEL_BOOTING, &INIT_RUNNING]).collect(),
+            reached: None,
+        }
+    }
+
+    pub(crate) fn reach(&mut self, name: &str, on_progress: &mut dyn FnMut(&str)) {
+        if let Some(index) = self.phases.iter().position(|p| p.name == name) {
+            self.advance(index, on_progress);
+        }
+    }
+
+    fn line(&mut self, line: &str, on_progress: &mut dyn FnMut(&str)) {
+        if let Some(index) = self.phases.iter().rposition(|p| (p.shown_by)(line)) {
+            self.advance(index, on_progress);
+        }
+    }
+
+    fn advance(&mut self, index: usize, on_progress: &mut dyn FnMut(&str)) {
+        if self.reached.is_none_or(|reached| index > reached) {
+            self.reached = Some(index);
+            on_progress(self.phases[index].name);
+        }
+    }
+}
+
+/// A kernel log line: `[    1.234567] ...` (Debian kernels stamp printk).
+fn is_kernel_message(line: &str) -> bool {
+    let stamp = line
+        .strip_prefix('[')
+        .and_then(|rest| rest.split_once(']'))
+        .map(|(stamp, _)| stamp.trim_start());
+    let all_digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    stamp
+        .and_then(|stamp| stamp.split_once('.'))
+        .is_some_and(|(seconds, micros)| all_digits(seconds) && all_digits(micros))
+}
 
 /// Follows `running` until it ends or the timeout runs out.
 pub(crate) fn watch(
     mut running: Running,
-    phases: PhaseRules,
+    mut progress: Progress,
     opts: &BootOptions,
     on_line: &mut dyn FnMut(&str),
     on_progress: &mut dyn FnMut(&str),
@@ -140,7 +252,6 @@ pub(crate) fn watch(
         None => None,
     };
     let mut state = ConsoleState::default();
-    let mut reported: Vec<&str> = Vec::new();
     let mut exit: Option<(ExitStatus, Instant)> = None;
     let mut timed_out = false;
 
@@ -153,15 +264,11 @@ pub(crate) fn watch(
                 if let Some(log) = log.as_mut() {
                     let _ = writeln!(log, "{line}");
                 }
-                for &(needle, phase) in phases.iter().chain(COMMON_PHASES) {
-                    if line.contains(needle) && !reported.contains(&phase) {
-                        reported.push(phase);
-                        on_progress(phase);
-                    }
-                }
+                progress.line(&line, on_progress);
                 state.console(&line);
                 on_line(&line);
             }
+            Ok(Output::Unfinished(text)) => state.check_fatal(&text),
             Ok(Output::Emulator(line)) => {
                 if opts.verbose {
                     eprintln!("{} {line}", running.label);
@@ -226,6 +333,10 @@ pub(crate) fn watch(
     })
 }
 
+/// Lines after which the guest can only hang or reboot: a kernel panic, or
+/// the decompressor giving up on the kernel image.
+const FATAL: [&str; 2] = ["Kernel panic", "-- System halted"];
+
 #[derive(Default)]
 struct ConsoleState {
     tail: VecDeque<String>,
@@ -235,13 +346,17 @@ struct ConsoleState {
 
 impl ConsoleState {
     fn console(&mut self, line: &str) {
-        if line.contains("Kernel panic") && self.panic_at.is_none() {
-            self.panic_at = Some(Instant::now());
-        }
+        self.check_fatal(line);
         if line.contains(POWER_OFF_MARKER) {
             self.powered_off = true;
         }
         self.remember(line.to_owned());
+    }
+
+    fn check_fatal(&mut self, text: &str) {
+        if self.panic_at.is_none() && FATAL.iter().any(|fatal| text.contains(fatal)) {
+            self.panic_at = Some(Instant::now());
+        }
     }
 
     fn remember(&mut self, line: String) {
@@ -281,9 +396,9 @@ mod tests {
         spawn_line_reader(
             child.stdout.take().unwrap(),
             sender.clone(),
-            Output::Console,
+            Stream::Console,
         );
-        spawn_line_reader(child.stderr.take().unwrap(), sender, Output::Emulator);
+        spawn_line_reader(child.stderr.take().unwrap(), sender, Stream::Emulator);
         let running = Running {
             child,
             output,
@@ -298,7 +413,7 @@ mod tests {
             memory_mib: 0,
         };
         let mut progress = Vec::new();
-        let report = watch(running, &[], &opts, &mut |_| {}, &mut |p| {
+        let report = watch(running, Progress::new(&[]), &opts, &mut |_| {}, &mut |p| {
             progress.push(p.to_owned())
         })
         .unwrap();
@@ -306,6 +421,54 @@ mod tests {
             assert_eq!(progress, vec!["init running"]);
         }
         report
+    }
+
+    #[test]
+    fn recognises_kernel_messages() {
+        assert!(is_kernel_message(
+            "[    0.157529] [Firmware Bug]: TSC_DEADLINE disabled"
+        ));
+        assert!(is_kernel_message("[12345.000001] reboot: Power down"));
+        assert!(!is_kernel_message("[bochs] log"));
+        assert!(!is_kernel_message("ISOLINUX 6.04"));
+    }
+
+    #[test]
+    fn phases_only_go_forward() {
+        const OWN: &[Phase] = &[Phase {
+            name: "boot loader running",
+            shown_by: |line| line.starts_with("ISOLINUX"),
+        }];
+        let mut progress = Progress::new(OWN);
+        let mut seen = Vec::new();
+        for line in [
+            "ISOLINUX 6.04",
+            "[    0.1] a",
+            "[    0.2] b",
+            INIT_MARKER,
+            "[   27.1] reboot: Power down",
+            "ISOLINUX again",
+        ] {
+            progress.line(line, &mut |p| seen.push(p.to_owned()));
+        }
+        assert_eq!(
+            seen,
+            vec!["boot loader running", "kernel booting", "init running"]
+        );
+        progress.reach("kernel booting", &mut |p| seen.push(p.to_owned()));
+        assert_eq!(seen.len(), 3);
+    }
+
+    #[test]
+    fn unterminated_fatal_line_is_cut_short() {
+        let report = run_script(
+            "printf '\\n\\nXZ-compressed data is corrupt\\n\\n -- System halted'; exec sleep 30",
+            Duration::from_secs(20),
+            &[0],
+        );
+        assert_eq!(report.end, BootEnd::Panicked);
+        assert!(report.elapsed < Duration::from_secs(10));
+        assert_eq!(report.tail.last().unwrap(), " -- System halted");
     }
 
     #[test]

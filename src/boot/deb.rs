@@ -11,6 +11,9 @@ use super::error::BootError;
 
 /// A .deb is an ar archive whose first member is `debian-binary`.
 pub(crate) fn is_deb(path: &Path) -> Result<bool, BootError> {
+    if path.is_dir() {
+        return Ok(false);
+    }
     let mut head = [0u8; 21];
     let mut file = File::open(path).map_err(|e| BootError::io("open", path, e))?;
     let mut filled = 0;

@@ -1,17 +1,18 @@
 //! The boot layer's one error type. Every message says what went wrong and,
-//! where there is one, what the user can do about it.
+//! where there is one, what the user can do about it. Underlying OS errors
+//! are part of the message (field `cause`) rather than a separate source, so
+//! that printing the error alone tells the whole story, once.
 
 use std::io;
 use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
-    #[error("cannot {action} {}: {source}", path.display())]
+    #[error("cannot {action} {}: {cause}", path.display())]
     Io {
         action: &'static str,
         path: PathBuf,
-        #[source]
-        source: io::Error,
+        cause: io::Error,
     },
 
     #[error(
@@ -94,12 +95,8 @@ pub enum BootError {
     #[error("{emulator} cannot be used here: {reason}")]
     EmulatorUnsuitable { emulator: String, reason: String },
 
-    #[error("cannot run {program}: {source}")]
-    Spawn {
-        program: String,
-        #[source]
-        source: io::Error,
-    },
+    #[error("cannot run {program}: {cause}")]
+    Spawn { program: String, cause: io::Error },
 
     #[error("{program} failed ({status}): {output}")]
     ToolFailed {
@@ -114,20 +111,18 @@ pub enum BootError {
     )]
     NotOurInitramfs { path: PathBuf },
 
-    #[error("cannot mount {fstype} on {target}: {source}")]
+    #[error("cannot mount {fstype} on {target}: {cause}")]
     Mount {
         fstype: &'static str,
         target: &'static str,
-        #[source]
-        source: io::Error,
+        cause: io::Error,
     },
 
-    #[error("loading module {module} ({params}) failed: {source}{hint}")]
+    #[error("loading module {module} ({params}) failed: {cause}{hint}")]
     ModuleLoad {
         module: String,
         params: String,
-        #[source]
-        source: io::Error,
+        cause: io::Error,
         hint: &'static str,
     },
 
@@ -146,11 +141,11 @@ pub enum BootError {
 
 impl BootError {
     /// Shorthand for the common "cannot <action> <path>: <io error>" case.
-    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, cause: io::Error) -> Self {
         BootError::Io {
             action,
             path: path.into(),
-            source,
+            cause,
         }
     }
 }

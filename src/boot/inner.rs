@@ -96,10 +96,10 @@ fn read_text(path: &'static str) -> Result<String, BootError> {
 }
 
 fn mount(fstype: &'static str, target: &'static str) -> Result<(), BootError> {
-    let mount_error = |source| BootError::Mount {
+    let mount_error = |cause| BootError::Mount {
         fstype,
         target,
-        source,
+        cause,
     };
     fs::create_dir_all(target).map_err(mount_error)?;
     let source = CString::new(fstype).expect("file system names hold no NUL");
@@ -163,7 +163,7 @@ fn load_module(name: &str, params: &str) -> Result<(), BootError> {
         } else {
             params.to_owned()
         },
-        source: error,
+        cause: error,
         hint,
     })
 }

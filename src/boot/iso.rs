@@ -69,9 +69,9 @@ pub(crate) fn build_iso(
         .arg(graft("/vmlinuz", kernel))
         .arg(graft("/initrd.gz", initramfs))
         .output()
-        .map_err(|source| BootError::Spawn {
+        .map_err(|cause| BootError::Spawn {
             program: "xorriso".into(),
-            source,
+            cause,
         })?;
     if !output.status.success() {
         return Err(BootError::ToolFailed {

@@ -37,8 +37,10 @@ pub use tempdir::PrivateDir;
 
 /// The kernel command line for every emulator. `panic=-1` reboots at once on
 /// a panic, which ends QEMU (-no-reboot); `quiet` keeps the slow emulated
-/// UART from carrying the whole boot log.
-const KERNEL_CMDLINE: &str = "console=ttyS0,115200 panic=-1 quiet";
+/// UART from carrying the whole boot log; `earlyprintk` lets the kernel's
+/// decompressor and early boot report on the serial console too, so a
+/// kernel that dies early leaves a trace.
+const KERNEL_CMDLINE: &str = "console=ttyS0,115200 earlyprintk=serial,ttyS0,115200 panic=-1 quiet";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Emulator {
@@ -158,7 +160,8 @@ impl BootOptions {
 pub enum BootEnd {
     /// The guest switched itself off through [`power_off`].
     PoweredOff,
-    /// The kernel panicked (a "Kernel panic" line was seen).
+    /// The kernel panicked ("Kernel panic"), or its decompressor halted on
+    /// a broken image ("-- System halted").
     Panicked,
     /// The guest reset or stopped without a panic message and without
     /// [`power_off`] (e.g. a triple fault).

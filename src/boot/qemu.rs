@@ -5,7 +5,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc::channel;
 use std::sync::Arc;
 
-use super::console::{self, Output, Running};
+use super::console::{self, Progress, Running, Stream};
 use super::emulator::{Location, Requirement};
 use super::error::BootError;
 use super::kernel::PreparedKernel;
@@ -68,19 +68,20 @@ pub(crate) fn boot(
         .stderr(Stdio::piped());
     console::tie_to_parent(&mut command, false);
     on_progress("starting qemu");
-    let mut child = command.spawn().map_err(|source| BootError::Spawn {
+    let mut child = command.spawn().map_err(|cause| BootError::Spawn {
         program: PROGRAM.into(),
-        source,
+        cause,
     })?;
     let (sender, output) = channel();
     if let Some(stdout) = child.stdout.take() {
-        console::spawn_line_reader(stdout, sender.clone(), Output::Console);
+        console::spawn_line_reader(stdout, sender.clone(), Stream::Console);
     }
     if let Some(stderr) = child.stderr.take() {
-        console::spawn_line_reader(stderr, sender, Output::Emulator);
+        console::spawn_line_reader(stderr, sender, Stream::Emulator);
     }
     // QEMU loads the kernel itself: it boots as soon as QEMU runs.
-    on_progress("kernel booting");
+    let mut progress = Progress::new(&[]);
+    progress.reach("kernel booting", on_progress);
     let running = Running {
         child,
         output,
@@ -88,7 +89,7 @@ pub(crate) fn boot(
         power_off_codes: &[0],
         label: "[qemu]",
     };
-    console::watch(running, &[], opts, on_line, on_progress)
+    console::watch(running, progress, opts, on_line, on_progress)
 }
 
 #[cfg(test)]
