@@ -48,7 +48,8 @@ const CR0_PG: u64 = 1 << 31;
 const CR4_PAE: u64 = 1 << 5;
 const EFER_LME: u64 = 1 << 8;
 const EFER_LMA: u64 = 1 << 10;
-const RFLAGS_FIXED: u64 = 1 << 1;
+/// RFLAGS bit 1 is reserved and always set; everything else (IF included) is clear.
+pub const RFLAGS_FIXED: u64 = 1 << 1;
 
 /// A segment in the VMX access-rights format (SDM 25.4.1); other formats derive from it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,8 +116,6 @@ pub struct GuestImage {
     pub memory: PhysImage,
     pub l1: CpuState,
     pub site: FaultSite,
-    /// L1's NPT or EPT, with the fault applied.
-    pub nested: PageTable,
 }
 
 /// A read L2 does before the faulting instruction, so that the last hardware nested fault L0
@@ -204,7 +203,7 @@ pub fn build(case: &Case, vendor: &dyn Vendor, stub: &[u8]) -> Result<GuestImage
     let control = memory.alloc_page("the control block")?;
     let block = vendor.control_block(&base, &l2, nested.root)?;
     write_mailbox(&mut memory, &block, host_save, control)?;
-    Ok(GuestImage { memory, l1: base, site, nested })
+    Ok(GuestImage { memory, l1: base, site })
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -319,13 +318,21 @@ mod tests {
             assert_eq!(site.pte_gpa, site.pt_page_gpa, "leaf entry index 0");
             let mailbox = image.memory.read("", MAILBOX_GPA, 64).unwrap();
             assert_eq!(&mailbox[..8], b"NFMAILBX");
-            let nested = image.nested;
-            assert_eq!(nested.format, format);
+            let nested = PageTable { format, root: nested_root(&image, format) };
             let broken = if case.scenario.target == Target::PtPage { site.pt_page_gpa } else { site.data_gpa };
             let expected = if case.scenario.fault == Fault::Unmapped { None } else { Some((broken, Perms::READ_EXEC)) };
             assert_eq!(nested.translate(&image.memory, broken).unwrap(), expected);
             assert_eq!(nested.translate(&image.memory, site.data_gpa ^ broken ^ site.pt_page_gpa).unwrap().map(|t| t.1), Some(Perms::RWX));
             assert_eq!(nested.translate(&image.memory, MAILBOX_GPA).unwrap(), Some((MAILBOX_GPA, Perms::RWX)));
         }
+    }
+
+    /// The nested root, as the control block tells L1: SVM's NESTED_CR3, VMX's EPT pointer.
+    fn nested_root(image: &GuestImage, format: Format) -> u64 {
+        let mailbox = image.memory.read("the mailbox", MAILBOX_GPA, std::mem::size_of::<Mailbox>() as u64).unwrap();
+        let word = |i: usize| u64::from_le_bytes(mailbox[8 * i..8 * i + 8].try_into().unwrap());
+        let field = if format == Format::Npt { 0xb0 } else { 0x201a };
+        // magic, version, executor, host-save, control block, count, then (field, value) pairs.
+        (0..word(5) as usize).map(|i| (word(6 + 2 * i), word(7 + 2 * i))).find(|&(f, _)| f == field).unwrap().1 & !0xfff
     }
 }

@@ -12,7 +12,7 @@ use nestfault_protocol::{Mailbox, Status, DONE_PORT, MAILBOX_GPA};
 use thiserror::Error;
 use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
-use crate::layout::{GuestImage, Segment, L2_IO_PORT};
+use crate::layout::{GuestImage, Segment, L2_IO_PORT, RFLAGS_FIXED};
 use crate::scenario::VendorKind;
 
 
@@ -151,7 +151,7 @@ impl Vm {
         sregs.idt.limit = 0;
         (sregs.cr0, sregs.cr3, sregs.cr4, sregs.efer) = (l1.cr0, l1.cr3, l1.cr4, l1.efer);
         self.vcpu.set_sregs(&sregs).map_err(ioctl("KVM_SET_SREGS"))?;
-        let regs = kvm_bindings::kvm_regs { rip: l1.rip, rsp: l1.rsp, rflags: 0x2, ..Default::default() };
+        let regs = kvm_bindings::kvm_regs { rip: l1.rip, rsp: l1.rsp, rflags: RFLAGS_FIXED, ..Default::default() };
         self.vcpu.set_regs(&regs).map_err(ioctl("KVM_SET_REGS"))?;
         if !msrs.is_empty() {
             let entries: Vec<_> =
@@ -170,10 +170,9 @@ impl Vm {
         let deadline = Instant::now() + timeout;
         let finished = AtomicBool::new(false);
         std::thread::scope(|scope| {
-            let watchdog = Watchdog::arm(scope, deadline, &finished);
+            spawn_watchdog(scope, deadline, &finished);
             let result = self.run_until(deadline);
             finished.store(true, Ordering::SeqCst);
-            drop(watchdog);
             result
         })
     }
@@ -298,23 +297,21 @@ pub fn mailbox_bytes(mailbox: &Mailbox) -> Vec<u8> {
     MailboxBytes(*mailbox).as_slice().to_vec()
 }
 
-/// Kicks the vCPU thread out of KVM_RUN once the deadline has passed, by signalling it until the
-/// run loop notices (a signal that lands just before KVM_RUN would otherwise be lost).
-struct Watchdog;
-
 extern "C" fn ignore_signal(_: libc::c_int) {}
 
-impl Watchdog {
-    const SIGNAL: libc::c_int = libc::SIGUSR1;
+const WATCHDOG_SIGNAL: libc::c_int = libc::SIGUSR1;
 
-    fn arm<'scope>(scope: &'scope std::thread::Scope<'scope, '_>, deadline: Instant, finished: &'scope AtomicBool) -> Watchdog {
+/// Kicks the calling (vCPU) thread out of KVM_RUN once the deadline has passed, by signalling it
+/// until the run loop sets `finished` (a signal that lands just before KVM_RUN would be lost).
+fn spawn_watchdog<'scope>(scope: &'scope std::thread::Scope<'scope, '_>, deadline: Instant, finished: &'scope AtomicBool) {
+    {
         // SAFETY: installs a handler that does nothing, without SA_RESTART, so a pending signal
         // makes KVM_RUN return EINTR instead of being ignored or killing the process.
         unsafe {
             let mut action: libc::sigaction = std::mem::zeroed();
             action.sa_sigaction = ignore_signal as *const () as usize;
             libc::sigemptyset(&mut action.sa_mask);
-            libc::sigaction(Self::SIGNAL, &action, std::ptr::null_mut());
+            libc::sigaction(WATCHDOG_SIGNAL, &action, std::ptr::null_mut());
         }
         // SAFETY: pthread_self has no preconditions.
         let vcpu_thread = unsafe { libc::pthread_self() };
@@ -324,12 +321,11 @@ impl Watchdog {
                 if now >= deadline {
                     // SAFETY: the vCPU thread is alive: this scoped thread is joined before the run
                     // loop's thread leaves the scope, and `finished` is set before that.
-                    unsafe { libc::pthread_kill(vcpu_thread, Self::SIGNAL) };
+                    unsafe { libc::pthread_kill(vcpu_thread, WATCHDOG_SIGNAL) };
                 }
                 std::thread::sleep(Duration::from_millis(20).min(deadline.saturating_duration_since(now)).max(Duration::from_millis(1)));
             }
         });
-        Watchdog
     }
 }
 
@@ -339,7 +335,7 @@ mod tests {
     use crate::elf::L1_STUB;
     use crate::layout;
     use crate::scenario::{built_in, expand};
-    use crate::vendor::{self, Vendor};
+    use crate::vendor;
     use crate::verdict::{judge, Status as VerdictStatus};
     use nestfault_protocol::{Executor, GARBAGE_STATUS};
 

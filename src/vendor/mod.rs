@@ -9,7 +9,7 @@ use nestfault_protocol::{Executor, FieldWrite, EXIT_FIELDS};
 
 use crate::layout::{BuildError, CpuState, FaultSite};
 use crate::paging::{Format, PAGE_SIZE};
-use crate::scenario::{AccessPath, Case, Target, VendorKind};
+use crate::scenario::{AccessPath, Case, Target};
 
 pub use svm::Svm;
 pub use vmx::{Vmx, VmxCapabilities};
@@ -48,7 +48,6 @@ pub struct Expectation {
 }
 
 pub trait Vendor {
-    fn kind(&self) -> VendorKind;
     /// The format of L1's nested tables.
     fn nested_format(&self) -> Format;
     /// CR4 bits L1 must have from the start (VMX: CR4.VMXE, per IA32_VMX_CR4_FIXED0).
@@ -123,7 +122,8 @@ pub fn bit_diff(wanted: u64, got: u64, mask: u64, names: &[(u32, &str)]) -> Stri
 }
 
 #[cfg(test)]
-pub fn for_tests(kind: VendorKind) -> Box<dyn Vendor> {
+pub fn for_tests(kind: crate::scenario::VendorKind) -> Box<dyn Vendor> {
+    use crate::scenario::VendorKind;
     match kind {
         VendorKind::Svm => Box::new(Svm),
         VendorKind::Vmx => Box::new(Vmx::new(VmxCapabilities::KVM_UNDER_BOCHS).unwrap()),

@@ -3,9 +3,9 @@
 use nestfault_protocol::{Executor, FieldWrite};
 
 use super::{bit_diff, bit_names, faulting_gpa, ControlBlock, Expectation, Expected, Vendor};
-use crate::layout::{BuildError, CpuState, FaultSite, Segment};
+use crate::layout::{BuildError, CpuState, FaultSite, Segment, RFLAGS_FIXED};
 use crate::paging::Format;
-use crate::scenario::{Access, AccessPath, Case, Fault, Target, VendorKind};
+use crate::scenario::{Access, AccessPath, Case, Fault, Target};
 
 /// #VMEXIT codes (APM appendix C).
 const VMEXIT_NPF: u64 = 0x400;
@@ -79,10 +79,6 @@ const DEFAULT_PAT: u64 = 0x0007_0406_0007_0406;
 pub struct Svm;
 
 impl Vendor for Svm {
-    fn kind(&self) -> VendorKind {
-        VendorKind::Svm
-    }
-
     fn nested_format(&self) -> Format {
         Format::Npt
     }
@@ -126,7 +122,7 @@ impl Vendor for Svm {
             FieldWrite { field: CR0, value: l2.cr0 },
             FieldWrite { field: DR7, value: 0x400 },
             FieldWrite { field: DR6, value: 0xffff_0ff0 },
-            FieldWrite { field: RFLAGS, value: 0x2 },
+            FieldWrite { field: RFLAGS, value: RFLAGS_FIXED },
             FieldWrite { field: RIP, value: l2.rip },
             FieldWrite { field: RSP, value: l2.rsp },
             FieldWrite { field: G_PAT, value: DEFAULT_PAT },

@@ -3,9 +3,9 @@
 use nestfault_protocol::{Executor, FieldWrite};
 
 use super::{bit_diff, bit_names, faulting_gpa, ControlBlock, Expectation, Expected, Vendor};
-use crate::layout::{BuildError, CpuState, FaultSite, Segment};
+use crate::layout::{BuildError, CpuState, FaultSite, Segment, RFLAGS_FIXED};
 use crate::paging::Format;
-use crate::scenario::{Access, AccessPath, Case, Fault, Target, VendorKind};
+use crate::scenario::{Access, AccessPath, Case, Fault, Target};
 
 /// Basic exit reasons (SDM appendix C).
 const EXIT_REASON_EPT_VIOLATION: u64 = 48;
@@ -191,10 +191,6 @@ impl Vmx {
 }
 
 impl Vendor for Vmx {
-    fn kind(&self) -> VendorKind {
-        VendorKind::Vmx
-    }
-
     fn nested_format(&self) -> Format {
         Format::Ept
     }
@@ -233,7 +229,7 @@ impl Vendor for Vmx {
             (GUEST_DR7, 0x400),
             (GUEST_RSP, l2.rsp),
             (GUEST_RIP, l2.rip),
-            (GUEST_RFLAGS, 0x2),
+            (GUEST_RFLAGS, RFLAGS_FIXED),
             (GUEST_GDTR_BASE, l2.gdt_base),
             (GUEST_GDTR_LIMIT, l2.gdt_limit.into()),
             (GUEST_IDTR_LIMIT, 0),
