@@ -11,8 +11,8 @@ use anyhow::{bail, Context};
 use clap::Parser;
 
 use crate::boot::{self, BootEnd, BootOptions, Emulator, KernelInput, KvmVendor};
-use crate::report::{self, exit_code};
-use crate::runner::{self, RunOptions};
+use crate::repeat;
+use crate::runner::RunOptions;
 use crate::scenario::{Case, VendorKind};
 use crate::selection;
 use crate::verdict::{Status, Verdict};
@@ -38,7 +38,7 @@ impl EmulatorChoice {
 }
 
 /// One line of the inner process's console stream.
-#[derive(Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Record {
     /// The release of the kernel under test, first thing the inner process says.
     Kernel(String),
@@ -52,29 +52,58 @@ pub enum Record {
 const TAG: &str = "@nestfault:";
 
 impl Record {
+    /// The record as one console line: the tag, the kind, and (but for `done`) a JSON body. JSON
+    /// keeps the line whole (newlines are escaped), makes a cut-off record unparseable rather
+    /// than shorter (a string or object lacks its end), and lets '@' be escaped, so that the tag
+    /// never occurs inside a body.
     pub fn to_line(&self) -> String {
         match self {
-            Record::Kernel(release) => format!("{TAG}kernel {release}"),
-            Record::Verdict(verdict) => format!("{TAG}verdict {}", serde_json::to_string(verdict).expect("verdicts serialize")),
-            Record::Untestable(reason) => format!("{TAG}untestable {}", reason.replace('\n', " ")),
+            Record::Kernel(release) => format!("{TAG}kernel {}", json_body(release)),
+            Record::Verdict(verdict) => format!("{TAG}verdict {}", json_body(verdict)),
+            Record::Untestable(reason) => format!("{TAG}untestable {}", json_body(reason)),
             Record::Done => format!("{TAG}done"),
         }
     }
 
-    /// Finds a record in a console line. Kernel messages may share the line (the tag is searched
-    /// for, not expected at the start); anything unparseable is not a record.
-    pub fn parse(line: &str) -> Option<Record> {
-        let start = line.rfind(TAG)?;
-        let body = line[start + TAG.len()..].trim_end_matches(['\r', '\n']);
+    /// Finds the records in a console line. Kernel messages may share the line, before, between
+    /// or after records, so the line is cut at every tag and each piece that is exactly one
+    /// record (up to line-end characters) is one; a record with anything inside or after it, or
+    /// cut short, is not.
+    pub fn parse(line: &str) -> Vec<Record> {
+        let starts: Vec<usize> = line.match_indices(TAG).map(|(start, _)| start).collect();
+        let ends = starts.iter().skip(1).copied().chain([line.len()]);
+        starts
+            .iter()
+            .zip(ends)
+            .filter_map(|(&start, end)| Record::parse_body(&line[start + TAG.len()..end]))
+            .collect()
+    }
+
+    fn parse_body(body: &str) -> Option<Record> {
+        let body = body.trim_end_matches(['\r', '\n']);
         let (kind, rest) = body.split_once(' ').unwrap_or((body, ""));
         match kind {
-            "kernel" if !rest.trim().is_empty() => Some(Record::Kernel(rest.trim().to_string())),
-            "verdict" => serde_json::from_str(rest).ok().map(|v| Record::Verdict(Box::new(v))),
-            "untestable" => Some(Record::Untestable(rest.trim().to_string())),
+            "kernel" => serde_json::from_str(rest)
+                .ok()
+                .filter(|release: &String| !release.trim().is_empty())
+                .map(Record::Kernel),
+            "verdict" => serde_json::from_str(rest)
+                .ok()
+                .map(|verdict| Record::Verdict(Box::new(verdict))),
+            "untestable" => serde_json::from_str(rest).ok().map(Record::Untestable),
             "done" if rest.is_empty() => Some(Record::Done),
             _ => None,
         }
     }
+}
+
+/// `value` as JSON with every '@' escaped: '@' can only occur inside JSON strings, where
+/// `\u0040` means the same.
+fn json_body(value: &impl serde::Serialize) -> String {
+    // Strings and verdicts (string keys, plain fields) always serialize.
+    serde_json::to_string(value)
+        .expect("records serialize")
+        .replace('@', "\\u0040")
 }
 
 fn kvm_vendor(kind: VendorKind) -> KvmVendor {
@@ -84,25 +113,42 @@ fn kvm_vendor(kind: VendorKind) -> KvmVendor {
     }
 }
 
-/// The outer side: one boot per vendor, all of that vendor's cases in it.
-pub fn run(cli: &Cli, image: &Path, all: &[Case]) -> anyhow::Result<u8> {
+/// The outer side: one boot per vendor, all of that vendor's cases in it. Returns the kernel's
+/// release and a verdict per selected case.
+pub fn run(cli: &Cli, image: &Path, all: &[Case]) -> anyhow::Result<(String, Vec<Verdict>)> {
     if cli.scenarios_dir.is_some() {
         bail!("--scenarios-dir cannot be combined with --kernel: the guest runs the built-in scenarios");
     }
     let vendors = cli.explicit_vendors().unwrap_or(VendorKind::ALL.to_vec());
     let cases = selection::select(all, &cli.scenarios, &vendors, cli.path)?;
-    let workdir = boot::PrivateDir::new("nestfault-kernel").context("creating a temporary directory")?;
-    let input = KernelInput { image: image.to_path_buf(), modules: cli.modules.clone() };
+    let workdir =
+        boot::PrivateDir::new("nestfault-kernel").context("creating a temporary directory")?;
+    let input = KernelInput {
+        image: image.to_path_buf(),
+        modules: cli.modules.clone(),
+    };
     let kernel = boot::prepare_kernel(&input, workdir.path())?;
-    let exe = std::env::current_exe().context("finding this executable to use as the guest's /init")?;
+    let exe =
+        std::env::current_exe().context("finding this executable to use as the guest's /init")?;
     let mut release = kernel.release.clone();
     let mut verdicts = Vec::new();
     for kind in VendorKind::ALL {
-        let vendor_cases: Vec<Case> = cases.iter().filter(|case| case.vendor == kind).cloned().collect();
+        let vendor_cases: Vec<Case> = cases
+            .iter()
+            .filter(|case| case.vendor == kind)
+            .cloned()
+            .collect();
         if vendor_cases.is_empty() {
             continue;
         }
-        let mut inner_args = vec!["--vendor".to_string(), kind.name().to_string(), "--format".into(), "json".into()];
+        let mut inner_args = vec![
+            "--vendor".to_string(),
+            kind.name().to_string(),
+            "--format".into(),
+            "json".into(),
+            "--repeat".into(),
+            cli.repeat.to_string(),
+        ];
         for case in &vendor_cases {
             inner_args.extend(["--scenario".to_string(), case.id()]);
         }
@@ -110,13 +156,16 @@ pub fn run(cli: &Cli, image: &Path, all: &[Case]) -> anyhow::Result<u8> {
         boot::build_initramfs(&exe, &kernel, kvm_vendor(kind), &inner_args, &initramfs)?;
         let outcome = match boot::choose_emulator(cli.emulator.requested(), kvm_vendor(kind)) {
             Ok(emulator) => boot_and_collect(cli, emulator, &kernel, &initramfs, kind),
-            Err(error) => Outcome { kernel: None, verdicts: Vec::new(), why_missing: error.to_string() },
+            Err(error) => Outcome {
+                kernel: None,
+                verdicts: Vec::new(),
+                why_missing: error.to_string(),
+            },
         };
         release = outcome.kernel.clone().unwrap_or(release);
-        verdicts.extend(collate(&vendor_cases, outcome));
+        verdicts.extend(collate(&vendor_cases, outcome, cli.repeat));
     }
-    report::render(cli.format, &release, &verdicts, &mut std::io::stdout().lock())?;
-    Ok(exit_code(&verdicts))
+    Ok((release, verdicts))
 }
 
 /// What one boot produced.
@@ -127,42 +176,85 @@ struct Outcome {
     why_missing: String,
 }
 
-fn boot_and_collect(cli: &Cli, emulator: Emulator, kernel: &boot::PreparedKernel, initramfs: &Path, kind: VendorKind) -> Outcome {
+fn boot_and_collect(
+    cli: &Cli,
+    emulator: Emulator,
+    kernel: &boot::PreparedKernel,
+    initramfs: &Path,
+    kind: VendorKind,
+) -> Outcome {
     let mut options = BootOptions::for_emulator(emulator);
     if let Some(seconds) = cli.timeout {
         options.timeout = Duration::from_secs(seconds);
     }
     options.verbose = cli.verbose;
-    options.console_log = cli.console_log.as_ref().map(|path| with_vendor_suffix(path, kind));
+    options.console_log = cli
+        .console_log
+        .as_ref()
+        .map(|path| with_vendor_suffix(path, kind));
     let started = Instant::now();
-    let mut outcome = Outcome { kernel: None, verdicts: Vec::new(), why_missing: String::new() };
+    let mut outcome = Outcome {
+        kernel: None,
+        verdicts: Vec::new(),
+        why_missing: String::new(),
+    };
     let mut untestable = None;
     let mut done = false;
-    let mut progress = |phase: &str| eprintln!("[{kind} {emulator} {:>5.1}s] {phase}", started.elapsed().as_secs_f64());
-    let mut on_line = |line: &str| match Record::parse(line) {
-        Some(Record::Kernel(release)) => outcome.kernel = Some(release),
-        Some(Record::Verdict(verdict)) => {
-            eprintln!("[{kind} {emulator} {:>5.1}s] {:?} {}", started.elapsed().as_secs_f64(), verdict.status, verdict.id);
-            outcome.verdicts.push(*verdict);
-        }
-        Some(Record::Untestable(reason)) => untestable = Some(reason),
-        Some(Record::Done) => done = true,
-        None => {}
+    let mut progress = |phase: &str| {
+        eprintln!(
+            "[{kind} {emulator} {:>5.1}s] {phase}",
+            started.elapsed().as_secs_f64()
+        )
     };
-    let result = boot::boot(emulator, kernel, initramfs, &options, &mut on_line, &mut progress);
+    let mut on_line = |line: &str| {
+        for record in Record::parse(line) {
+            match record {
+                Record::Kernel(release) => outcome.kernel = Some(release),
+                Record::Verdict(verdict) => {
+                    eprintln!(
+                        "[{kind} {emulator} {:>5.1}s] {:?} {}",
+                        started.elapsed().as_secs_f64(),
+                        verdict.status,
+                        verdict.id
+                    );
+                    outcome.verdicts.push(*verdict);
+                }
+                Record::Untestable(reason) => untestable = Some(reason),
+                Record::Done => done = true,
+            }
+        }
+    };
+    let result = boot::boot(
+        emulator,
+        kernel,
+        initramfs,
+        &options,
+        &mut on_line,
+        &mut progress,
+    );
     outcome.why_missing = match (result, untestable) {
-        (_, Some(reason)) => format!("{kind} could not be tested in kernel {}: {reason}", kernel.release),
+        (_, Some(reason)) => format!(
+            "{kind} could not be tested in kernel {}: {reason}",
+            kernel.release
+        ),
         (Err(error), None) => error.to_string(),
         (Ok(_), None) if done => "the guest did not run this case".to_string(),
         (Ok(report), None) => {
             let how = match report.end {
                 BootEnd::Panicked => "the kernel panicked".to_string(),
-                BootEnd::TimedOut => format!("no result within {} s (--timeout)", options.timeout.as_secs()),
+                BootEnd::TimedOut => format!(
+                    "no result within {} s (--timeout)",
+                    options.timeout.as_secs()
+                ),
                 BootEnd::Reset => "the guest reset".to_string(),
                 BootEnd::PoweredOff => "the guest powered off early".to_string(),
                 BootEnd::EmulatorExited(code) => format!("{emulator} exited with {code}"),
             };
-            format!("{how} after {:.0} s; last console lines:\n{}", report.elapsed.as_secs_f64(), report.tail.join("\n"))
+            format!(
+                "{how} after {:.0} s; last console lines:\n{}",
+                report.elapsed.as_secs_f64(),
+                report.tail.join("\n")
+            )
         }
     };
     outcome
@@ -174,19 +266,32 @@ fn with_vendor_suffix(path: &Path, kind: VendorKind) -> std::path::PathBuf {
     path.with_file_name(name)
 }
 
-/// A verdict for every case: the inner one where it arrived, otherwise a skip saying why (the
-/// kernel was not testable: 125, never a pass).
-fn collate(cases: &[Case], outcome: Outcome) -> Vec<Verdict> {
+/// A verdict for every case: its inner runs merged where they arrived (a note says so when fewer
+/// than `repeat` did), otherwise a skip saying why (the kernel was not testable: 125, never a
+/// pass).
+fn collate(cases: &[Case], outcome: Outcome, repeat: u32) -> Vec<Verdict> {
     cases
         .iter()
         .map(|case| {
             let id = case.id();
-            outcome
+            let runs: Vec<Verdict> = outcome
                 .verdicts
                 .iter()
-                .find(|verdict| verdict.id == id)
+                .filter(|verdict| verdict.id == id)
                 .cloned()
-                .unwrap_or_else(|| Verdict::without_run(case, Status::Skip, outcome.why_missing.clone()))
+                .collect();
+            let Some(mut verdict) = repeat::merge(&runs) else {
+                return Verdict::without_run(case, Status::Skip, outcome.why_missing.clone());
+            };
+            if runs.len() < repeat as usize {
+                let why = outcome.why_missing.lines().next().unwrap_or_default();
+                let note = format!("note: only {} of {repeat} runs reported: {why}", runs.len());
+                verdict.diagnosis = Some(match verdict.diagnosis.take() {
+                    Some(diagnosis) => format!("{diagnosis}\n{note}"),
+                    None => note,
+                });
+            }
+            verdict
         })
         .collect()
 }
@@ -203,9 +308,14 @@ pub fn inner_main() -> ! {
         Ok(env) => {
             say(Record::Kernel(env.kernel_release.clone()));
             let args = std::iter::once("nestfault".to_string()).chain(env.args);
-            match Cli::try_parse_from(args).map_err(anyhow::Error::from).and_then(|cli| inner_run(&cli, &mut say)) {
+            match Cli::try_parse_from(args)
+                .map_err(anyhow::Error::from)
+                .and_then(|cli| inner_run(&cli, &mut say))
+            {
                 Ok(()) => say(Record::Done),
-                Err(error) => say(Record::Untestable(format!("inner harness error: {error:#}"))),
+                Err(error) => say(Record::Untestable(format!(
+                    "inner harness error: {error:#}"
+                ))),
             }
         }
     }
@@ -213,14 +323,26 @@ pub fn inner_main() -> ! {
 }
 
 fn inner_run(cli: &Cli, say: &mut dyn FnMut(Record)) -> anyhow::Result<()> {
-    let cases = selection::select(&cli.cases()?, &cli.scenarios, &cli.explicit_vendors().unwrap_or_default(), cli.path)?;
-    let options = RunOptions { timeout: Duration::from_secs(cli.timeout.unwrap_or(30)) };
-    runner::run(&cases, &options, &mut |verdict| say(Record::Verdict(Box::new(verdict.clone()))));
+    let cases = selection::select(
+        &cli.cases()?,
+        &cli.scenarios,
+        &cli.explicit_vendors().unwrap_or_default(),
+        cli.path,
+    )?;
+    let options = RunOptions {
+        timeout: Duration::from_secs(cli.timeout.unwrap_or(30)),
+    };
+    // Every run's verdict goes out as it lands; the outer side merges them (collate).
+    repeat::run(&cases, &options, cli.repeat, &mut |verdict| {
+        say(Record::Verdict(Box::new(verdict.clone())))
+    });
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
     use crate::verdict::ExitValues;
 
@@ -243,33 +365,241 @@ mod tests {
         let records = [
             Record::Kernel("6.1.0-40-amd64".into()),
             Record::Verdict(Box::new(verdict())),
-            Record::Untestable("kvm_amd: nested=0".into()),
+            Record::Untestable("kvm_amd: nested=0\nsecond line".into()),
             Record::Done,
         ];
         for record in records {
             let line = record.to_line();
-            assert_eq!(Record::parse(&line).as_ref(), Some(&record));
             let noisy = format!("[    3.1415] kvm: something{line}\r");
-            assert_eq!(Record::parse(&noisy).as_ref(), Some(&record), "{noisy}");
+            assert_eq!(Record::parse(&noisy), Record::parse(&line), "{noisy}");
+            assert_eq!(Record::parse(&line), [record]);
         }
     }
 
     #[test]
     fn garbage_is_not_a_record() {
         let line = Record::Verdict(Box::new(verdict())).to_line();
-        for bad in [&line[..line.len() - 3], "@nestfault:", "@nestfault:done now", "@nestfault:kernel ", "@nestfault:verdict {}", "plain text"] {
-            assert_eq!(Record::parse(bad), None, "{bad}");
+        for bad in [
+            &line[..line.len() - 3],
+            "@nestfault:",
+            "@nestfault:done now",
+            "@nestfault:kernel ",
+            "@nestfault:kernel \" \"",
+            "@nestfault:kernel 6.1.0",
+            "@nestfault:verdict {}",
+            "plain text",
+        ] {
+            assert_eq!(Record::parse(bad), [], "{bad}");
         }
     }
 
     #[test]
     fn cases_without_a_verdict_are_skipped_with_the_reason() {
         let all = crate::scenario::expand(&crate::scenario::built_in().unwrap());
-        let cases: Vec<Case> = all.into_iter().filter(|c| c.scenario.name == "pt_page_unmapped" && c.vendor == VendorKind::Svm).collect();
-        let outcome = Outcome { kernel: None, verdicts: vec![verdict()], why_missing: "the kernel panicked".into() };
-        let verdicts = collate(&cases, outcome);
+        let cases: Vec<Case> = all
+            .into_iter()
+            .filter(|c| c.scenario.name == "pt_page_unmapped" && c.vendor == VendorKind::Svm)
+            .collect();
+        let outcome = Outcome {
+            kernel: None,
+            verdicts: vec![verdict()],
+            why_missing: "the kernel panicked".into(),
+        };
+        let verdicts = collate(&cases, outcome, 1);
         assert_eq!(verdicts[0].status, Status::Fail);
         assert_eq!(verdicts[1].status, Status::Skip);
-        assert_eq!(verdicts[1].diagnosis.as_deref(), Some("the kernel panicked"));
+        assert_eq!(
+            verdicts[1].diagnosis.as_deref(),
+            Some("the kernel panicked")
+        );
+    }
+
+    #[test]
+    fn repeated_runs_are_merged_and_missing_runs_noted() {
+        let all = crate::scenario::expand(&crate::scenario::built_in().unwrap());
+        let cases: Vec<Case> = all
+            .into_iter()
+            .filter(|c| c.id() == "svm/pt_page_unmapped/emulated")
+            .collect();
+        let mut passed = verdict();
+        passed.status = Status::Pass;
+        passed.diagnosis = None;
+        let outcome = Outcome {
+            kernel: None,
+            verdicts: vec![passed.clone(), verdict()],
+            why_missing: "the kernel panicked\ntail".into(),
+        };
+        let verdicts = collate(&cases, outcome, 3);
+        assert_eq!(verdicts[0].status, Status::Fail);
+        let diagnosis = verdicts[0].diagnosis.as_deref().unwrap();
+        assert!(
+            diagnosis.starts_with("flaky: 2 different outcomes in 2 runs\n"),
+            "{diagnosis}"
+        );
+        assert!(
+            diagnosis.ends_with("\nnote: only 2 of 3 runs reported: the kernel panicked"),
+            "{diagnosis}"
+        );
+        let outcome = Outcome {
+            kernel: None,
+            verdicts: vec![passed.clone(), passed.clone()],
+            why_missing: String::new(),
+        };
+        assert_eq!(collate(&cases, outcome, 2), [passed]);
+    }
+
+    // Fuzzing the console stream. The outer side gets lines from boot's LineSplitter: the raw
+    // bytes cut at '\n', '\r' dropped, decoded lossily; `console_lines` does the same to bytes.
+
+    fn console_lines(bytes: &[u8]) -> Vec<String> {
+        String::from_utf8_lossy(bytes)
+            .split('\n')
+            .map(|line| line.replace('\r', ""))
+            .collect()
+    }
+
+    /// Text with what the fuzzer should lean on: the tag, record kinds, JSON punctuation, control
+    /// characters, '@', and anything else.
+    fn hostile_text() -> impl Strategy<Value = String> {
+        let piece = prop_oneof![
+            Just(TAG.to_string()),
+            Just("kernel ".to_string()),
+            Just("verdict ".to_string()),
+            Just("untestable ".to_string()),
+            Just("done".to_string()),
+            Just("{\"".to_string()),
+            Just("\"}".to_string()),
+            Just("\u{1b}[31m\r\0\u{7f}".to_string()),
+            Just("18446744073709551616".to_string()),
+            Just("1e999999".to_string()),
+            "[ -~]{0,12}",
+            any::<String>(),
+        ];
+        proptest::collection::vec(piece, 0..12).prop_map(|pieces| pieces.concat())
+    }
+
+    /// Hostile record bodies: huge and negative numbers, deep nesting, wrong types.
+    fn hostile_body() -> impl Strategy<Value = String> {
+        let verdict_json = serde_json::to_string(&verdict()).unwrap();
+        prop_oneof![
+            (1usize..5000).prop_map(|depth| "[".repeat(depth) + &"]".repeat(depth)),
+            (1usize..5000).prop_map(|depth| "{\"a\":".repeat(depth) + "1" + &"}".repeat(depth)),
+            Just(verdict_json.replace("\"duration_ms\":7", "\"duration_ms\":18446744073709551616")),
+            Just(verdict_json.replace("\"duration_ms\":7", "\"duration_ms\":-1")),
+            Just(verdict_json.replace("\"0x400\"", "\"0xffffffffffffffffffff\"")),
+            Just(verdict_json.replace("\"fail\"", "\"exploded\"")),
+            Just(verdict_json.replace("\"a\\nb\"", "{\"nested\":[1,2,{\"x\":null}]}")),
+            Just("\"\\ud800\"".to_string()),
+            Just("1e999999".to_string()),
+            hostile_text(),
+        ]
+    }
+
+    fn any_status() -> impl Strategy<Value = Status> {
+        prop_oneof![
+            Just(Status::Pass),
+            Just(Status::Fail),
+            Just(Status::Skip),
+            Just(Status::Error)
+        ]
+    }
+
+    fn any_exit_values() -> impl Strategy<Value = ExitValues> {
+        proptest::collection::vec((hostile_text(), any::<u64>()), 0..4).prop_map(ExitValues)
+    }
+
+    fn any_record() -> impl Strategy<Value = Record> {
+        let verdict = (
+            (
+                hostile_text(),
+                hostile_text(),
+                hostile_text(),
+                hostile_text(),
+            ),
+            any_status(),
+            any_exit_values(),
+            proptest::option::of(any_exit_values()),
+            proptest::option::of(hostile_text()),
+            any::<u64>(),
+        )
+            .prop_map(
+                |(
+                    (id, vendor, scenario, path),
+                    status,
+                    expected,
+                    actual,
+                    diagnosis,
+                    duration_ms,
+                )| {
+                    Record::Verdict(Box::new(Verdict {
+                        id,
+                        vendor,
+                        scenario,
+                        path,
+                        status,
+                        expected,
+                        actual,
+                        diagnosis,
+                        duration_ms,
+                    }))
+                },
+            );
+        prop_oneof![
+            hostile_text()
+                .prop_filter("a release is not blank", |release| !release
+                    .trim()
+                    .is_empty())
+                .prop_map(Record::Kernel),
+            hostile_text().prop_map(Record::Untestable),
+            Just(Record::Done),
+            verdict,
+        ]
+    }
+
+    proptest! {
+        // Bounded so that the whole fuzz set stays well under a few seconds in a debug build.
+        #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_console_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            for line in console_lines(&bytes) {
+                let _ = Record::parse(&line);
+            }
+        }
+
+        #[test]
+        fn hostile_records_never_panic(noise in hostile_text(), kind in prop_oneof![Just("kernel".to_string()), Just("verdict".to_string()), Just("untestable".to_string()), Just("done".to_string()), "[a-z]{0,8}"], body in hostile_body()) {
+            let _ = Record::parse(&format!("{noise}{TAG}{kind} {body}"));
+            let _ = Record::parse(&format!("{TAG}{kind} {body}{noise}"));
+        }
+
+        /// Every record is one line, and is found whatever kernel text stands before it on that
+        /// line; two records on one line are both found.
+        #[test]
+        fn records_are_found_behind_noise(record in any_record(), other in any_record(), noise in hostile_text()) {
+            let line = record.to_line();
+            prop_assert!(!line.contains(['\n', '\r']), "{}", line);
+            prop_assert_eq!(Record::parse(&line), [record.clone()]);
+            let noisy = format!("{}{line}", noise.replace(['\n', '\r'], " "));
+            let found = Record::parse(&noisy);
+            prop_assert_eq!(found.last(), Some(&record), "{}", noisy);
+            let both = format!("{}{line}", other.to_line());
+            prop_assert_eq!(Record::parse(&both), [other, record]);
+        }
+
+        /// A record cut short (the guest died mid-line) or with kernel text inside it is not taken
+        /// for a record, and does not hide the next one.
+        #[test]
+        fn cut_or_broken_records_are_not_records(record in any_record(), next in any_record(), cut in any::<prop::sample::Index>(), noise in "[ -~]{1,20}") {
+            let line = record.to_line();
+            let cuts: Vec<usize> = (TAG.len()..line.len()).filter(|&i| line.is_char_boundary(i)).collect();
+            prop_assume!(!cuts.is_empty());
+            let at = cuts[cut.index(cuts.len())];
+            prop_assert_eq!(Record::parse(&line[..at]), [], "{}", &line[..at]);
+            let broken = format!("{}{}{}", &line[..at], noise.replace('@', "a"), &line[at..]);
+            let with_next = format!("{broken}{}", next.to_line());
+            let found = Record::parse(&with_next);
+            prop_assert_eq!(found.last(), Some(&next), "{}", with_next);
+        }
     }
 }

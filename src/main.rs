@@ -6,6 +6,7 @@ mod elf;
 mod kernel_mode;
 mod layout;
 mod paging;
+mod repeat;
 mod report;
 mod runner;
 mod scenario;
@@ -14,7 +15,8 @@ mod vendor;
 mod verdict;
 mod vm;
 
-use std::io::Write;
+use std::fs::File;
+use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -51,6 +53,16 @@ pub struct Cli {
 
     #[arg(long, value_enum, default_value = "human")]
     format: Format,
+
+    /// Write the --format report to FILE instead of stdout; stdout then gets the human report.
+    #[arg(long, value_name = "FILE")]
+    output: Option<PathBuf>,
+
+    /// Run every selected case N times. A case whose status or exit values differ between runs is
+    /// reported once, as a failure whose diagnosis starts with "flaky:". With --kernel the guest
+    /// repeats, so --timeout must cover N runs.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    repeat: u32,
 
     /// Seconds before a case (direct mode) or a whole boot (--kernel) is stopped and reported.
     #[arg(long, value_name = "SECONDS")]
@@ -108,7 +120,11 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(error) => {
-            let code = if error.use_stderr() { report::exit_code::HARNESS } else { report::exit_code::PASS };
+            let code = if error.use_stderr() {
+                report::exit_code::HARNESS
+            } else {
+                report::exit_code::PASS
+            };
             let _ = error.print();
             return ExitCode::from(code);
         }
@@ -132,18 +148,43 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
         }
         return Ok(report::exit_code::PASS);
     }
-    if let Some(image) = &cli.kernel {
-        return kernel_mode::run(cli, image, &all);
+    // Opened before the run, so that an unwritable path fails at once, not after a long boot.
+    let output = match &cli.output {
+        Some(path) => Some((
+            path,
+            File::create(path).with_context(|| format!("creating --output {}", path.display()))?,
+        )),
+        None => None,
+    };
+    let (kernel, verdicts) = match &cli.kernel {
+        Some(image) => kernel_mode::run(cli, image, &all)?,
+        None => (kernel_release(), run_here(cli, &all)?),
+    };
+    let mut stdout = std::io::stdout().lock();
+    match output {
+        None => report::render(cli.format, &kernel, &verdicts, &mut stdout)?,
+        Some((path, file)) => {
+            report::render(Format::Human, &kernel, &verdicts, &mut stdout)?;
+            let mut file = BufWriter::new(file);
+            report::render(cli.format, &kernel, &verdicts, &mut file)
+                .and_then(|()| file.flush())
+                .with_context(|| format!("writing the report to --output {}", path.display()))?;
+        }
     }
+    Ok(exit_code(&verdicts))
+}
+
+/// Direct mode: the selected cases on this machine's KVM.
+fn run_here(cli: &Cli, all: &[Case]) -> anyhow::Result<Vec<verdict::Verdict>> {
     let vendors = match cli.explicit_vendors() {
         Some(vendors) => vendors,
         None => auto_vendors()?,
     };
-    let cases = selection::select(&all, &cli.scenarios, &vendors, cli.path)?;
-    let options = runner::RunOptions { timeout: Duration::from_secs(cli.timeout.unwrap_or(10)) };
-    let verdicts = runner::run(&cases, &options, &mut |_| {});
-    report::render(cli.format, &kernel_release(), &verdicts, &mut std::io::stdout().lock())?;
-    Ok(exit_code(&verdicts))
+    let cases = selection::select(all, &cli.scenarios, &vendors, cli.path)?;
+    let options = runner::RunOptions {
+        timeout: Duration::from_secs(cli.timeout.unwrap_or(10)),
+    };
+    Ok(repeat::run(&cases, &options, cli.repeat, &mut |_| {}))
 }
 
 /// The vendors this host's KVM can run nested; both when it can run neither, so that each is
@@ -158,10 +199,16 @@ fn auto_vendors() -> anyhow::Result<Vec<VendorKind>> {
             nested.push(kind);
         }
     }
-    Ok(if nested.is_empty() { VendorKind::ALL.to_vec() } else { nested })
+    Ok(if nested.is_empty() {
+        VendorKind::ALL.to_vec()
+    } else {
+        nested
+    })
 }
 
 /// The running kernel's release (uname -r).
 pub fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_else(|_| "unknown".into())
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
 }

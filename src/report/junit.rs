@@ -1,0 +1,172 @@
+//! JUnit XML, for CI systems' test reports (GitHub test-reporter actions, GitLab's
+//! `artifacts:reports:junit`, Jenkins).
+//!
+//! One `<testsuite>` per vendor, named after it, with the kernel release as a property. One
+//! `<testcase>` per case: `name` is the case id (`svm/pt_page_unmapped/emulated`, what
+//! `--scenario` takes to rerun just that case, and unique across the whole report, which tools
+//! that ignore `classname` need), `classname` is `nestfault.<vendor>.<scenario>` (the tree that
+//! tools grouping by class show). A failure or error carries the first line of the diagnosis as
+//! its `message` (for a failure, the first decoded "wanted ..., got ..." line, or "flaky: ...")
+//! and the whole diagnosis, then the raw expected and actual values, as its text.
+
+use std::io::{self, Write};
+use std::time::Duration;
+
+use quick_junit::{NonSuccessKind, Property, Report, TestCase, TestCaseStatus, TestSuite};
+
+use super::{exit_values_text, vendor_names};
+use crate::verdict::{Status, Verdict};
+
+pub fn render(kernel: &str, verdicts: &[Verdict], out: &mut dyn Write) -> io::Result<()> {
+    let mut report = Report::new("nestfault");
+    let mut total = Duration::ZERO;
+    for vendor in vendor_names(verdicts) {
+        let mut suite = TestSuite::new(vendor);
+        suite.add_property(Property::new("kernel", kernel));
+        let mut suite_time = Duration::ZERO;
+        for verdict in verdicts.iter().filter(|v| v.vendor == vendor) {
+            let time = Duration::from_millis(verdict.duration_ms);
+            suite_time += time;
+            let mut case = TestCase::new(verdict.id.as_str(), status(verdict));
+            case.set_classname(format!("nestfault.{}.{}", verdict.vendor, verdict.scenario))
+                .set_time(time);
+            suite.add_test_case(case);
+        }
+        suite.set_time(suite_time);
+        total += suite_time;
+        report.add_test_suite(suite);
+    }
+    report.set_time(total);
+    report.serialize(out).map_err(io::Error::other)
+}
+
+fn status(verdict: &Verdict) -> TestCaseStatus {
+    let diagnosis = verdict.diagnosis.as_deref().unwrap_or_default();
+    let summary = diagnosis.lines().next().unwrap_or_default();
+    let mut status = match verdict.status {
+        Status::Pass => return TestCaseStatus::success(),
+        Status::Skip => TestCaseStatus::skipped(),
+        Status::Error => TestCaseStatus::non_success(NonSuccessKind::Error),
+        Status::Fail => TestCaseStatus::non_success(NonSuccessKind::Failure),
+    };
+    status.set_message(summary);
+    let mut text = diagnosis.to_string();
+    if verdict.status == Status::Fail {
+        text.push_str(&format!(
+            "\nexpected: {}",
+            exit_values_text(&verdict.expected)
+        ));
+        if let Some(actual) = &verdict.actual {
+            text.push_str(&format!("\nactual:   {}", exit_values_text(actual)));
+        }
+    }
+    if text != summary {
+        status.set_description(text);
+    }
+    status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::sample;
+    use super::*;
+
+    fn rendered(verdicts: &[Verdict]) -> String {
+        let mut out = Vec::new();
+        render(sample::KERNEL, verdicts, &mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    /// Reads the XML back (quick-junit's own reader, a real XML parser) and checks the tree.
+    #[test]
+    fn one_suite_per_vendor_and_one_case_per_verdict() {
+        let xml = rendered(&sample::verdicts());
+        let report = Report::deserialize_from_str(&xml).unwrap_or_else(|e| panic!("{e}\n{xml}"));
+        assert_eq!(
+            report.name.as_ref().map(|name| name.as_str()),
+            Some("nestfault")
+        );
+        assert_eq!((report.tests, report.failures, report.errors), (5, 1, 1));
+        let names: Vec<&str> = report.test_suites.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["svm", "vmx"]);
+        let svm = &report.test_suites[0];
+        assert_eq!(svm.properties[0].name.as_str(), "kernel");
+        assert_eq!(svm.properties[0].value.as_str(), sample::KERNEL);
+        assert_eq!(
+            (svm.tests, svm.failures, svm.errors, svm.skipped),
+            (3, 1, 1, 0)
+        );
+        assert_eq!(report.test_suites[1].skipped, 2);
+        assert_eq!(report.test_suites[1].test_cases.len(), 2);
+
+        let [pass, fail, error] = &svm.test_cases[..] else {
+            panic!("svm has three cases: {xml}")
+        };
+        assert_eq!(pass.name.as_str(), "svm/pt_page_unmapped/hardware");
+        assert_eq!(
+            pass.classname.as_ref().unwrap().as_str(),
+            "nestfault.svm.pt_page_unmapped"
+        );
+        assert_eq!(pass.time, Some(Duration::from_millis(38)));
+        assert!(matches!(pass.status, TestCaseStatus::Success { .. }));
+        let TestCaseStatus::NonSuccess {
+            kind: NonSuccessKind::Failure,
+            message,
+            description,
+            ..
+        } = &fail.status
+        else {
+            panic!("not a failure: {xml}")
+        };
+        assert_eq!(
+            message.as_ref().unwrap().as_str(),
+            "exit_info_1: wanted 0x200000006 (W|U|GUEST_PAGE), got 0x100000006 (W|U|GUEST_FINAL)"
+        );
+        let description = description.as_ref().unwrap().as_str();
+        assert!(description.contains("297c2fe249db"), "{description}");
+        assert!(
+            description.contains("actual:   exit_code=0x400 exit_info_1=0x100000006"),
+            "{description}"
+        );
+        assert!(matches!(
+            error.status,
+            TestCaseStatus::NonSuccess {
+                kind: NonSuccessKind::Error,
+                ..
+            }
+        ));
+        let TestCaseStatus::Skipped { message, .. } = &report.test_suites[1].test_cases[0].status
+        else {
+            panic!("not skipped: {xml}")
+        };
+        assert!(message
+            .as_ref()
+            .unwrap()
+            .as_str()
+            .starts_with("VMX: KVM_GET_SUPPORTED_CPUID"));
+    }
+
+    #[test]
+    fn markup_and_control_characters_in_diagnoses_stay_well_formed() {
+        let mut verdict = sample::verdicts().remove(1);
+        verdict.diagnosis =
+            Some("wanted <a> & \"b\", got ]]> \u{1b}[31mred\u{0} 'c'\nsecond".into());
+        let xml = rendered(&[verdict]);
+        let report = Report::deserialize_from_str(&xml).unwrap_or_else(|e| panic!("{e}\n{xml}"));
+        let TestCaseStatus::NonSuccess { message, .. } =
+            &report.test_suites[0].test_cases[0].status
+        else {
+            panic!("not a failure: {xml}")
+        };
+        assert_eq!(
+            message.as_ref().unwrap().as_str(),
+            "wanted <a> & \"b\", got ]]> red 'c'"
+        );
+    }
+
+    #[test]
+    fn no_verdicts_is_an_empty_report() {
+        let report = Report::deserialize_from_str(&rendered(&[])).unwrap();
+        assert_eq!((report.tests, report.test_suites.len()), (0, 0));
+    }
+}

@@ -1,0 +1,265 @@
+//! KTAP version 1 (Documentation/dev-tools/ktap.rst), laid out the way kselftest.h prints it:
+//! version line, plan, one result line per case with its diagnostic lines (`# ...`) before it,
+//! and kselftest's `# Totals:` line at the end. Errors are `not ok` with an `error:` diagnostic;
+//! skips are `ok N <id> # SKIP <reason>`.
+
+use std::io::{self, Write};
+
+use super::Counts;
+use crate::verdict::{Status, Verdict};
+
+pub fn render(kernel: &str, verdicts: &[Verdict], out: &mut dyn Write) -> io::Result<()> {
+    writeln!(out, "KTAP version 1")?;
+    writeln!(out, "1..{}", verdicts.len())?;
+    writeln!(out, "# kernel: {}", one_line(kernel))?;
+    for (index, verdict) in verdicts.iter().enumerate() {
+        let number = index + 1;
+        let description = description(&verdict.id);
+        let mut lines = verdict.diagnosis.as_deref().unwrap_or_default().lines();
+        match verdict.status {
+            Status::Skip => {
+                let reason = lines.next().unwrap_or("no reason given");
+                diagnostics(lines, "", out)?;
+                writeln!(out, "ok {number} {description} # SKIP {}", one_line(reason))?;
+            }
+            Status::Pass => {
+                diagnostics(lines, "", out)?;
+                writeln!(out, "ok {number} {description}")?;
+            }
+            Status::Fail => {
+                diagnostics(lines, "", out)?;
+                writeln!(out, "not ok {number} {description}")?;
+            }
+            Status::Error => {
+                diagnostics(lines, "error: ", out)?;
+                writeln!(out, "not ok {number} {description}")?;
+            }
+        }
+    }
+    let counts = Counts::of(verdicts);
+    writeln!(
+        out,
+        "# Totals: pass:{} fail:{} xfail:0 xpass:0 skip:{} error:{}",
+        counts.pass, counts.fail, counts.skip, counts.error
+    )
+}
+
+/// `# ` diagnostic lines; the first one is prefixed with `first_prefix`.
+fn diagnostics<'a>(
+    lines: impl Iterator<Item = &'a str>,
+    first_prefix: &str,
+    out: &mut dyn Write,
+) -> io::Result<()> {
+    for (i, line) in lines.enumerate() {
+        let prefix = if i == 0 { first_prefix } else { "" };
+        writeln!(out, "# {prefix}{}", one_line(line))?;
+    }
+    Ok(())
+}
+
+/// Diagnoses can carry console text (a kernel's last lines when a boot ended early): control
+/// characters, a stray '\r' above all, and the Unicode line separators that Python's
+/// `splitlines` honours would end or garble the line for a console parser.
+fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| if breaks_line(c) { '\u{fffd}' } else { c })
+        .collect()
+}
+
+fn breaks_line(c: char) -> bool {
+    (c.is_control() && c != '\t') || matches!(c, '\u{2028}' | '\u{2029}')
+}
+
+/// Case ids are `<vendor>/<scenario>/<path>` made of a-z, 0-9, '_' and '/'; anything that would
+/// break the result line (whitespace ends the description, '#' starts a directive) is replaced.
+fn description(id: &str) -> String {
+    let safe: String = id
+        .chars()
+        .map(|c| {
+            if c.is_whitespace() || breaks_line(c) || c == '#' {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
+    if safe.is_empty() {
+        "unnamed".into()
+    } else {
+        safe
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::super::sample;
+    use super::*;
+
+    /// One parsed result line.
+    #[derive(Debug, PartialEq)]
+    struct ResultLine {
+        ok: bool,
+        description: String,
+        skip: Option<String>,
+    }
+
+    /// Checks `text` against the KTAP v1 grammar this renderer promises: the version line, the
+    /// plan line, then only diagnostic lines (`#...`) and result lines
+    /// `(not )?ok <n> <description>( # SKIP <reason>)?`, numbered 1..N with N from the plan.
+    fn check_grammar(text: &str) -> Result<Vec<ResultLine>, String> {
+        let mut lines = text.lines();
+        if lines.next() != Some("KTAP version 1") {
+            return Err("the first line is not `KTAP version 1`".into());
+        }
+        let plan = lines.next().ok_or("no plan line")?;
+        let planned: usize = plan
+            .strip_prefix("1..")
+            .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| format!("bad plan line {plan:?}"))?;
+        let mut results = Vec::new();
+        for line in lines {
+            if line.starts_with('#') {
+                continue;
+            }
+            let (ok, rest) = match line.strip_prefix("not ok ") {
+                Some(rest) => (false, rest),
+                None => (
+                    true,
+                    line.strip_prefix("ok ")
+                        .ok_or_else(|| format!("neither diagnostic nor result: {line:?}"))?,
+                ),
+            };
+            let (number, rest) = rest
+                .split_once(' ')
+                .ok_or_else(|| format!("no description: {line:?}"))?;
+            if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(format!("bad test number: {line:?}"));
+            }
+            if number.parse::<usize>().ok() != Some(results.len() + 1) {
+                return Err(format!("test number out of sequence: {line:?}"));
+            }
+            let (description, skip) = match rest.split_once(" # ") {
+                Some((description, directive)) => {
+                    let reason = directive
+                        .strip_prefix("SKIP ")
+                        .ok_or_else(|| format!("unknown directive: {line:?}"))?;
+                    (description, Some(reason.to_string()))
+                }
+                None => (rest, None),
+            };
+            if description.is_empty() || description.contains(['#', ' ']) {
+                return Err(format!("bad description: {line:?}"));
+            }
+            results.push(ResultLine {
+                ok,
+                description: description.into(),
+                skip,
+            });
+        }
+        if results.len() != planned {
+            return Err(format!(
+                "planned {planned} results, found {}",
+                results.len()
+            ));
+        }
+        Ok(results)
+    }
+
+    fn rendered(verdicts: &[Verdict]) -> String {
+        let mut out = Vec::new();
+        render(sample::KERNEL, verdicts, &mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn passes_failures_errors_and_skips_follow_the_grammar() {
+        let text = rendered(&sample::verdicts());
+        let results = check_grammar(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let summary: Vec<(bool, &str, bool)> = results
+            .iter()
+            .map(|r| (r.ok, r.description.as_str(), r.skip.is_some()))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (true, "svm/pt_page_unmapped/hardware", false),
+                (false, "svm/pt_page_unmapped/emulated", false),
+                (false, "svm/final_page_unmapped/emulated", false),
+                (true, "vmx/pt_page_unmapped/emulated", true),
+                (true, "vmx/pt_page_unmapped/hardware", true),
+            ]
+        );
+        assert!(
+            text.contains(&format!("\n# kernel: {}\n", sample::KERNEL)),
+            "{text}"
+        );
+        // kselftest order: a case's diagnostics come right before its result line.
+        assert!(
+            text.contains(
+                "# paths disagree: exit_info_1 0x100000006 (W|U|GUEST_FINAL) from the emulator, \
+                 0x200000006 (W|U|GUEST_PAGE) from the hardware path\nnot ok 2 svm/pt_page_unmapped/emulated\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("# error: timeout after 10 s"), "{text}");
+        assert!(
+            text.ends_with("# Totals: pass:1 fail:1 xfail:0 xpass:0 skip:2 error:1\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_checker_rejects_what_is_not_ktap() {
+        for bad in [
+            "TAP version 13\n1..0\n",
+            "KTAP version 1\n1..2\nok 1 a\n",
+            "KTAP version 1\n1..1\nok 2 a\n",
+            "KTAP version 1\n1..1\nok 1 a # TODO later\n",
+            "KTAP version 1\n1..1\nok 1 a b\n",
+            "KTAP version 1\n1..1\nkernel log line\nok 1 a\n",
+        ] {
+            assert!(check_grammar(bad).is_err(), "{bad}");
+        }
+        assert!(check_grammar("KTAP version 1\n1..0\n").is_ok());
+    }
+
+    fn any_status() -> impl Strategy<Value = Status> {
+        prop_oneof![
+            Just(Status::Pass),
+            Just(Status::Fail),
+            Just(Status::Skip),
+            Just(Status::Error)
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// Whatever the diagnoses and the kernel string hold (newlines, '\r', '#', escapes), the
+        /// output stays KTAP with one result per verdict.
+        #[test]
+        fn any_verdicts_render_as_valid_ktap(
+            kernel in any::<String>(),
+            cases in proptest::collection::vec((any_status(), proptest::option::of(any::<String>())), 0..8),
+        ) {
+            let mut verdicts = sample::verdicts();
+            verdicts.truncate(1);
+            let template = verdicts.remove(0);
+            let verdicts: Vec<Verdict> = cases
+                .into_iter()
+                .map(|(status, diagnosis)| Verdict { status, diagnosis, ..template.clone() })
+                .collect();
+            let mut out = Vec::new();
+            render(&kernel, &verdicts, &mut out).unwrap();
+            let text = String::from_utf8(out).unwrap();
+            let results = check_grammar(&text).map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;
+            for (result, verdict) in results.iter().zip(&verdicts) {
+                prop_assert_eq!(result.ok, matches!(verdict.status, Status::Pass | Status::Skip));
+                prop_assert_eq!(result.skip.is_some(), verdict.status == Status::Skip);
+            }
+        }
+    }
+}

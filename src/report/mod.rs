@@ -1,0 +1,229 @@
+//! Renders verdicts (human, JSON, JUnit XML or KTAP) and maps them to the exit code `git bisect
+//! run` expects.
+
+mod human;
+mod junit;
+mod ktap;
+
+use std::collections::BTreeSet;
+use std::io::{self, Write};
+
+use serde::Serialize;
+
+use crate::verdict::{ExitValues, Status, Verdict};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Human,
+    Json,
+    /// JUnit XML: one <testsuite> per vendor, one <testcase> per case.
+    Junit,
+    /// KTAP version 1, as the kernel's kselftests print it.
+    Ktap,
+}
+
+/// Exit codes: 0 all passed, 1 something failed or errored, 125 nothing failed but something could
+/// not be tested (`git bisect run` skips the commit), 255 usage or harness error (bisect stops).
+pub mod exit_code {
+    pub const PASS: u8 = 0;
+    pub const FAIL: u8 = 1;
+    pub const UNTESTABLE: u8 = 125;
+    pub const HARNESS: u8 = 255;
+}
+
+pub fn exit_code(verdicts: &[Verdict]) -> u8 {
+    let any = |status| verdicts.iter().any(|v| v.status == status);
+    if any(Status::Fail) || any(Status::Error) {
+        exit_code::FAIL
+    } else if any(Status::Skip) || verdicts.is_empty() {
+        exit_code::UNTESTABLE
+    } else {
+        exit_code::PASS
+    }
+}
+
+#[derive(Serialize)]
+struct JsonReport<'a> {
+    kernel: &'a str,
+    vendor: String,
+    results: &'a [Verdict],
+}
+
+/// The selected vendors in name order: "svm", "vmx" or "svm,vmx".
+fn vendor_names(verdicts: &[Verdict]) -> BTreeSet<&str> {
+    verdicts.iter().map(|v| v.vendor.as_str()).collect()
+}
+
+fn vendors(verdicts: &[Verdict]) -> String {
+    vendor_names(verdicts)
+        .into_iter()
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Exit fields as `name=0x...`, space-separated, in comparison order.
+pub fn exit_values_text(values: &ExitValues) -> String {
+    let fields: Vec<String> = values
+        .0
+        .iter()
+        .map(|(name, value)| format!("{name}={value:#x}"))
+        .collect();
+    fields.join(" ")
+}
+
+/// How many verdicts have each status, for the summary lines of the text formats.
+struct Counts {
+    pass: usize,
+    fail: usize,
+    error: usize,
+    skip: usize,
+}
+
+impl Counts {
+    fn of(verdicts: &[Verdict]) -> Self {
+        let count = |status| verdicts.iter().filter(|v| v.status == status).count();
+        Counts {
+            pass: count(Status::Pass),
+            fail: count(Status::Fail),
+            error: count(Status::Error),
+            skip: count(Status::Skip),
+        }
+    }
+}
+
+pub fn render(
+    format: Format,
+    kernel: &str,
+    verdicts: &[Verdict],
+    out: &mut dyn Write,
+) -> io::Result<()> {
+    match format {
+        Format::Json => {
+            let report = JsonReport {
+                kernel,
+                vendor: vendors(verdicts),
+                results: verdicts,
+            };
+            serde_json::to_writer_pretty(&mut *out, &report)?;
+            writeln!(out)
+        }
+        Format::Human => human::render(kernel, verdicts, out),
+        Format::Junit => junit::render(kernel, verdicts, out),
+        Format::Ktap => ktap::render(kernel, verdicts, out),
+    }
+}
+
+/// Hand-built verdicts with every status, shaped like the real ones (the diagnoses are what
+/// `verdict::judge` and the runner write), for the renderers' tests and docs/output-formats.md.
+#[cfg(test)]
+pub(crate) mod sample {
+    use crate::verdict::{ExitValues, Status, Verdict};
+
+    pub const KERNEL: &str = "6.12.0-nestfault-example";
+
+    fn verdict(id: &str, status: Status, diagnosis: Option<&str>, duration_ms: u64) -> Verdict {
+        let parts: Vec<&str> = id.split('/').collect();
+        Verdict {
+            id: id.into(),
+            vendor: parts[0].into(),
+            scenario: parts[1].into(),
+            path: parts[2].into(),
+            status,
+            expected: ExitValues::default(),
+            actual: None,
+            diagnosis: diagnosis.map(str::to_string),
+            duration_ms,
+        }
+    }
+
+    fn svm_exit(exit_info_1: u64) -> ExitValues {
+        ExitValues(vec![
+            ("exit_code".into(), 0x400),
+            ("exit_info_1".into(), exit_info_1),
+            ("exit_info_2".into(), 0x20_5000),
+        ])
+    }
+
+    /// A pass, a failure (with the decoded wanted/got lines), a harness error and two skips.
+    pub fn verdicts() -> Vec<Verdict> {
+        let mut pass = verdict("svm/pt_page_unmapped/hardware", Status::Pass, None, 38);
+        pass.expected = svm_exit(0x2_0000_0006);
+        pass.actual = Some(svm_exit(0x2_0000_0006));
+        let mut fail = verdict(
+            "svm/pt_page_unmapped/emulated",
+            Status::Fail,
+            Some(
+                "exit_info_1: wanted 0x200000006 (W|U|GUEST_PAGE), got 0x100000006 (W|U|GUEST_FINAL)\n\
+                 exit_info_1: GUEST_FINAL set, GUEST_PAGE expected\n\
+                 the signature of a kernel without 297c2fe249db (\"KVM: SVM: Fix nested NPF injection of \
+                 PFERR_GUEST_{PAGE,FINAL}_MASK bits\", Linux 7.2): before it, NPFs injected from the \
+                 emulator always carried GUEST_FINAL\n\
+                 paths disagree: exit_info_1 0x100000006 (W|U|GUEST_FINAL) from the emulator, \
+                 0x200000006 (W|U|GUEST_PAGE) from the hardware path",
+            ),
+            41,
+        );
+        fail.expected = svm_exit(0x2_0000_0006);
+        fail.actual = Some(svm_exit(0x1_0000_0006));
+        let error = verdict(
+            "svm/final_page_unmapped/emulated",
+            Status::Error,
+            Some("timeout after 10 s; vCPU rip=0x1000 cr0=0x80000011"),
+            10_004,
+        );
+        let skip =
+            "VMX: KVM_GET_SUPPORTED_CPUID lacks VMX (CPUID 0x1 ECX bit 5); kvm_intel is not \
+                    loaded (not an Intel host?)";
+        vec![
+            pass,
+            fail,
+            error,
+            verdict("vmx/pt_page_unmapped/emulated", Status::Skip, Some(skip), 0),
+            verdict("vmx/pt_page_unmapped/hardware", Status::Skip, Some(skip), 0),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_follow_the_bisect_convention() {
+        let verdicts = sample::verdicts();
+        let pick = |indices: &[usize]| -> Vec<Verdict> {
+            indices.iter().map(|&i| verdicts[i].clone()).collect()
+        };
+        let (pass, fail, error, skip) = (0, 1, 2, 3);
+        assert_eq!(exit_code(&pick(&[pass])), 0);
+        assert_eq!(exit_code(&pick(&[pass, skip])), 125);
+        assert_eq!(exit_code(&pick(&[pass, skip, fail])), 1);
+        assert_eq!(exit_code(&pick(&[skip, error])), 1);
+        assert_eq!(exit_code(&[]), 125);
+    }
+
+    #[test]
+    fn json_has_the_contracted_shape() {
+        let mut out = Vec::new();
+        render(Format::Json, "6.1.0-test", &sample::verdicts(), &mut out).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(json["kernel"], "6.1.0-test");
+        assert_eq!(json["vendor"], "svm,vmx");
+        let failed = &json["results"][1];
+        for key in [
+            "id",
+            "vendor",
+            "scenario",
+            "path",
+            "status",
+            "expected",
+            "actual",
+            "diagnosis",
+            "duration_ms",
+        ] {
+            assert!(failed.get(key).is_some(), "missing {key}");
+        }
+        assert_eq!(failed["expected"]["exit_code"], "0x400");
+        assert_eq!(failed["status"], "fail");
+    }
+}
