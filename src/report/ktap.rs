@@ -188,6 +188,7 @@ mod tests {
                 (true, "svm/pt_page_unmapped/hardware", false),
                 (false, "svm/pt_page_unmapped/emulated", false),
                 (false, "svm/final_page_unmapped/emulated", false),
+                (false, "svm/final_page_write_protected/emulated", false),
                 (true, "vmx/pt_page_unmapped/emulated", true),
                 (true, "vmx/pt_page_unmapped/hardware", true),
             ]
@@ -206,7 +207,7 @@ mod tests {
         );
         assert!(text.contains("# error: timeout after 10 s"), "{text}");
         assert!(
-            text.ends_with("# Totals: pass:1 fail:1 xfail:0 xpass:0 skip:2 error:1\n"),
+            text.ends_with("# Totals: pass:1 fail:2 xfail:0 xpass:0 skip:2 error:1\n"),
             "{text}"
         );
     }
