@@ -65,10 +65,11 @@ impl Record {
         }
     }
 
-    /// Finds the records in a console line. Kernel messages may share the line, before, between
-    /// or after records, so the line is cut at every tag and each piece that is exactly one
-    /// record (up to line-end characters) is one; a record with anything inside or after it, or
-    /// cut short, is not.
+    /// Finds the records in a console line. Kernel text may stand before a record (the tag is
+    /// searched for, not expected at the start) and records may share a line, so the line is
+    /// cut at every tag and each piece that is exactly one record (up to line-end characters)
+    /// is one. A piece with text inside or after its record, or cut short, is not: taking the
+    /// part that parses could turn a cut-off record plus console text into a wrong value.
     pub fn parse(line: &str) -> Vec<Record> {
         let starts: Vec<usize> = line.match_indices(TAG).map(|(start, _)| start).collect();
         let ends = starts.iter().skip(1).copied().chain([line.len()]);
