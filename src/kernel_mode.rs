@@ -128,7 +128,12 @@ pub fn run(cli: &Cli, image: &Path, all: &[Case]) -> anyhow::Result<(String, Vec
         image: image.to_path_buf(),
         modules: cli.modules.clone(),
     };
-    let kernel = boot::prepare_kernel(&input, workdir.path())?;
+    let mut kernel = boot::prepare_kernel(&input, workdir.path())?;
+    if cli.bare_boot {
+        // Without modules the guest's /init finds no KVM, says so and powers off: a boot with
+        // nothing of the harness's own work in it.
+        kernel.modules_dir = None;
+    }
     let exe =
         std::env::current_exe().context("finding this executable to use as the guest's /init")?;
     let mut release = kernel.release.clone();

@@ -93,6 +93,11 @@ pub struct Cli {
     /// With --kernel: write the guest's raw console to this file.
     #[arg(long, value_name = "FILE", requires = "kernel")]
     console_log: Option<PathBuf>,
+
+    /// With --kernel: boot with no KVM modules and power off at once (what `cargo xtask bench`
+    /// compares a full run with).
+    #[arg(long, requires = "kernel", hide = true)]
+    bare_boot: bool,
 }
 
 impl Cli {

@@ -18,7 +18,7 @@ use super::error::BootError;
 use super::iso;
 use super::kernel::PreparedKernel;
 use super::tempdir::PrivateDir;
-use super::{BootEnd, BootOptions, BootReport, KERNEL_CMDLINE};
+use super::{BootOptions, BootReport, KERNEL_CMDLINE};
 
 const PROGRAM: &str = "bochs-bin";
 const BIOS: &str = "/usr/share/bochs/BIOS-bochs-latest";
@@ -146,9 +146,10 @@ pub(crate) fn boot(
         ended,
         power_off_codes: &[0, 1],
         label: "[bochs]",
+        noise: is_noise,
     };
     let mut report = console::watch(running, Progress::new(PHASES), opts, on_line, on_progress)?;
-    if report.end != BootEnd::PoweredOff {
+    if !report.end.explained_by_console() {
         report.tail.extend(log_tail(&log));
     }
     Ok(report)
@@ -223,6 +224,22 @@ fn follow_file(path: PathBuf, ended: Arc<AtomicBool>, sender: Sender<Output>) {
     });
 }
 
+/// What Bochs prints on stderr on every start: informational messages from
+/// before its log file is open, its sound library finding no sound card,
+/// and where its display went.
+fn is_noise(line: &str) -> bool {
+    line.trim().is_empty()
+        || line.starts_with("ALSA lib ")
+        || line.starts_with("Bochs connected to screen")
+        || is_info_line(line)
+}
+
+/// A Bochs informational message: `00000000000i[PLUGIN] loaded ...`.
+fn is_info_line(line: &str) -> bool {
+    line.split_once("i[")
+        .is_some_and(|(stamp, _)| !stamp.is_empty() && stamp.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// The last lines of Bochs's own log, without the MSR noise every Linux
 /// boot causes, for diagnosing a boot that did not end well.
 fn log_tail(log: &Path) -> Vec<String> {
@@ -231,6 +248,7 @@ fn log_tail(log: &Path) -> Vec<String> {
     let mut lines: Vec<String> = text
         .lines()
         .filter(|line| !line.contains("RDMSR") && !line.contains("WRMSR"))
+        .filter(|line| !is_info_line(line))
         .filter(|line| !line.trim().is_empty())
         .rev()
         .take(10)
@@ -257,6 +275,24 @@ mod tests {
         assert!(rc.contains("com1: enabled=1, mode=file, dev=\"/t/serial.txt\"\n"));
         assert!(rc.contains("cpu: model=corei7_haswell_4770"));
         assert!(rc.contains("megs: 512\n"));
+    }
+
+    #[test]
+    fn start_up_chatter_is_noise() {
+        assert!(is_noise(
+            "00000000000i[PLUGIN] loaded plugin libbx_serial.so"
+        ));
+        assert!(is_noise(
+            "ALSA lib pcm.c:2666:(snd_pcm_open_noupdate) Unknown PCM default"
+        ));
+        assert!(is_noise("Bochs connected to screen \"/dev/pts/1\""));
+        assert!(is_noise(""));
+        assert!(!is_noise(
+            "00000000000e[CPU0  ] RDMSR: Unknown register 0xe7"
+        ));
+        assert!(!is_noise(
+            "00000000000p[      ] >>PANIC<< bochsrc: unknown option"
+        ));
     }
 
     #[test]

@@ -16,6 +16,8 @@ use super::inner::{INIT_MARKER, POWER_OFF_MARKER};
 use super::{BootEnd, BootOptions, BootReport};
 
 const TAIL_LINES: usize = 40;
+/// The emulator's own last lines kept for when the console cannot explain the end.
+const DIAGNOSTIC_LINES: usize = 10;
 /// After "Kernel panic" the rest of the panic report still arrives; then an
 /// emulator that did not end by itself (Bochs reboots) is killed.
 const PANIC_GRACE: Duration = Duration::from_secs(3);
@@ -166,6 +168,8 @@ pub(crate) struct Running {
     pub(crate) power_off_codes: &'static [i32],
     /// Prefix for the emulator's own lines in the tail, e.g. "[qemu]".
     pub(crate) label: &'static str,
+    /// The emulator's stderr lines that say nothing worth keeping.
+    pub(crate) noise: fn(&str) -> bool,
 }
 
 /// A boot phase that console lines show.
@@ -273,7 +277,10 @@ pub(crate) fn watch(
                 if opts.verbose {
                     eprintln!("{} {line}", running.label);
                 }
-                state.remember(format!("{} {line}", running.label));
+                if !(running.noise)(&line) {
+                    let line = format!("{} {line}", running.label);
+                    keep_last(&mut state.diagnostics, line, DIAGNOSTIC_LINES);
+                }
             }
             Err(RecvTimeoutError::Timeout) => {}
             // Every reader is done; after the emulator ended that is the end.
@@ -286,10 +293,13 @@ pub(crate) fn watch(
             }
             continue;
         }
-        let status = running
-            .child
-            .try_wait()
-            .map_err(|e| BootError::io("wait for", "the emulator", e))?;
+        let status = match running.child.try_wait() {
+            Ok(status) => status,
+            Err(e) => {
+                let _ = running.child.kill();
+                return Err(BootError::io("wait for", "the emulator", e));
+            }
+        };
         let now = Instant::now();
         let panic_over = state.panic_at.is_some_and(|at| now >= at + PANIC_GRACE);
         let status = match status {
@@ -326,9 +336,13 @@ pub(crate) fn watch(
             None => BootEnd::EmulatorExited(128 + status.signal().unwrap_or(0)),
         }
     };
+    let mut tail: Vec<String> = state.tail.into();
+    if !end.explained_by_console() {
+        tail.extend(state.diagnostics);
+    }
     Ok(BootReport {
         end,
-        tail: state.tail.into(),
+        tail,
         elapsed: start.elapsed(),
     })
 }
@@ -340,6 +354,7 @@ const FATAL: [&str; 2] = ["Kernel panic", "-- System halted"];
 #[derive(Default)]
 struct ConsoleState {
     tail: VecDeque<String>,
+    diagnostics: VecDeque<String>,
     panic_at: Option<Instant>,
     powered_off: bool,
 }
@@ -350,7 +365,7 @@ impl ConsoleState {
         if line.contains(POWER_OFF_MARKER) {
             self.powered_off = true;
         }
-        self.remember(line.to_owned());
+        keep_last(&mut self.tail, line.to_owned(), TAIL_LINES);
     }
 
     fn check_fatal(&mut self, text: &str) {
@@ -358,13 +373,13 @@ impl ConsoleState {
             self.panic_at = Some(Instant::now());
         }
     }
+}
 
-    fn remember(&mut self, line: String) {
-        if self.tail.len() == TAIL_LINES {
-            self.tail.pop_front();
-        }
-        self.tail.push_back(line);
+fn keep_last(lines: &mut VecDeque<String>, line: String, limit: usize) {
+    if lines.len() == limit {
+        lines.pop_front();
     }
+    lines.push_back(line);
 }
 
 #[cfg(test)]
@@ -405,6 +420,7 @@ mod tests {
             ended: Arc::default(),
             power_off_codes,
             label: "[sh]",
+            noise: |line| line.starts_with("noise"),
         };
         let opts = BootOptions {
             timeout,
@@ -480,6 +496,15 @@ mod tests {
     }
 
     #[test]
+    fn explained_ends_leave_out_emulator_lines() {
+        let script =
+            format!("echo chatter >&2; echo '{INIT_MARKER}'; echo '{POWER_OFF_MARKER}'; exit 0");
+        let report = run_script(&script, Duration::from_secs(10), &[0]);
+        assert_eq!(report.end, BootEnd::PoweredOff);
+        assert_eq!(report.tail, vec![INIT_MARKER, POWER_OFF_MARKER]);
+    }
+
+    #[test]
     fn exit_without_marker_is_a_reset() {
         let report = run_script("echo hello; exit 0", Duration::from_secs(10), &[0]);
         assert_eq!(report.end, BootEnd::Reset);
@@ -488,7 +513,7 @@ mod tests {
     #[test]
     fn emulator_errors_land_in_the_tail() {
         let report = run_script(
-            "echo 'bad kernel' >&2; exit 1",
+            "echo noise >&2; echo 'bad kernel' >&2; exit 1",
             Duration::from_secs(10),
             &[0],
         );

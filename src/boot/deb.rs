@@ -29,7 +29,8 @@ pub(crate) fn is_deb(path: &Path) -> Result<bool, BootError> {
 
 /// Unpacks `deb` into a directory under `workdir` and returns it. A previous
 /// complete unpacking of the same file (same size and mtime) is reused, as a
-/// kernel package takes seconds to decompress.
+/// kernel package takes seconds to decompress; so `workdir` may be a
+/// persistent cache, shared by concurrent runs.
 pub(crate) fn unpack(deb: &Path, workdir: &Path) -> Result<PathBuf, BootError> {
     let meta = fs::metadata(deb).map_err(|e| BootError::io("inspect", deb, e))?;
     let stamp_text = format!("{} {}\n", meta.size(), meta.mtime());
@@ -38,26 +39,47 @@ pub(crate) fn unpack(deb: &Path, workdir: &Path) -> Result<PathBuf, BootError> {
         .map(|name| name.to_string_lossy().trim_end_matches(".deb").to_owned())
         .unwrap_or_else(|| "package".to_owned());
     let target = workdir.join(&stem);
-    let stamp = target.join(".nestfault-unpacked");
-    if fs::read_to_string(&stamp).is_ok_and(|text| text == stamp_text) {
+    let complete =
+        || fs::read_to_string(target.join(UNPACKED_STAMP)).is_ok_and(|text| text == stamp_text);
+    if complete() {
         return Ok(target);
     }
 
-    // Unpack beside the target and rename, so an interrupted run leaves no
-    // half-filled directory that looks complete.
-    let partial = workdir.join(format!("{stem}.partial"));
-    for stale in [&partial, &target] {
-        if stale.exists() {
-            fs::remove_dir_all(stale).map_err(|e| BootError::io("remove", stale, e))?;
-        }
-    }
+    // Unpack into a directory of our own and rename it into place, so that
+    // neither an interrupted run nor a concurrent one leaves a half-filled
+    // directory that looks complete.
+    let partial = workdir.join(format!("{stem}.partial-{}", std::process::id()));
+    let remove = |dir: &Path| match fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(BootError::io("remove", dir, e)),
+        _ => Ok(()),
+    };
+    remove(&partial)?;
     fs::create_dir_all(&partial).map_err(|e| BootError::io("create", &partial, e))?;
-    extract_data(deb, &partial)?;
-    fs::write(partial.join(".nestfault-unpacked"), stamp_text)
-        .map_err(|e| BootError::io("write", &partial, e))?;
-    fs::rename(&partial, &target).map_err(|e| BootError::io("rename", &partial, e))?;
-    Ok(target)
+    let unpacked = extract_data(deb, &partial).and_then(|()| {
+        fs::write(partial.join(UNPACKED_STAMP), &stamp_text)
+            .map_err(|e| BootError::io("write", &partial, e))
+    });
+    if let Err(e) = unpacked {
+        let _ = fs::remove_dir_all(&partial);
+        return Err(e);
+    }
+    // An outdated unpacking (the .deb changed) makes way.
+    if target.exists() && !complete() {
+        remove(&target)?;
+    }
+    match fs::rename(&partial, &target) {
+        Ok(()) => Ok(target),
+        // Another run got there first with the same package.
+        Err(_) if complete() => {
+            remove(&partial)?;
+            Ok(target)
+        }
+        Err(e) => Err(BootError::io("rename", &partial, e)),
+    }
 }
+
+/// Marks a complete unpacking; holds the package's size and mtime.
+const UNPACKED_STAMP: &str = ".nestfault-unpacked";
 
 fn extract_data(deb: &Path, into: &Path) -> Result<(), BootError> {
     let bad = |reason: String| BootError::BadPackage {
@@ -248,23 +270,19 @@ mod tests {
         fs::remove_dir_all(dir).unwrap();
     }
 
-    #[test]
-    fn unpacks_a_built_deb() {
-        let dir = scratch("unpack");
-        // A minimal .deb: ar(debian-binary, control.tar.gz, data.tar.gz).
+    /// Writes a minimal .deb, ar(debian-binary, data.tar.gz), holding one file.
+    fn write_deb(deb: &Path, path: &str, contents: &[u8]) {
         let mut data = tar::Builder::new(flate2::write::GzEncoder::new(
             Vec::new(),
             flate2::Compression::fast(),
         ));
         let mut header = tar::Header::new_gnu();
-        header.set_size(3);
+        header.set_size(contents.len() as u64);
         header.set_mode(0o644);
         header.set_cksum();
-        data.append_data(&mut header, "./boot/vmlinuz-9.9.9", &b"abc"[..])
-            .unwrap();
+        data.append_data(&mut header, path, contents).unwrap();
         let data = data.into_inner().unwrap().finish().unwrap();
-        let deb = dir.join("linux-image-9.9.9_1_amd64.deb");
-        let mut ar = ar::Builder::new(File::create(&deb).unwrap());
+        let mut ar = ar::Builder::new(File::create(deb).unwrap());
         for (name, body) in [("debian-binary", b"2.0\n".to_vec()), ("data.tar.gz", data)] {
             ar.append(
                 &ar::Header::new(name.as_bytes().to_vec(), body.len() as u64),
@@ -272,12 +290,49 @@ mod tests {
             )
             .unwrap();
         }
-        drop(ar);
+    }
+
+    #[test]
+    fn unpacks_reuses_and_refreshes() {
+        let dir = scratch("unpack");
+        let deb = dir.join("linux-image-9.9.9_1_amd64.deb");
+        write_deb(&deb, "./boot/vmlinuz-9.9.9", b"abc");
         assert!(is_deb(&deb).unwrap());
         let root = unpack(&deb, &dir).unwrap();
         assert_eq!(fs::read(root.join("boot/vmlinuz-9.9.9")).unwrap(), b"abc");
-        // Second call reuses the unpacked tree.
+        // Unchanged: the unpacked tree is reused as it is.
+        fs::write(root.join("marker"), b"").unwrap();
         assert_eq!(unpack(&deb, &dir).unwrap(), root);
+        assert!(root.join("marker").exists());
+        // Changed (another size): unpacked anew.
+        write_deb(&deb, "./boot/vmlinuz-9.9.9", b"abcdef");
+        assert_eq!(unpack(&deb, &dir).unwrap(), root);
+        assert_eq!(
+            fs::read(root.join("boot/vmlinuz-9.9.9")).unwrap(),
+            b"abcdef"
+        );
+        assert!(!root.join("marker").exists());
+        let leftovers: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains(".partial"))
+            .collect();
+        assert!(leftovers.is_empty());
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn broken_package_is_a_clear_error() {
+        let dir = scratch("broken");
+        let deb = dir.join("x.deb");
+        fs::write(
+            &deb,
+            b"!<arch>\ndebian-binary   0           0     0     100644  4         `\n2.0\n",
+        )
+        .unwrap();
+        let err = unpack(&deb, &dir).unwrap_err();
+        assert!(matches!(err, BootError::BadPackage { .. }), "{err}");
+        assert!(err.to_string().contains("no data.tar member"), "{err}");
         fs::remove_dir_all(dir).unwrap();
     }
 }

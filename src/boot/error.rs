@@ -86,7 +86,7 @@ pub enum BootError {
         searched: Vec<String>,
     },
 
-    #[error("{what} not found: install it with `apt-get install {}`", packages.join(" "))]
+    #[error("{what} not found: install with `apt-get install {}`", packages.join(" "))]
     EmulatorMissing {
         what: String,
         packages: Vec<&'static str>,

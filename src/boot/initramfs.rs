@@ -50,9 +50,8 @@ pub fn build_initramfs(
         // The kernel opens /dev/console for init's stdio before anything is mounted.
         cpio.char_device("dev/console", 0o600, 5, 1)?;
         cpio.file("init", 0o755, &init)?;
-        for (guest_path, host_path) in &runtime {
-            let data = fs::read(host_path)?;
-            cpio.file(guest_path.trim_start_matches('/'), 0o755, &data)?;
+        for (guest_path, data) in &runtime {
+            cpio.file(guest_path.trim_start_matches('/'), 0o755, data)?;
         }
         let mut load_order = String::new();
         for module in &modules {
@@ -90,8 +89,9 @@ pub fn build_initramfs(
 }
 
 /// The dynamic linker and every library the executable needs, transitively,
-/// as (path inside the guest, path on the host). Empty for a static binary.
-fn runtime_files(exe: &Path, exe_data: &[u8]) -> Result<Vec<(String, PathBuf)>, BootError> {
+/// as (path, contents): each goes to the same path inside the guest. Empty
+/// for a static binary.
+fn runtime_files(exe: &Path, exe_data: &[u8]) -> Result<Vec<(String, Vec<u8>)>, BootError> {
     let bad = |path: &Path, reason: String| BootError::BadExecutable {
         path: path.to_owned(),
         reason,
@@ -102,7 +102,8 @@ fn runtime_files(exe: &Path, exe_data: &[u8]) -> Result<Vec<(String, PathBuf)>, 
     }
     let mut files = Vec::new();
     if let Some(interpreter) = elf.interpreter().map_err(|r| bad(exe, r))? {
-        files.push((interpreter.clone(), PathBuf::from(interpreter)));
+        let data = fs::read(&interpreter).map_err(|e| BootError::io("read", &interpreter, e))?;
+        files.push((interpreter, data));
     }
     let mut seen = HashSet::new();
     let mut pending: VecDeque<(String, PathBuf)> = elf
@@ -125,9 +126,9 @@ fn runtime_files(exe: &Path, exe_data: &[u8]) -> Result<Vec<(String, PathBuf)>, 
         for next in lib_elf.needed_libraries().map_err(|r| bad(&found, r))? {
             pending.push_back((next, found.clone()));
         }
-        let guest_path = found.to_string_lossy().into_owned();
-        if !files.iter().any(|(path, _)| *path == guest_path) {
-            files.push((guest_path, found));
+        let path = found.to_string_lossy().into_owned();
+        if !files.iter().any(|(known, _)| *known == path) {
+            files.push((path, data));
         }
     }
     Ok(files)

@@ -5,8 +5,8 @@ use std::ffi::CString;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::time::Duration;
 
 use super::error::BootError;
 use super::KvmVendor;
@@ -24,10 +24,10 @@ pub(crate) mod paths {
 }
 
 /// Printed on the console once /init runs; the host reports "init running".
-pub const INIT_MARKER: &str = "nestfault-init: running";
+pub(crate) const INIT_MARKER: &str = "nestfault-init: running";
 /// Printed by power_off just before the guest is switched off; the host
 /// tells a deliberate power-off from a crash or reset by it.
-pub const POWER_OFF_MARKER: &str = "nestfault-init: powering off";
+pub(crate) const POWER_OFF_MARKER: &str = "nestfault-init: powering off";
 
 /// What the guest side knows once set up.
 #[derive(Clone, Debug)]
@@ -38,7 +38,6 @@ pub struct InnerEnv {
     pub kernel_release: String,
     /// The modules loaded, in order, with their parameters (`kvm_amd nested=1 npt=1`).
     pub loaded: Vec<String>,
-    pub vendor: KvmVendor,
 }
 
 /// True when this process is PID 1 in an initramfs built by build_initramfs.
@@ -78,7 +77,6 @@ pub fn inner_setup() -> Result<InnerEnv, BootError> {
         args,
         kernel_release: kernel_release(),
         loaded,
-        vendor,
     })
 }
 
@@ -147,7 +145,7 @@ fn load_module(name: &str, params: &str) -> Result<(), BootError> {
     let error = io::Error::last_os_error();
     let hint = match error.raw_os_error() {
         Some(libc::EEXIST) => return Ok(()),
-        Some(libc::ENODEV) | Some(libc::EIO) => {
+        Some(libc::ENODEV) | Some(libc::EIO) | Some(libc::EOPNOTSUPP) => {
             "; the (emulated) CPU lacks the virtualization extension: kvm_amd needs SVM \
              (QEMU TCG), kvm_intel needs VMX (Bochs)"
         }
@@ -197,15 +195,7 @@ fn kernel_release() -> String {
 pub fn power_off() -> ! {
     let _ = io::stderr().flush();
     announce(POWER_OFF_MARKER);
-    // Wait until the UART has sent everything written so far.
-    // SAFETY: tcdrain only waits on the descriptor; 1 is stdout, and an
-    // error (e.g. not a terminal) is ignored.
-    unsafe { libc::tcdrain(1) };
-    if under_bochs() {
-        // Bochs's UART runs in virtual time, and the last bytes reach its
-        // serial file only while the guest keeps running.
-        std::thread::sleep(Duration::from_secs(2));
-    }
+    drain_console();
     // SAFETY: sync and reboot take no pointers; reboot only acts if allowed.
     unsafe {
         libc::sync();
@@ -218,9 +208,20 @@ pub fn power_off() -> ! {
     std::process::exit(1)
 }
 
-fn under_bochs() -> bool {
-    fs::read_to_string("/sys/class/dmi/id/bios_vendor")
-        .is_ok_and(|vendor| vendor.to_ascii_lowercase().contains("bochs"))
+/// Waits until the serial port has sent everything written so far. Bochs's
+/// UART runs in virtual time: without this, the last lines never reach the
+/// host. (Measured under Bochs: with it, every line up to the kernel's own
+/// "reboot: Power down" arrives.)
+fn drain_console() {
+    // /dev/console rather than stdout: stdout may have been redirected.
+    let console = File::options()
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open("/dev/console");
+    if let Ok(console) = console {
+        // SAFETY: tcdrain only waits on a descriptor we hold open.
+        unsafe { libc::tcdrain(console.as_raw_fd()) };
+    }
 }
 
 #[cfg(test)]

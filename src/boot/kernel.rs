@@ -161,7 +161,7 @@ fn bzimage_release_of(path: &Path) -> Result<String, BootError> {
 
 /// Reads the release from a bzImage's setup header: the `kernel_version`
 /// field (offset 0x20e) points, relative to 0x200, at a string such as
-/// `6.1.0-40-amd64 (debian-kernel@lists.debian.org) #1 SMP ...`.
+/// `6.1.0-40-amd64 (builder@build.invalid) #1 SMP ...`.
 pub(crate) fn bzimage_release(head: &[u8]) -> Result<String, &'static str> {
     if head.get(0x202..0x206) != Some(b"HdrS") {
         return Err("no bzImage setup header (HdrS magic at 0x202)");
@@ -198,7 +198,7 @@ mod tests {
 
     #[test]
     fn reads_release_from_header() {
-        let image = fake_bzimage("6.1.0-40-amd64 (debian-kernel@lists.debian.org) #1 SMP");
+        let image = fake_bzimage("6.1.0-40-amd64 (builder@build.invalid) #1 SMP");
         assert_eq!(bzimage_release(&image).unwrap(), "6.1.0-40-amd64");
     }
 
@@ -209,6 +209,52 @@ mod tests {
         let mut no_version = fake_bzimage("x");
         no_version[0x20e..0x210].copy_from_slice(&[0, 0]);
         assert!(bzimage_release(&no_version).is_err());
+    }
+
+    #[test]
+    fn bzimage_with_a_modules_directory_in_any_form() {
+        let dir = std::env::temp_dir().join(format!("nestfault-kmods-{}", std::process::id()));
+        let release = "6.1.0-40-amd64";
+        let modules = dir.join("tree/lib/modules").join(release);
+        std::fs::create_dir_all(modules.join("kernel/virt/lib")).unwrap();
+        std::fs::write(modules.join("kernel/virt/lib/irqbypass.ko"), b"").unwrap();
+        let image = dir.join("bzImage");
+        std::fs::write(&image, fake_bzimage(&format!("{release} (me@host) #1 SMP"))).unwrap();
+        for given in [
+            modules.clone(),
+            dir.join("tree/lib/modules"),
+            dir.join("tree"),
+        ] {
+            let input = KernelInput {
+                image: image.clone(),
+                modules: Some(given.clone()),
+            };
+            let kernel = prepare_kernel(&input, &dir.join("work")).unwrap();
+            assert_eq!(kernel.release, release);
+            assert_eq!(
+                kernel.modules_dir.as_ref(),
+                Some(&modules),
+                "{}",
+                given.display()
+            );
+        }
+        let without = KernelInput {
+            image: image.clone(),
+            modules: None,
+        };
+        assert_eq!(
+            prepare_kernel(&without, &dir.join("work"))
+                .unwrap()
+                .modules_dir,
+            None
+        );
+        let elsewhere = KernelInput {
+            image,
+            modules: Some(dir.join("work")),
+        };
+        let err = prepare_kernel(&elsewhere, &dir.join("work")).unwrap_err();
+        assert!(matches!(err, BootError::ModulesDirMismatch { .. }), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

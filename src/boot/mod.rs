@@ -3,8 +3,27 @@
 //! QEMU with the host's KVM where the host nests), with nestfault itself as
 //! /init, so that the kernel's KVM can be tested as the L0 hypervisor.
 //!
-//! Host side: [`prepare_kernel`] -> [`build_initramfs`] -> [`boot`].
-//! Guest side: [`running_as_init`] -> [`inner_setup`] -> ... -> [`power_off`].
+//! Host side: [`choose_emulator`], [`prepare_kernel`] -> [`build_initramfs`]
+//! -> [`boot`]. Guest side: [`running_as_init`] -> [`inner_setup`] -> ... ->
+//! [`power_off`].
+//!
+//! - Kernel input: a bzImage (with or without a modules directory), or Debian
+//!   packages in either layout (bookworm's single `linux-image-*-unsigned`;
+//!   unstable's `linux-binary-unsigned-*` + `linux-modules-*`, found next to
+//!   each other). Packages are unpacked in pure Rust (ar, tar, xz/zstd/gzip).
+//! - Initramfs (gzip'd newc cpio): `/init` (the given executable), its ELF
+//!   interpreter and libraries at their host paths, `/dev/console`, and under
+//!   `/nestfault/`: `modules/<name>.ko` (decompressed), `modules.load`
+//!   (load order with parameters, dependencies from each module's
+//!   `.modinfo`), `args` and `vendor`.
+//! - Console protocol: the guest prints `nestfault-init: running` when /init
+//!   starts and `nestfault-init: powering off` just before powering off; the
+//!   host derives the "init running" phase and [`BootEnd::PoweredOff`] from
+//!   them.
+//!
+//! Measured on a 2-core host (Debian 6.1 / 7.2 kernels): QEMU TCG boots to
+//! /init in about 4.5 s and powers off after about 5.3 s; Bochs takes 40-70 s
+//! to /init plus 6-13 s to load kvm_intel.
 //!
 //! This module is self-contained: it uses nothing else from the crate.
 
@@ -31,7 +50,7 @@ use std::time::Duration;
 pub use emulator::choose_emulator;
 pub use error::BootError;
 pub use initramfs::build_initramfs;
-pub use inner::{inner_setup, power_off, running_as_init, InnerEnv, INIT_MARKER, POWER_OFF_MARKER};
+pub use inner::{inner_setup, power_off, running_as_init, InnerEnv};
 pub use kernel::{prepare_kernel, KernelInput, PreparedKernel};
 pub use tempdir::PrivateDir;
 
@@ -39,8 +58,9 @@ pub use tempdir::PrivateDir;
 /// a panic, which ends QEMU (-no-reboot); `quiet` keeps the slow emulated
 /// UART from carrying the whole boot log; `earlyprintk` lets the kernel's
 /// decompressor and early boot report on the serial console too, so a
-/// kernel that dies early leaves a trace.
-const KERNEL_CMDLINE: &str = "console=ttyS0,115200 earlyprintk=serial,ttyS0,115200 panic=-1 quiet";
+/// kernel that dies early leaves a trace. `quiet` comes first: the early
+/// console replays the log so far when it starts, at the level then in force.
+const KERNEL_CMDLINE: &str = "console=ttyS0,115200 quiet earlyprintk=serial,ttyS0,115200 panic=-1";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Emulator {
@@ -173,11 +193,20 @@ pub enum BootEnd {
     EmulatorExited(i32),
 }
 
+impl BootEnd {
+    /// Whether the console alone tells what happened; otherwise the report's
+    /// tail also carries the emulator's own diagnostics.
+    pub(crate) fn explained_by_console(self) -> bool {
+        matches!(self, BootEnd::PoweredOff | BootEnd::Panicked)
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct BootReport {
     pub end: BootEnd,
-    /// The last console lines (up to 40), followed by the emulator's own
-    /// diagnostics (prefixed `[qemu]` / `[bochs]`) when it had any.
+    /// The last console lines (up to 40); unless the guest powered off or
+    /// panicked, followed by the emulator's own last diagnostics (prefixed
+    /// `[qemu]` / `[bochs]`).
     pub tail: Vec<String>,
     pub elapsed: Duration,
 }

@@ -88,6 +88,7 @@ pub(crate) fn boot(
         ended: Arc::default(),
         power_off_codes: &[0],
         label: "[qemu]",
+        noise: |_| false,
     };
     console::watch(running, progress, opts, on_line, on_progress)
 }

@@ -1,4 +1,5 @@
-//! A private temporary directory (mode 0700), removed when dropped.
+//! A private temporary directory (mode 0700, under $TMPDIR), removed when
+//! dropped. Public: the caller keeps its work files in one too.
 
 use std::fs::DirBuilder;
 use std::os::unix::fs::DirBuilderExt;

@@ -90,7 +90,7 @@ fn check(label: &str, vendor: &str, exit_code: Option<i32>, report: &Value) -> R
 }
 
 /// Builds nestfault and returns the binary's path.
-fn build_nestfault(workspace: &Path) -> Result<PathBuf> {
+pub fn build_nestfault(workspace: &Path) -> Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(workspace)

@@ -1,6 +1,7 @@
 //! Developer tasks for nestfault, run as `cargo xtask <task>`.
 
 mod apt;
+mod bench;
 mod e2e;
 mod kernels;
 
@@ -21,12 +22,15 @@ enum Task {
     Kernels(kernels::KernelsArgs),
     /// Run every scenario inside each cached kernel, both vendors, and check the known results.
     E2e(e2e::E2eArgs),
+    /// Measure the harness's overhead over a bare boot, under QEMU TCG and Bochs.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
     let result = match Cli::parse().task {
         Task::Kernels(args) => kernels::run(&args),
         Task::E2e(args) => e2e::run(&args),
+        Task::Bench(args) => bench::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
