@@ -313,6 +313,8 @@ pub fn inner_main() -> ! {
         Err(error) => say(Record::Untestable(error.to_string())),
         Ok(env) => {
             say(Record::Kernel(env.kernel_release.clone()));
+            // Not a record: for the console log and --verbose.
+            println!("nestfault-init: loaded {}", env.loaded.join(", "));
             let args = std::iter::once("nestfault".to_string()).chain(env.args);
             match Cli::try_parse_from(args)
                 .map_err(anyhow::Error::from)
@@ -347,6 +349,7 @@ fn inner_run(cli: &Cli, say: &mut dyn FnMut(Record)) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use crate::verdict::strategy::any_status;
     use proptest::prelude::*;
 
     use super::*;
@@ -501,14 +504,6 @@ mod tests {
         ]
     }
 
-    fn any_status() -> impl Strategy<Value = Status> {
-        prop_oneof![
-            Just(Status::Pass),
-            Just(Status::Fail),
-            Just(Status::Skip),
-            Just(Status::Error)
-        ]
-    }
 
     fn any_exit_values() -> impl Strategy<Value = ExitValues> {
         proptest::collection::vec((hostile_text(), any::<u64>()), 0..4).prop_map(ExitValues)

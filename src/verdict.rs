@@ -181,6 +181,18 @@ pub fn compare_paths(emulated: &mut Verdict, hardware: &Verdict, vendor: &dyn Ve
     emulated.diagnosis = Some(text);
 }
 
+/// Property-test strategies for verdict types, shared by the renderers' and parsers' tests.
+#[cfg(test)]
+pub mod strategy {
+    use proptest::prelude::*;
+
+    use super::Status;
+
+    pub fn any_status() -> impl Strategy<Value = Status> {
+        prop_oneof![Just(Status::Pass), Just(Status::Fail), Just(Status::Skip), Just(Status::Error)]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -123,12 +123,7 @@ pub(crate) fn boot(
         .stdin(Stdio::from(slave))
         .stdout(Stdio::from(slave_copy))
         .stderr(Stdio::piped());
-    console::tie_to_parent(&mut command, true);
-    on_progress("starting bochs");
-    let mut child = command.spawn().map_err(|cause| BootError::Spawn {
-        program: PROGRAM.into(),
-        cause,
-    })?;
+    let mut child = console::start_emulator(&mut command, PROGRAM, true, on_progress)?;
     // Our copies of the slave side go with the command, so that the master
     // reads EOF/EIO once Bochs is gone.
     drop(command);

@@ -141,7 +141,22 @@ pub(crate) fn spawn_line_reader(
 
 /// Makes the emulator die with us (it must never outlive a killed nestfault)
 /// and, for a terminal-based display, gives it `stdin` as controlling tty.
-pub(crate) fn tie_to_parent(command: &mut Command, controlling_tty: bool) {
+/// Starts an emulator tied to this process (see [`tie_to_parent`]), telling `on_progress`.
+pub(crate) fn start_emulator(
+    command: &mut Command,
+    program: &str,
+    controlling_tty: bool,
+    on_progress: &mut dyn FnMut(&str),
+) -> Result<Child, BootError> {
+    tie_to_parent(command, controlling_tty);
+    on_progress(&format!("starting {program}"));
+    command.spawn().map_err(|cause| BootError::Spawn {
+        program: program.into(),
+        cause,
+    })
+}
+
+fn tie_to_parent(command: &mut Command, controlling_tty: bool) {
     // SAFETY: the closure runs between fork and exec and calls only
     // async-signal-safe functions (prctl, setsid, ioctl); it allocates nothing.
     unsafe {

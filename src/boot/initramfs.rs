@@ -41,7 +41,7 @@ pub fn build_initramfs(
     };
 
     let file = File::create(out).map_err(|e| BootError::io("create", out, e))?;
-    let gzip = flate2::write::GzEncoder::new(BufWriter::new(file), flate2::Compression::default());
+    let gzip = flate2::write::GzEncoder::new(BufWriter::new(file), flate2::Compression::none());
     let mut cpio = CpioWriter::new(gzip);
     let written: io::Result<()> = (|| {
         for dir in ["dev", "proc", "sys", "tmp", "root", paths::MODULES_DIR] {

@@ -66,12 +66,7 @@ pub(crate) fn boot(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    console::tie_to_parent(&mut command, false);
-    on_progress("starting qemu");
-    let mut child = command.spawn().map_err(|cause| BootError::Spawn {
-        program: PROGRAM.into(),
-        cause,
-    })?;
+    let mut child = console::start_emulator(&mut command, PROGRAM, false, on_progress)?;
     let (sender, output) = channel();
     if let Some(stdout) = child.stdout.take() {
         console::spawn_line_reader(stdout, sender.clone(), Stream::Console);

@@ -92,6 +92,7 @@ fn description(id: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use crate::verdict::strategy::any_status;
     use proptest::prelude::*;
 
     use super::super::sample;
@@ -227,14 +228,6 @@ mod tests {
         assert!(check_grammar("KTAP version 1\n1..0\n").is_ok());
     }
 
-    fn any_status() -> impl Strategy<Value = Status> {
-        prop_oneof![
-            Just(Status::Pass),
-            Just(Status::Fail),
-            Just(Status::Skip),
-            Just(Status::Error)
-        ]
-    }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(200))]
