@@ -2,14 +2,15 @@
 //! tables and code, the nested tables with the scenario's fault applied, and the mailbox with the
 //! vendor's control-block writes. Pure data: nothing here talks to KVM.
 //!
-//! L1 physical memory (4 MiB, identity-mapped for L1):
+//! L1 physical memory (2 MiB, identity-mapped for L1; small, because every page the guest kernel
+//! has to fault in costs time under an emulated L0):
 //!
 //! ```text
 //! 0x0000_1000  mailbox (nestfault_protocol::MAILBOX_GPA)
 //! 0x0000_2000  GDT                0x0000_3000  TSS
 //! 0x0000_8000  L1 stack (grows down from 0x1_0000)
 //! 0x0010_0000  L1 stub image (guest/stub/link.ld)
-//! 0x0020_0000  page pool: tables, VMCB/VMCS, L2 code, stack and data pages
+//! 0x0014_0000  page pool: tables, VMCB/VMCS, L2 code, stack and data pages
 //! ```
 //!
 //! L2 (virtual) address space: its code and stack identity-mapped; [`FAULT_GVA`] mapped to the data
@@ -23,11 +24,12 @@ use crate::paging::{Format, LayoutError, PageTable, Perms, PhysImage, PAGE_SIZE}
 use crate::scenario::{Access, AccessPath, Case, Fault, Target};
 use crate::vendor::{ControlBlock, Vendor};
 
-pub const MEMORY_SIZE: u64 = 4 << 20;
+pub const MEMORY_SIZE: u64 = 2 << 20;
 const GDT_GPA: u64 = 0x2000;
 const TSS_GPA: u64 = 0x3000;
 const L1_STACK_TOP: u64 = 0x1_0000;
-const POOL_START: u64 = 0x20_0000;
+const STUB_START: u64 = 0x10_0000;
+const POOL_START: u64 = 0x14_0000;
 /// Pages L0 should not find shadowed already are placed on their own 64 KiB boundary: KVM
 /// prefetches shadow entries in aligned groups of 8 or 16 around a fault.
 const PREFETCH_GROUP: u64 = 0x1_0000;
@@ -135,7 +137,7 @@ pub fn build(case: &Case, vendor: &dyn Vendor, stub: &[u8]) -> Result<GuestImage
     let l1_tables = PageTable::new(Format::X86_64, &mut memory)?;
     l1_tables.identity_map(&mut memory, 0, MEMORY_SIZE)?;
     write_gdt(&mut memory)?;
-    let entry = elf::load(stub, &mut memory, 0x10_0000..POOL_START)?;
+    let entry = elf::load(stub, &mut memory, STUB_START..POOL_START)?;
 
     let base = CpuState {
         cr0: CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG,

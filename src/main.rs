@@ -94,9 +94,9 @@ pub struct Cli {
     #[arg(long, value_name = "FILE", requires = "kernel")]
     console_log: Option<PathBuf>,
 
-    /// With --kernel: boot with no KVM modules and power off at once (what `cargo xtask bench`
-    /// compares a full run with).
-    #[arg(long, requires = "kernel", hide = true)]
+    /// Set up but run no case: with --kernel, boot the kernel, load the KVM modules if --modules
+    /// names them, and power off. What `cargo xtask bench` compares a full run with.
+    #[arg(long, hide = true)]
     bare_boot: bool,
 }
 
@@ -186,6 +186,10 @@ fn run_here(cli: &Cli, all: &[Case]) -> anyhow::Result<Vec<verdict::Verdict>> {
         None => auto_vendors()?,
     };
     let cases = selection::select(all, &cli.scenarios, &vendors, cli.path)?;
+    if cli.bare_boot {
+        let not_run = |case| verdict::Verdict::without_run(case, verdict::Status::Skip, "not run (--bare-boot)".into());
+        return Ok(cases.iter().map(not_run).collect());
+    }
     let options = runner::RunOptions {
         timeout: Duration::from_secs(cli.timeout.unwrap_or(10)),
     };
@@ -198,12 +202,11 @@ fn auto_vendors() -> anyhow::Result<Vec<VendorKind>> {
     let Ok(kvm) = vm::open_kvm() else {
         return Ok(VendorKind::ALL.to_vec());
     };
-    let mut nested = Vec::new();
-    for kind in VendorKind::ALL {
-        if vm::missing_nested_support(&kvm, kind)?.is_none() {
-            nested.push(kind);
-        }
-    }
+    let cpuid = vm::supported_cpuid(&kvm)?;
+    let nested: Vec<VendorKind> = VendorKind::ALL
+        .into_iter()
+        .filter(|&kind| vm::missing_nested_support(&cpuid, kind).is_none())
+        .collect();
     Ok(if nested.is_empty() {
         VendorKind::ALL.to_vec()
     } else {

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use kvm_bindings::CpuId;
 use kvm_ioctls::Kvm;
 
 use crate::elf::L1_STUB;
@@ -21,8 +22,9 @@ pub struct RunOptions {
 
 /// Runs `cases` and returns their verdicts in the same order; `on_verdict` sees each as it lands.
 pub fn run(cases: &[Case], options: &RunOptions, on_verdict: &mut dyn FnMut(&Verdict)) -> Vec<Verdict> {
-    let kvm = match vm::open_kvm() {
-        Ok(kvm) => kvm,
+    let opened = vm::open_kvm().and_then(|kvm| Ok((vm::supported_cpuid(&kvm)?, kvm)));
+    let (cpuid, kvm) = match opened {
+        Ok(opened) => opened,
         Err(error) => {
             return cases
                 .iter()
@@ -30,19 +32,15 @@ pub fn run(cases: &[Case], options: &RunOptions, on_verdict: &mut dyn FnMut(&Ver
                 .collect();
         }
     };
-    let mut unsupported: HashMap<VendorKind, Option<String>> = HashMap::new();
     let mut verdicts: Vec<Option<Verdict>> = vec![None; cases.len()];
     let mut order: Vec<usize> = (0..cases.len()).collect();
     order.sort_by_key(|&i| (cases[i].vendor, cases[i].scenario.name.clone(), cases[i].path != AccessPath::Hardware));
     let mut hardware_results: HashMap<(VendorKind, String), Verdict> = HashMap::new();
     for i in order {
         let case = &cases[i];
-        let missing = unsupported
-            .entry(case.vendor)
-            .or_insert_with(|| vm::missing_nested_support(&kvm, case.vendor).unwrap_or_else(|error| Some(error.to_string())));
-        let verdict = match missing {
-            Some(reason) => Verdict::without_run(case, Status::Skip, reason.clone()),
-            None => run_one(&kvm, case, options, &hardware_results),
+        let verdict = match vm::missing_nested_support(&cpuid, case.vendor) {
+            Some(reason) => Verdict::without_run(case, Status::Skip, reason),
+            None => run_one(&kvm, &cpuid, case, options, &hardware_results),
         };
         if case.path == AccessPath::Hardware {
             hardware_results.insert((case.vendor, case.scenario.name.clone()), verdict.clone());
@@ -57,10 +55,10 @@ fn report(on_verdict: &mut dyn FnMut(&Verdict), verdict: Verdict) -> Verdict {
     verdict
 }
 
-fn run_one(kvm: &Kvm, case: &Case, options: &RunOptions, hardware: &HashMap<(VendorKind, String), Verdict>) -> Verdict {
+fn run_one(kvm: &Kvm, cpuid: &CpuId, case: &Case, options: &RunOptions, hardware: &HashMap<(VendorKind, String), Verdict>) -> Verdict {
     let started = Instant::now();
     let harness_error = |error: String| Verdict::without_run(case, Status::Error, error);
-    let mut vm = match Vm::new(kvm, MEMORY_SIZE) {
+    let mut vm = match Vm::new(kvm, cpuid, MEMORY_SIZE) {
         Ok(vm) => vm,
         Err(error) => return harness_error(error.to_string()),
     };

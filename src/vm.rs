@@ -47,8 +47,7 @@ pub fn open_kvm() -> Result<Kvm, VmError> {
 
 /// Why this host's KVM cannot run `kind` nested, or `None` if it can: checks what L1 would be
 /// offered (KVM_GET_SUPPORTED_CPUID), and names the module parameter behind a missing bit.
-pub fn missing_nested_support(kvm: &Kvm, kind: VendorKind) -> Result<Option<String>, VmError> {
-    let cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(ioctl("KVM_GET_SUPPORTED_CPUID"))?;
+pub fn missing_nested_support(cpuid: &CpuId, kind: VendorKind) -> Option<String> {
     let leaf = |function: u32| cpuid.as_slice().iter().find(|e| e.function == function && e.index == 0).copied();
     let (module, bit_ok, what) = match kind {
         VendorKind::Svm => {
@@ -60,7 +59,7 @@ pub fn missing_nested_support(kvm: &Kvm, kind: VendorKind) -> Result<Option<Stri
         VendorKind::Vmx => ("kvm_intel", leaf(1).is_some_and(|e| e.ecx & (1 << 5) != 0), "VMX (CPUID 0x1 ECX bit 5)"),
     };
     if bit_ok {
-        return Ok(None);
+        return None;
     }
     let nested = std::fs::read_to_string(format!("/sys/module/{module}/parameters/nested"));
     let why = match nested {
@@ -70,7 +69,13 @@ pub fn missing_nested_support(kvm: &Kvm, kind: VendorKind) -> Result<Option<Stri
         }
         Ok(value) => format!("{module} nested={}, yet KVM does not offer it (running nested without nesting?)", value.trim()),
     };
-    Ok(Some(format!("{}: KVM_GET_SUPPORTED_CPUID lacks {what}; {why}", kind.name().to_uppercase())))
+    Some(format!("{}: KVM_GET_SUPPORTED_CPUID lacks {what}; {why}", kind.name().to_uppercase()))
+}
+
+/// What KVM can offer a vCPU (KVM_GET_SUPPORTED_CPUID); on a nested-capable host this includes
+/// SVM and NP or VMX.
+pub fn supported_cpuid(kvm: &Kvm) -> Result<CpuId, VmError> {
+    kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(ioctl("KVM_GET_SUPPORTED_CPUID"))
 }
 
 /// How a run ended.
@@ -99,9 +104,9 @@ pub struct Vm {
 }
 
 impl Vm {
-    /// A VM of `memory_size` bytes whose vCPU has the CPUID KVM supports, which on a nested-capable
-    /// host advertises SVM and NP or VMX: KVM refuses EFER.SVME / CR4.VMXE without them.
-    pub fn new(kvm: &Kvm, memory_size: u64) -> Result<Self, VmError> {
+    /// A VM of `memory_size` bytes whose vCPU has `cpuid` ([`supported_cpuid`]), which on a
+    /// nested-capable host advertises SVM and NP or VMX: KVM refuses EFER.SVME / CR4.VMXE without.
+    pub fn new(kvm: &Kvm, cpuid: &CpuId, memory_size: u64) -> Result<Self, VmError> {
         let vm = kvm.create_vm().map_err(ioctl("KVM_CREATE_VM"))?;
         let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), memory_size as usize)])
             .map_err(|error| VmError::Memory(error.to_string()))?;
@@ -117,8 +122,7 @@ impl Vm {
         // (both are fields of the returned Vm, and `vm` is dropped first).
         unsafe { vm.set_user_memory_region(region) }.map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))?;
         let vcpu = vm.create_vcpu(0).map_err(ioctl("KVM_CREATE_VCPU"))?;
-        let cpuid: CpuId = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(ioctl("KVM_GET_SUPPORTED_CPUID"))?;
-        vcpu.set_cpuid2(&cpuid).map_err(ioctl("KVM_SET_CPUID2"))?;
+        vcpu.set_cpuid2(cpuid).map_err(ioctl("KVM_SET_CPUID2"))?;
         Ok(Self { vm, vcpu, memory })
     }
 
@@ -368,7 +372,7 @@ mod tests {
         let mut image = layout::build(&case, vendor.as_ref(), L1_STUB).unwrap();
         // Mailbox::executor is its third u64.
         image.memory.write_u64("the mailbox", MAILBOX_GPA + 16, executor).unwrap();
-        let mut vm = Vm::new(kvm, layout::MEMORY_SIZE).unwrap();
+        let mut vm = Vm::new(kvm, &supported_cpuid(kvm).unwrap(), layout::MEMORY_SIZE).unwrap();
         vm.load(&image, &[]).unwrap();
         let observation = vm.run(timeout).unwrap();
         let expectation = vendor.expect(&case, &image.site);
@@ -417,7 +421,7 @@ mod tests {
     #[test]
     fn kvm_svm_without_nesting_is_an_error_not_a_pass() {
         let Some(kvm) = real_kvm("kvm_svm_without_nesting_is_an_error_not_a_pass") else { return };
-        if missing_nested_support(&kvm, VendorKind::Svm).unwrap().is_none() {
+        if missing_nested_support(&supported_cpuid(&kvm).unwrap(), VendorKind::Svm).is_none() {
             eprintln!("SKIPPED kvm_svm_without_nesting_is_an_error_not_a_pass: this host nests SVM");
             return;
         }

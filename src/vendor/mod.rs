@@ -102,9 +102,11 @@ pub fn bit_names(value: u64, names: &[(u32, &str)]) -> String {
 /// Bits that differ between wanted and got, named: "GUEST_PAGE expected, GUEST_FINAL set".
 /// `0x...`, followed by the decoded names where the field has them.
 pub fn show(vendor: &dyn Vendor, field: usize, value: u64) -> String {
+    let hex = format!("{value:#x}");
     match vendor.decode(field, value) {
-        Some(names) => format!("{value:#x} ({names})"),
-        None => format!("{value:#x}"),
+        // No named bit set: the names would only repeat the number.
+        Some(names) if names != hex => format!("{hex} ({names})"),
+        _ => hex,
     }
 }
 
