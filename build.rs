@@ -15,8 +15,14 @@ fn main() {
 
 fn build_stub(manifest_dir: &Path, out_dir: &Path) {
     let stub_dir = manifest_dir.join("guest/stub");
-    for watched in ["guest/stub/src", "guest/stub/Cargo.toml", "guest/stub/link.ld",
-                    "guest/stub/build.rs", "guest/stub/.cargo", "guest/protocol/src"] {
+    for watched in [
+        "guest/stub/src",
+        "guest/stub/Cargo.toml",
+        "guest/stub/link.ld",
+        "guest/stub/build.rs",
+        "guest/stub/.cargo",
+        "guest/protocol/src",
+    ] {
         println!("cargo:rerun-if-changed={watched}");
     }
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
@@ -25,18 +31,30 @@ fn build_stub(manifest_dir: &Path, out_dir: &Path) {
     let mut command = Command::new(cargo);
     command
         .current_dir(&stub_dir)
-        .args(["build", "--release", "--target", "x86_64-unknown-none", "--target-dir"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "x86_64-unknown-none",
+            "--target-dir",
+        ])
         .arg(&target_dir);
     // What the outer build was invoked with (clippy's wrapper, coverage flags, a host --target)
     // must not leak into the stub's build; its own .cargo/config.toml has the flags it needs.
     for (key, _) in env::vars_os() {
         let key = key.to_string_lossy().into_owned();
         let inherited_cargo_setting = key.starts_with("CARGO_") && key != "CARGO_HOME";
-        if inherited_cargo_setting || key.starts_with("RUSTC") || key == "RUSTFLAGS" || key == "RUSTDOCFLAGS" {
+        if inherited_cargo_setting
+            || key.starts_with("RUSTC")
+            || key == "RUSTFLAGS"
+            || key == "RUSTDOCFLAGS"
+        {
             command.env_remove(&key);
         }
     }
-    let status = command.status().expect("could not run cargo to build guest/stub");
+    let status = command
+        .status()
+        .expect("could not run cargo to build guest/stub");
     assert!(
         status.success(),
         "building guest/stub failed; is the x86_64-unknown-none target installed? \
@@ -58,8 +76,15 @@ fn embed_scenarios(manifest_dir: &Path, out_dir: &Path) {
     files.sort();
     let mut source = String::from("&[\n");
     for path in files {
-        let name = path.file_name().expect("a file name").to_string_lossy().into_owned();
-        source.push_str(&format!("    ({name:?}, include_str!({:?})),\n", path.display().to_string()));
+        let name = path
+            .file_name()
+            .expect("a file name")
+            .to_string_lossy()
+            .into_owned();
+        source.push_str(&format!(
+            "    ({name:?}, include_str!({:?})),\n",
+            path.display().to_string()
+        ));
     }
     source.push(']');
     fs::write(out_dir.join("scenarios.rs"), source).expect("write scenarios.rs");

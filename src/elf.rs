@@ -17,7 +17,11 @@ pub enum ElfError {
     #[error("truncated at offset {0:#x}")]
     Truncated(u64),
     #[error("segment {start:#x}..{end:#x} lies outside the stub's region {region:#x?}")]
-    OutOfRegion { start: u64, end: u64, region: Range<u64> },
+    OutOfRegion {
+        start: u64,
+        end: u64,
+        region: Range<u64>,
+    },
 }
 
 const PT_LOAD: u32 = 1;
@@ -48,7 +52,10 @@ fn u64_at(bytes: &[u8], offset: u64) -> Result<u64, ElfError> {
 /// their .bss part) and returns the entry point.
 pub fn load(elf: &[u8], memory: &mut PhysImage, region: Range<u64>) -> Result<u64, ElfError> {
     let ident = field::<6>(elf, 0)?;
-    if ident != [0x7f, b'E', b'L', b'F', 2, 1] || u16_at(elf, 16)? != ET_EXEC || u16_at(elf, 18)? != EM_X86_64 {
+    if ident != [0x7f, b'E', b'L', b'F', 2, 1]
+        || u16_at(elf, 16)? != ET_EXEC
+        || u16_at(elf, 18)? != EM_X86_64
+    {
         return Err(ElfError::NotAnExecutable);
     }
     let entry = u64_at(elf, 24)?;
@@ -58,19 +65,41 @@ pub fn load(elf: &[u8], memory: &mut PhysImage, region: Range<u64>) -> Result<u6
         if u32_at(elf, header)? != PT_LOAD {
             continue;
         }
-        let (offset, paddr, filesz, memsz) =
-            (u64_at(elf, header + 8)?, u64_at(elf, header + 24)?, u64_at(elf, header + 32)?, u64_at(elf, header + 40)?);
-        let end = paddr.checked_add(memsz).filter(|&end| paddr >= region.start && end <= region.end && filesz <= memsz);
+        let (offset, paddr, filesz, memsz) = (
+            u64_at(elf, header + 8)?,
+            u64_at(elf, header + 24)?,
+            u64_at(elf, header + 32)?,
+            u64_at(elf, header + 40)?,
+        );
+        let end = paddr
+            .checked_add(memsz)
+            .filter(|&end| paddr >= region.start && end <= region.end && filesz <= memsz);
         let Some(end) = end else {
-            return Err(ElfError::OutOfRegion { start: paddr, end: paddr.saturating_add(memsz), region });
+            return Err(ElfError::OutOfRegion {
+                start: paddr,
+                end: paddr.saturating_add(memsz),
+                region,
+            });
         };
         let contents = usize::try_from(offset)
             .ok()
             .and_then(|start| elf.get(start..start.checked_add(usize::try_from(filesz).ok()?)?))
             .ok_or(ElfError::Truncated(offset))?;
-        let out_of_region = |_| ElfError::OutOfRegion { start: paddr, end, region: region.clone() };
-        memory.write("the stub", paddr, contents).map_err(out_of_region)?;
-        memory.write("the stub", paddr + filesz, &vec![0; (memsz - filesz) as usize]).map_err(out_of_region)?;
+        let out_of_region = |_| ElfError::OutOfRegion {
+            start: paddr,
+            end,
+            region: region.clone(),
+        };
+        memory
+            .write("the stub", paddr, contents)
+            .map_err(out_of_region)?;
+        memory
+            .write(
+                "the stub",
+                paddr + filesz,
+                &vec![0; (memsz - filesz) as usize],
+            )
+            .map_err(out_of_region)?;
     }
     Ok(entry)
 }
@@ -107,25 +136,46 @@ pub mod tests {
     fn loads_segments_and_zero_fills() {
         let mut memory = memory();
         memory.write("", 0x10_0001, &[0xaa; 4]).unwrap();
-        assert_eq!(load(&tiny_stub(), &mut memory, 0x10_0000..0x20_0000), Ok(0x10_0000));
+        assert_eq!(
+            load(&tiny_stub(), &mut memory, 0x10_0000..0x20_0000),
+            Ok(0x10_0000)
+        );
         assert_eq!(memory.read("", 0x10_0000, 5).unwrap(), &[0xf4, 0, 0, 0, 0]);
     }
 
     #[test]
     fn the_real_stub_loads() {
         let mut memory = memory();
-        assert_eq!(load(L1_STUB, &mut memory, 0x10_0000..0x20_0000), Ok(0x10_0000));
+        assert_eq!(
+            load(L1_STUB, &mut memory, 0x10_0000..0x20_0000),
+            Ok(0x10_0000)
+        );
     }
 
     #[test]
     fn bad_images_are_rejected() {
         let mut memory = memory();
         assert_eq!(load(b"MZ", &mut memory, 0..1), Err(ElfError::Truncated(0)));
-        assert_eq!(load(&[0; 64], &mut memory, 0..1), Err(ElfError::NotAnExecutable));
+        assert_eq!(
+            load(&[0; 64], &mut memory, 0..1),
+            Err(ElfError::NotAnExecutable)
+        );
         let error = load(&tiny_stub(), &mut memory, 0x20_0000..0x30_0000).unwrap_err();
-        assert!(matches!(error, ElfError::OutOfRegion { start: 0x10_0000, .. }), "{error}");
+        assert!(
+            matches!(
+                error,
+                ElfError::OutOfRegion {
+                    start: 0x10_0000,
+                    ..
+                }
+            ),
+            "{error}"
+        );
         let mut truncated = tiny_stub();
         truncated.truncate(0x60);
-        assert!(matches!(load(&truncated, &mut memory, 0x10_0000..0x20_0000), Err(ElfError::Truncated(_))));
+        assert!(matches!(
+            load(&truncated, &mut memory, 0x10_0000..0x20_0000),
+            Err(ElfError::Truncated(_))
+        ));
     }
 }

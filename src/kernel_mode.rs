@@ -510,7 +510,6 @@ mod tests {
         ]
     }
 
-
     fn any_exit_values() -> impl Strategy<Value = ExitValues> {
         proptest::collection::vec((hostile_text(), any::<u64>()), 0..4).prop_map(ExitValues)
     }

@@ -63,11 +63,31 @@ pub struct Segment {
 }
 
 impl Segment {
-    pub const CODE64: Segment = Segment { selector: 0x08, base: 0, limit: 0xffff_ffff, access_rights: 0xa09b };
-    pub const DATA: Segment = Segment { selector: 0x10, base: 0, limit: 0xffff_ffff, access_rights: 0xc093 };
-    pub const TSS: Segment = Segment { selector: 0x18, base: TSS_GPA, limit: 0x67, access_rights: 0x008b };
+    pub const CODE64: Segment = Segment {
+        selector: 0x08,
+        base: 0,
+        limit: 0xffff_ffff,
+        access_rights: 0xa09b,
+    };
+    pub const DATA: Segment = Segment {
+        selector: 0x10,
+        base: 0,
+        limit: 0xffff_ffff,
+        access_rights: 0xc093,
+    };
+    pub const TSS: Segment = Segment {
+        selector: 0x18,
+        base: TSS_GPA,
+        limit: 0x67,
+        access_rights: 0x008b,
+    };
     /// VMX's "unusable" bit (16), for LDTR.
-    pub const UNUSABLE: Segment = Segment { selector: 0, base: 0, limit: 0, access_rights: 1 << 16 };
+    pub const UNUSABLE: Segment = Segment {
+        selector: 0,
+        base: 0,
+        limit: 0,
+        access_rights: 1 << 16,
+    };
 
     /// The SVM VMCB attribute format: access byte in 7:0, AVL/L/DB/G in 11:8 (APM 15.5.1).
     pub fn svm_attributes(&self) -> u16 {
@@ -76,8 +96,16 @@ impl Segment {
 
     /// The 8-byte GDT descriptor (the low half, for the 16-byte TSS descriptor).
     fn descriptor(&self) -> u64 {
-        let (base, limit, ar) = (self.base, u64::from(self.limit), u64::from(self.access_rights));
-        let (limit, granular) = if limit > 0xf_ffff { (limit >> 12, 1 << 15) } else { (limit, 0) };
+        let (base, limit, ar) = (
+            self.base,
+            u64::from(self.limit),
+            u64::from(self.access_rights),
+        );
+        let (limit, granular) = if limit > 0xf_ffff {
+            (limit >> 12, 1 << 15)
+        } else {
+            (limit, 0)
+        };
         (limit & 0xffff)
             | ((base & 0xff_ffff) << 16)
             | ((ar & 0xff) << 40)
@@ -182,7 +210,12 @@ pub fn build(case: &Case, vendor: &dyn Vendor, stub: &[u8]) -> Result<GuestImage
         }
     };
     let pte_gpa = l2_tables.leaf_entry(&memory, FAULT_GVA)?;
-    let site = FaultSite { gva: FAULT_GVA, data_gpa: data, pt_page_gpa: pte_gpa & !(PAGE_SIZE - 1), pte_gpa };
+    let site = FaultSite {
+        gva: FAULT_GVA,
+        data_gpa: data,
+        pt_page_gpa: pte_gpa & !(PAGE_SIZE - 1),
+        pte_gpa,
+    };
     let program = l2_program(case, prime_gva, vendor.done_instruction());
     memory.write("L2 code", code, &program)?;
 
@@ -200,12 +233,21 @@ pub fn build(case: &Case, vendor: &dyn Vendor, stub: &[u8]) -> Result<GuestImage
     };
     nested.set_leaf(&mut memory, broken, perms)?;
 
-    let l2 = CpuState { cr3: l2_tables.root, rip: code, rsp: stack + PAGE_SIZE, ..base.clone() };
+    let l2 = CpuState {
+        cr3: l2_tables.root,
+        rip: code,
+        rsp: stack + PAGE_SIZE,
+        ..base.clone()
+    };
     let host_save = memory.alloc_page("the host-save area")?;
     let control = memory.alloc_page("the control block")?;
     let block = vendor.control_block(&base, &l2, nested.root)?;
     write_mailbox(&mut memory, &block, host_save, control)?;
-    Ok(GuestImage { memory, l1: base, site })
+    Ok(GuestImage {
+        memory,
+        l1: base,
+        site,
+    })
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -220,7 +262,13 @@ pub enum BuildError {
 
 fn write_gdt(memory: &mut PhysImage) -> Result<(), LayoutError> {
     let tss = Segment::TSS;
-    let entries = [0, Segment::CODE64.descriptor(), Segment::DATA.descriptor(), tss.descriptor(), tss.base >> 32];
+    let entries = [
+        0,
+        Segment::CODE64.descriptor(),
+        Segment::DATA.descriptor(),
+        tss.descriptor(),
+        tss.base >> 32,
+    ];
     for (i, entry) in entries.into_iter().enumerate() {
         memory.write_u64("the GDT", GDT_GPA + 8 * i as u64, entry)?;
     }
@@ -228,9 +276,17 @@ fn write_gdt(memory: &mut PhysImage) -> Result<(), LayoutError> {
     memory.write("the TSS", TSS_GPA + 0x66, &0x68u16.to_le_bytes())
 }
 
-fn write_mailbox(memory: &mut PhysImage, block: &ControlBlock, host_save: u64, control: u64) -> Result<(), BuildError> {
+fn write_mailbox(
+    memory: &mut PhysImage,
+    block: &ControlBlock,
+    host_save: u64,
+    control: u64,
+) -> Result<(), BuildError> {
     if block.writes.len() > MAX_WRITES {
-        return Err(BuildError::Vendor(format!("{} control-block writes exceed the mailbox's {MAX_WRITES}", block.writes.len())));
+        return Err(BuildError::Vendor(format!(
+            "{} control-block writes exceed the mailbox's {MAX_WRITES}",
+            block.writes.len()
+        )));
     }
     if let Some(revision) = block.revision {
         memory.write("the VMXON region", host_save, &revision.to_le_bytes())?;
@@ -242,7 +298,11 @@ fn write_mailbox(memory: &mut PhysImage, block: &ControlBlock, host_save: u64, c
     mailbox.write_count = block.writes.len() as u64;
     mailbox.writes[..block.writes.len()].copy_from_slice(&block.writes);
     mailbox.reads = block.reads;
-    memory.write("the mailbox", MAILBOX_GPA, &crate::vm::mailbox_bytes(&mailbox))?;
+    memory.write(
+        "the mailbox",
+        MAILBOX_GPA,
+        &crate::vm::mailbox_bytes(&mailbox),
+    )?;
     Ok(())
 }
 
@@ -283,7 +343,10 @@ mod tests {
     use crate::vendor;
 
     fn case(id: &str) -> Case {
-        expand(&built_in().unwrap()).into_iter().find(|case| case.id() == id).unwrap()
+        expand(&built_in().unwrap())
+            .into_iter()
+            .find(|case| case.id() == id)
+            .unwrap()
     }
 
     #[test]
@@ -302,7 +365,10 @@ mod tests {
         assert_eq!(&outsb[..9], &[0xa0, 0x34, 0x12, 0, 0, 0, 0, 0, 0]);
         assert_eq!(&outsb[9..11], &[0x48, 0xbe]);
         assert_eq!(&outsb[11..19], &FAULT_GVA.to_le_bytes());
-        assert_eq!(&outsb[19..], &[0x66, 0xba, 0x80, 0x00, 0x6e, 0x0f, 0x01, 0xd9]);
+        assert_eq!(
+            &outsb[19..],
+            &[0x66, 0xba, 0x80, 0x00, 0x6e, 0x0f, 0x01, 0xd9]
+        );
         let insb = l2_program(&case("svm/final_page_write_protected/emulated"), 0, done);
         assert_eq!((insb[10], insb[23]), (0xbf, 0x6c));
         let store = l2_program(&case("svm/final_page_write_protected/hardware"), 0, done);
@@ -311,7 +377,10 @@ mod tests {
 
     #[test]
     fn nested_tables_break_exactly_the_scenarios_entry() {
-        for (id, format) in [("svm/pt_page_write_protected/emulated", Format::Npt), ("vmx/final_page_unmapped/hardware", Format::Ept)] {
+        for (id, format) in [
+            ("svm/pt_page_write_protected/emulated", Format::Npt),
+            ("vmx/final_page_unmapped/hardware", Format::Ept),
+        ] {
             let case = case(id);
             let vendor = vendor::for_tests(case.vendor);
             let image = build(&case, vendor.as_ref(), &crate::elf::tests::tiny_stub()).unwrap();
@@ -320,21 +389,53 @@ mod tests {
             assert_eq!(site.pte_gpa, site.pt_page_gpa, "leaf entry index 0");
             let mailbox = image.memory.read("", MAILBOX_GPA, 64).unwrap();
             assert_eq!(&mailbox[..8], b"NFMAILBX");
-            let nested = PageTable { format, root: nested_root(&image, format) };
-            let broken = if case.scenario.target == Target::PtPage { site.pt_page_gpa } else { site.data_gpa };
-            let expected = if case.scenario.fault == Fault::Unmapped { None } else { Some((broken, Perms::READ_EXEC)) };
+            let nested = PageTable {
+                format,
+                root: nested_root(&image, format),
+            };
+            let broken = if case.scenario.target == Target::PtPage {
+                site.pt_page_gpa
+            } else {
+                site.data_gpa
+            };
+            let expected = if case.scenario.fault == Fault::Unmapped {
+                None
+            } else {
+                Some((broken, Perms::READ_EXEC))
+            };
             assert_eq!(nested.translate(&image.memory, broken).unwrap(), expected);
-            assert_eq!(nested.translate(&image.memory, site.data_gpa ^ broken ^ site.pt_page_gpa).unwrap().map(|t| t.1), Some(Perms::RWX));
-            assert_eq!(nested.translate(&image.memory, MAILBOX_GPA).unwrap(), Some((MAILBOX_GPA, Perms::RWX)));
+            assert_eq!(
+                nested
+                    .translate(&image.memory, site.data_gpa ^ broken ^ site.pt_page_gpa)
+                    .unwrap()
+                    .map(|t| t.1),
+                Some(Perms::RWX)
+            );
+            assert_eq!(
+                nested.translate(&image.memory, MAILBOX_GPA).unwrap(),
+                Some((MAILBOX_GPA, Perms::RWX))
+            );
         }
     }
 
     /// The nested root, as the control block tells L1: SVM's NESTED_CR3, VMX's EPT pointer.
     fn nested_root(image: &GuestImage, format: Format) -> u64 {
-        let mailbox = image.memory.read("the mailbox", MAILBOX_GPA, std::mem::size_of::<Mailbox>() as u64).unwrap();
+        let mailbox = image
+            .memory
+            .read(
+                "the mailbox",
+                MAILBOX_GPA,
+                std::mem::size_of::<Mailbox>() as u64,
+            )
+            .unwrap();
         let word = |i: usize| u64::from_le_bytes(mailbox[8 * i..8 * i + 8].try_into().unwrap());
         let field = if format == Format::Npt { 0xb0 } else { 0x201a };
         // magic, version, executor, host-save, control block, count, then (field, value) pairs.
-        (0..word(5) as usize).map(|i| (word(6 + 2 * i), word(7 + 2 * i))).find(|&(f, _)| f == field).unwrap().1 & !0xfff
+        (0..word(5) as usize)
+            .map(|i| (word(6 + 2 * i), word(7 + 2 * i)))
+            .find(|&(f, _)| f == field)
+            .unwrap()
+            .1
+            & !0xfff
     }
 }

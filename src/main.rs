@@ -187,7 +187,13 @@ fn run_here(cli: &Cli, all: &[Case]) -> anyhow::Result<Vec<verdict::Verdict>> {
     };
     let cases = selection::select(all, &cli.scenarios, &vendors, cli.path)?;
     if cli.bare_boot {
-        let not_run = |case| verdict::Verdict::without_run(case, verdict::Status::Skip, "not run (--bare-boot)".into());
+        let not_run = |case| {
+            verdict::Verdict::without_run(
+                case,
+                verdict::Status::Skip,
+                "not run (--bare-boot)".into(),
+            )
+        };
         return Ok(cases.iter().map(not_run).collect());
     }
     let options = runner::RunOptions {

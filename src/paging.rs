@@ -68,7 +68,9 @@ impl Format {
             Format::X86_64 | Format::Npt => bits::WRITABLE,
             Format::Ept => bits::EPT_WRITE,
         };
-        Perms { write: entry & write_bit != 0 }
+        Perms {
+            write: entry & write_bit != 0,
+        }
     }
 }
 
@@ -77,7 +79,12 @@ pub enum LayoutError {
     #[error("guest memory exhausted: no page left for {what}")]
     OutOfPages { what: &'static str },
     #[error("{what} at {address:#x} (+{len:#x}) is outside guest memory ({size:#x} bytes)")]
-    OutOfRange { what: &'static str, address: u64, len: u64, size: u64 },
+    OutOfRange {
+        what: &'static str,
+        address: u64,
+        len: u64,
+        size: u64,
+    },
     #[error("{address:#x} is already mapped in a {format:?} table")]
     AlreadyMapped { format: Format, address: u64 },
     #[error("{address:#x} is not mapped in a {format:?} table")]
@@ -94,7 +101,10 @@ pub struct PhysImage {
 impl PhysImage {
     /// `size` bytes of zeroed memory; pages for tables and data come from `[pool_start, size)`.
     pub fn new(size: u64, pool_start: u64) -> Self {
-        Self { bytes: vec![0; size as usize], next_free: pool_start }
+        Self {
+            bytes: vec![0; size as usize],
+            next_free: pool_start,
+        }
     }
 
     pub fn size(&self) -> u64 {
@@ -121,14 +131,29 @@ impl PhysImage {
         self.next_free = self.next_free.next_multiple_of(align);
     }
 
-    fn range(&self, what: &'static str, address: u64, len: u64) -> Result<std::ops::Range<usize>, LayoutError> {
+    fn range(
+        &self,
+        what: &'static str,
+        address: u64,
+        len: u64,
+    ) -> Result<std::ops::Range<usize>, LayoutError> {
         match address.checked_add(len) {
             Some(end) if end <= self.size() => Ok(address as usize..end as usize),
-            _ => Err(LayoutError::OutOfRange { what, address, len, size: self.size() }),
+            _ => Err(LayoutError::OutOfRange {
+                what,
+                address,
+                len,
+                size: self.size(),
+            }),
         }
     }
 
-    pub fn write(&mut self, what: &'static str, address: u64, data: &[u8]) -> Result<(), LayoutError> {
+    pub fn write(
+        &mut self,
+        what: &'static str,
+        address: u64,
+        data: &[u8],
+    ) -> Result<(), LayoutError> {
         let range = self.range(what, address, data.len() as u64)?;
         self.bytes[range].copy_from_slice(data);
         Ok(())
@@ -138,7 +163,12 @@ impl PhysImage {
         Ok(&self.bytes[self.range(what, address, len)?])
     }
 
-    pub fn write_u64(&mut self, what: &'static str, address: u64, value: u64) -> Result<(), LayoutError> {
+    pub fn write_u64(
+        &mut self,
+        what: &'static str,
+        address: u64,
+        value: u64,
+    ) -> Result<(), LayoutError> {
         self.write(what, address, &value.to_le_bytes())
     }
 
@@ -163,11 +193,20 @@ fn index(address: u64, level: u32) -> u64 {
 
 impl PageTable {
     pub fn new(format: Format, image: &mut PhysImage) -> Result<Self, LayoutError> {
-        Ok(Self { format, root: image.alloc_page("a page-table root")? })
+        Ok(Self {
+            format,
+            root: image.alloc_page("a page-table root")?,
+        })
     }
 
     /// Maps the 4 KiB page at `address` to `target`, allocating intermediate tables as needed.
-    pub fn map(&self, image: &mut PhysImage, address: u64, target: u64, perms: Perms) -> Result<(), LayoutError> {
+    pub fn map(
+        &self,
+        image: &mut PhysImage,
+        address: u64,
+        target: u64,
+        perms: Perms,
+    ) -> Result<(), LayoutError> {
         let mut table = self.root;
         for level in (2..=LEVELS).rev() {
             let slot = table + 8 * index(address, level);
@@ -176,20 +215,41 @@ impl PageTable {
                 entry & ADDRESS_MASK
             } else {
                 let next = image.alloc_page("a page table")?;
-                image.write_u64("a page-table entry", slot, self.format.entry(next, Perms::RWX, false))?;
+                image.write_u64(
+                    "a page-table entry",
+                    slot,
+                    self.format.entry(next, Perms::RWX, false),
+                )?;
                 next
             };
         }
         let slot = table + 8 * index(address, 1);
-        if self.format.is_present(image.read_u64("a page-table entry", slot)?) {
-            return Err(LayoutError::AlreadyMapped { format: self.format, address });
+        if self
+            .format
+            .is_present(image.read_u64("a page-table entry", slot)?)
+        {
+            return Err(LayoutError::AlreadyMapped {
+                format: self.format,
+                address,
+            });
         }
-        image.write_u64("a page-table entry", slot, self.format.entry(target, perms, true))
+        image.write_u64(
+            "a page-table entry",
+            slot,
+            self.format.entry(target, perms, true),
+        )
     }
 
     /// Identity-maps `[start, end)` read-write(-execute).
-    pub fn identity_map(&self, image: &mut PhysImage, start: u64, end: u64) -> Result<(), LayoutError> {
-        (start..end).step_by(PAGE_SIZE as usize).try_for_each(|page| self.map(image, page, page, Perms::RWX))
+    pub fn identity_map(
+        &self,
+        image: &mut PhysImage,
+        start: u64,
+        end: u64,
+    ) -> Result<(), LayoutError> {
+        (start..end)
+            .step_by(PAGE_SIZE as usize)
+            .try_for_each(|page| self.map(image, page, page, Perms::RWX))
     }
 
     /// The GPA of the leaf entry that maps `address`.
@@ -198,7 +258,10 @@ impl PageTable {
         for level in (2..=LEVELS).rev() {
             let entry = image.read_u64("a page-table entry", table + 8 * index(address, level))?;
             if !self.format.is_present(entry) {
-                return Err(LayoutError::NotMapped { format: self.format, address });
+                return Err(LayoutError::NotMapped {
+                    format: self.format,
+                    address,
+                });
             }
             table = entry & ADDRESS_MASK;
         }
@@ -206,7 +269,12 @@ impl PageTable {
     }
 
     /// Rewrites the leaf entry of `address` with new permissions, or clears it (`None`: unmapped).
-    pub fn set_leaf(&self, image: &mut PhysImage, address: u64, perms: Option<Perms>) -> Result<(), LayoutError> {
+    pub fn set_leaf(
+        &self,
+        image: &mut PhysImage,
+        address: u64,
+        perms: Option<Perms>,
+    ) -> Result<(), LayoutError> {
         let slot = self.leaf_entry(image, address)?;
         let entry = image.read_u64("a page-table entry", slot)?;
         let new = perms.map_or(0, |perms| self.format.entry(entry, perms, true));
@@ -216,7 +284,11 @@ impl PageTable {
     /// Where `address` leads and with what permissions, or `None` if a level is not present:
     /// the walk the tests check the builder with.
     #[cfg(test)]
-    pub fn translate(&self, image: &PhysImage, address: u64) -> Result<Option<(u64, Perms)>, LayoutError> {
+    pub fn translate(
+        &self,
+        image: &PhysImage,
+        address: u64,
+    ) -> Result<Option<(u64, Perms)>, LayoutError> {
         let leaf = match self.leaf_entry(image, address) {
             Ok(slot) => image.read_u64("a page-table entry", slot)?,
             Err(LayoutError::NotMapped { .. }) => return Ok(None),
@@ -225,7 +297,10 @@ impl PageTable {
         if !self.format.is_present(leaf) {
             return Ok(None);
         }
-        Ok(Some(((leaf & ADDRESS_MASK) | (address & (PAGE_SIZE - 1)), self.format.perms(leaf))))
+        Ok(Some((
+            (leaf & ADDRESS_MASK) | (address & (PAGE_SIZE - 1)),
+            self.format.perms(leaf),
+        )))
     }
 }
 
@@ -242,11 +317,23 @@ mod tests {
     #[test]
     fn entries_have_each_formats_bits() {
         let address = 0x12_3000;
-        assert_eq!(Format::X86_64.entry(address, Perms::RWX, true), address | 0b011);
-        assert_eq!(Format::Npt.entry(address, Perms::RWX, true), address | 0b111);
-        assert_eq!(Format::Npt.entry(address, Perms::READ_EXEC, true), address | 0b101);
+        assert_eq!(
+            Format::X86_64.entry(address, Perms::RWX, true),
+            address | 0b011
+        );
+        assert_eq!(
+            Format::Npt.entry(address, Perms::RWX, true),
+            address | 0b111
+        );
+        assert_eq!(
+            Format::Npt.entry(address, Perms::READ_EXEC, true),
+            address | 0b101
+        );
         assert_eq!(Format::Ept.entry(address, Perms::RWX, true), address | 0x37);
-        assert_eq!(Format::Ept.entry(address, Perms::READ_EXEC, true), address | 0x35);
+        assert_eq!(
+            Format::Ept.entry(address, Perms::READ_EXEC, true),
+            address | 0x35
+        );
         assert_eq!(Format::Ept.entry(address, Perms::RWX, false), address | 0x7);
     }
 
@@ -255,10 +342,18 @@ mod tests {
         for format in [Format::X86_64, Format::Npt, Format::Ept] {
             let mut image = image();
             let table = PageTable::new(format, &mut image).unwrap();
-            table.map(&mut image, 0x4000_0000, 0x30_0000, Perms::RWX).unwrap();
+            table
+                .map(&mut image, 0x4000_0000, 0x30_0000, Perms::RWX)
+                .unwrap();
             table.identity_map(&mut image, 0, 0x2000).unwrap();
-            assert_eq!(table.translate(&image, 0x4000_0123).unwrap(), Some((0x30_0123, Perms::RWX)));
-            assert_eq!(table.translate(&image, 0x1008).unwrap(), Some((0x1008, Perms::RWX)));
+            assert_eq!(
+                table.translate(&image, 0x4000_0123).unwrap(),
+                Some((0x30_0123, Perms::RWX))
+            );
+            assert_eq!(
+                table.translate(&image, 0x1008).unwrap(),
+                Some((0x1008, Perms::RWX))
+            );
             assert_eq!(table.translate(&image, 0x2000).unwrap(), None);
             assert_eq!(table.translate(&image, 0x8000_0000).unwrap(), None);
         }
@@ -274,7 +369,7 @@ mod tests {
         let pdpt = image.read_u64("", table.root + 8).unwrap() & ADDRESS_MASK;
         let pd = image.read_u64("", pdpt + 16).unwrap() & ADDRESS_MASK;
         let pt = image.read_u64("", pd + 24).unwrap() & ADDRESS_MASK;
-                assert_eq!(table.leaf_entry(&image, address).unwrap(), pt + 32);
+        assert_eq!(table.leaf_entry(&image, address).unwrap(), pt + 32);
         assert_eq!(image.read_u64("", pt + 32).unwrap(), 0x5003);
     }
 
@@ -282,12 +377,22 @@ mod tests {
     fn faults_are_leaf_edits() {
         let mut image = image();
         let table = PageTable::new(Format::Ept, &mut image).unwrap();
-        table.identity_map(&mut image, 0x10_0000, 0x10_4000).unwrap();
-        table.set_leaf(&mut image, 0x10_1000, Some(Perms::READ_EXEC)).unwrap();
+        table
+            .identity_map(&mut image, 0x10_0000, 0x10_4000)
+            .unwrap();
+        table
+            .set_leaf(&mut image, 0x10_1000, Some(Perms::READ_EXEC))
+            .unwrap();
         table.set_leaf(&mut image, 0x10_2000, None).unwrap();
-        assert_eq!(table.translate(&image, 0x10_1000).unwrap(), Some((0x10_1000, Perms::READ_EXEC)));
+        assert_eq!(
+            table.translate(&image, 0x10_1000).unwrap(),
+            Some((0x10_1000, Perms::READ_EXEC))
+        );
         assert_eq!(table.translate(&image, 0x10_2000).unwrap(), None);
-        assert_eq!(table.translate(&image, 0x10_3000).unwrap(), Some((0x10_3000, Perms::RWX)));
+        assert_eq!(
+            table.translate(&image, 0x10_3000).unwrap(),
+            Some((0x10_3000, Perms::RWX))
+        );
     }
 
     #[test]
@@ -297,8 +402,14 @@ mod tests {
         table.map(&mut image, 0, 0, Perms::RWX).unwrap_err();
         let mut image = image_with_table();
         let (table, image) = (&image.0, &mut image.1);
-        assert!(matches!(table.map(image, 0, 0, Perms::RWX), Err(LayoutError::AlreadyMapped { .. })));
-        assert!(matches!(image.write("x", 4 * MIB - 4, &[0; 8]), Err(LayoutError::OutOfRange { .. })));
+        assert!(matches!(
+            table.map(image, 0, 0, Perms::RWX),
+            Err(LayoutError::AlreadyMapped { .. })
+        ));
+        assert!(matches!(
+            image.write("x", 4 * MIB - 4, &[0; 8]),
+            Err(LayoutError::OutOfRange { .. })
+        ));
     }
 
     fn image_with_table() -> (PageTable, PhysImage) {

@@ -21,20 +21,35 @@ pub struct RunOptions {
 }
 
 /// Runs `cases` and returns their verdicts in the same order; `on_verdict` sees each as it lands.
-pub fn run(cases: &[Case], options: &RunOptions, on_verdict: &mut dyn FnMut(&Verdict)) -> Vec<Verdict> {
+pub fn run(
+    cases: &[Case],
+    options: &RunOptions,
+    on_verdict: &mut dyn FnMut(&Verdict),
+) -> Vec<Verdict> {
     let opened = vm::open_kvm().and_then(|kvm| Ok((vm::supported_cpuid(&kvm)?, kvm)));
     let (cpuid, kvm) = match opened {
         Ok(opened) => opened,
         Err(error) => {
             return cases
                 .iter()
-                .map(|case| report(on_verdict, Verdict::without_run(case, Status::Skip, error.to_string())))
+                .map(|case| {
+                    report(
+                        on_verdict,
+                        Verdict::without_run(case, Status::Skip, error.to_string()),
+                    )
+                })
                 .collect();
         }
     };
     let mut verdicts: Vec<Option<Verdict>> = vec![None; cases.len()];
     let mut order: Vec<usize> = (0..cases.len()).collect();
-    order.sort_by_key(|&i| (cases[i].vendor, cases[i].scenario.name.clone(), cases[i].path != AccessPath::Hardware));
+    order.sort_by_key(|&i| {
+        (
+            cases[i].vendor,
+            cases[i].scenario.name.clone(),
+            cases[i].path != AccessPath::Hardware,
+        )
+    });
     let mut hardware_results: HashMap<(VendorKind, String), Verdict> = HashMap::new();
     for i in order {
         let case = &cases[i];
@@ -47,7 +62,10 @@ pub fn run(cases: &[Case], options: &RunOptions, on_verdict: &mut dyn FnMut(&Ver
         }
         verdicts[i] = Some(report(on_verdict, verdict));
     }
-    verdicts.into_iter().map(|v| v.expect("every case ran")).collect()
+    verdicts
+        .into_iter()
+        .map(|v| v.expect("every case ran"))
+        .collect()
 }
 
 fn report(on_verdict: &mut dyn FnMut(&Verdict), verdict: Verdict) -> Verdict {
@@ -55,7 +73,13 @@ fn report(on_verdict: &mut dyn FnMut(&Verdict), verdict: Verdict) -> Verdict {
     verdict
 }
 
-fn run_one(kvm: &Kvm, cpuid: &CpuId, case: &Case, options: &RunOptions, hardware: &HashMap<(VendorKind, String), Verdict>) -> Verdict {
+fn run_one(
+    kvm: &Kvm,
+    cpuid: &CpuId,
+    case: &Case,
+    options: &RunOptions,
+    hardware: &HashMap<(VendorKind, String), Verdict>,
+) -> Verdict {
     let started = Instant::now();
     let harness_error = |error: String| Verdict::without_run(case, Status::Error, error);
     let mut vm = match Vm::new(kvm, cpuid, MEMORY_SIZE) {
@@ -83,7 +107,13 @@ fn run_one(kvm: &Kvm, cpuid: &CpuId, case: &Case, options: &RunOptions, hardware
         Err(error) => return harness_error(error.to_string()),
     };
     let duration_ms = started.elapsed().as_millis() as u64;
-    let mut verdict = judge(vendor.as_ref(), case, &expectation, &observation, duration_ms);
+    let mut verdict = judge(
+        vendor.as_ref(),
+        case,
+        &expectation,
+        &observation,
+        duration_ms,
+    );
     if case.path == AccessPath::Emulated {
         if let Some(hardware) = hardware.get(&(case.vendor, case.scenario.name.clone())) {
             // The hardware path's masked bits are the ones the CPU may legitimately report differently.
@@ -98,6 +128,8 @@ fn run_one(kvm: &Kvm, cpuid: &CpuId, case: &Case, options: &RunOptions, hardware
 
 fn vmx_capabilities(vm: &Vm) -> Result<VmxCapabilities, VmError> {
     let values = vm.read_msrs(&VmxCapabilities::MSRS)?;
-    let values: [u64; 11] = values.try_into().map_err(|_| VmError::Memory("short MSR read".into()))?;
+    let values: [u64; 11] = values
+        .try_into()
+        .map_err(|_| VmError::Memory("short MSR read".into()))?;
     Ok(VmxCapabilities::from_msrs(&values))
 }

@@ -143,7 +143,11 @@ impl Case {
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ScenarioError {
     #[error("{file}:{line}: {message}")]
-    Malformed { file: String, line: usize, message: String },
+    Malformed {
+        file: String,
+        line: usize,
+        message: String,
+    },
     #[error("{file}: the file name must be <name>.toml with <name> made of a-z, 0-9 and _")]
     BadName { file: String },
     #[error("{file}: {message}")]
@@ -159,17 +163,27 @@ pub fn parse(file: &str, text: &str) -> Result<Scenario, ScenarioError> {
         .and_then(|name| name.to_str())
         .and_then(|name| name.strip_suffix(".toml"))
         .filter(|name| {
-            !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
         })
-        .ok_or_else(|| ScenarioError::BadName { file: file.to_string() })?;
+        .ok_or_else(|| ScenarioError::BadName {
+            file: file.to_string(),
+        })?;
     let parsed: ScenarioFile = toml::from_str(text).map_err(|error| ScenarioError::Malformed {
         file: file.to_string(),
         line: error.span().map_or(1, |span| line_of(text, span.start)),
         message: error.message().trim_end().to_string(),
     })?;
-    let invalid = |message: &str| ScenarioError::Invalid { file: file.to_string(), message: message.to_string() };
+    let invalid = |message: &str| ScenarioError::Invalid {
+        file: file.to_string(),
+        message: message.to_string(),
+    };
     if parsed.paths.is_empty() || parsed.vendors.is_empty() {
-        return Err(invalid("`paths` and `vendors` must not be empty (leave them out for all)"));
+        return Err(invalid(
+            "`paths` and `vendors` must not be empty (leave them out for all)",
+        ));
     }
     if parsed.summary.trim().is_empty() {
         return Err(invalid("`summary` must say what L2 does"));
@@ -192,12 +206,18 @@ pub fn parse(file: &str, text: &str) -> Result<Scenario, ScenarioError> {
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
-    1 + text.as_bytes()[..offset.min(text.len())].iter().filter(|&&b| b == b'\n').count()
+    1 + text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
 }
 
 /// The scenarios built into the binary, in file-name order.
 pub fn built_in() -> Result<Vec<Scenario>, ScenarioError> {
-    BUILT_IN.iter().map(|(file, text)| parse(&format!("scenarios/{file}"), text)).collect()
+    BUILT_IN
+        .iter()
+        .map(|(file, text)| parse(&format!("scenarios/{file}"), text))
+        .collect()
 }
 
 /// The scenarios in `dir` (every `*.toml`), for trying new scenarios without rebuilding.
@@ -215,7 +235,10 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Scenario>, ScenarioError> {
     }
     files.sort();
     if files.is_empty() {
-        return Err(ScenarioError::Unreadable { dir: dir.display().to_string(), message: "no *.toml files".into() });
+        return Err(ScenarioError::Unreadable {
+            dir: dir.display().to_string(),
+            message: "no *.toml files".into(),
+        });
     }
     files
         .iter()
@@ -232,7 +255,11 @@ pub fn expand(scenarios: &[Scenario]) -> Vec<Case> {
     for vendor in VendorKind::ALL {
         for scenario in scenarios.iter().filter(|s| s.vendors.contains(&vendor)) {
             for &path in &scenario.paths {
-                cases.push(Case { scenario: scenario.clone(), vendor, path });
+                cases.push(Case {
+                    scenario: scenario.clone(),
+                    vendor,
+                    path,
+                });
             }
         }
     }
@@ -287,7 +314,10 @@ mod tests {
         .unwrap_err();
         let text = error.to_string();
         assert!(text.starts_with("scenarios/bad.toml:3: "), "{text}");
-        assert!(text.contains("sideways") && text.contains("write_protected"), "{text}");
+        assert!(
+            text.contains("sideways") && text.contains("write_protected"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -297,14 +327,24 @@ mod tests {
         let missing = parse("a.toml", "summary = \"s\"\ntarget = \"pt_page\"\n").unwrap_err();
         assert!(missing.to_string().contains("fault"), "{missing}");
         let syntax = parse("a.toml", "summary = \"s\ntarget = 1").unwrap_err();
-        assert!(matches!(syntax, ScenarioError::Malformed { line: 1, .. }), "{syntax}");
+        assert!(
+            matches!(syntax, ScenarioError::Malformed { line: 1, .. }),
+            "{syntax}"
+        );
     }
 
     #[test]
     fn bad_file_names_and_empty_lists_are_errors() {
-        let body = "summary = \"s\"\ntarget = \"pt_page\"\nfault = \"unmapped\"\naccess = \"read\"\n";
-        assert!(matches!(parse("Bad-Name.toml", body), Err(ScenarioError::BadName { .. })));
-        assert!(matches!(parse("a.txt", body), Err(ScenarioError::BadName { .. })));
+        let body =
+            "summary = \"s\"\ntarget = \"pt_page\"\nfault = \"unmapped\"\naccess = \"read\"\n";
+        assert!(matches!(
+            parse("Bad-Name.toml", body),
+            Err(ScenarioError::BadName { .. })
+        ));
+        assert!(matches!(
+            parse("a.txt", body),
+            Err(ScenarioError::BadName { .. })
+        ));
         let empty = parse("a.toml", &format!("{body}paths = []\n")).unwrap_err();
         assert!(empty.to_string().contains("must not be empty"));
     }

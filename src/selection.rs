@@ -29,7 +29,12 @@ pub struct UnknownScenario {
 
 /// The cases named by `patterns` (empty means `all`), restricted to `vendors` and `path`, in
 /// the order of `all`.
-pub fn select(all: &[Case], patterns: &[String], vendors: &[VendorKind], path: PathChoice) -> Result<Vec<Case>, UnknownScenario> {
+pub fn select(
+    all: &[Case],
+    patterns: &[String],
+    vendors: &[VendorKind],
+    path: PathChoice,
+) -> Result<Vec<Case>, UnknownScenario> {
     let path_ok = |case: &Case| match path {
         PathChoice::All => true,
         PathChoice::Emulated => case.path == AccessPath::Emulated,
@@ -42,7 +47,11 @@ pub fn select(all: &[Case], patterns: &[String], vendors: &[VendorKind], path: P
             return Err(UnknownScenario {
                 wanted: pattern.clone(),
                 names: names.join(", "),
-                ids: all.iter().map(|case| format!("  {}", case.id())).collect::<Vec<_>>().join("\n"),
+                ids: all
+                    .iter()
+                    .map(|case| format!("  {}", case.id()))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
             });
         }
     }
@@ -69,7 +78,11 @@ mod tests {
 
     fn ids(patterns: &[&str], vendors: &[VendorKind], path: PathChoice) -> Vec<String> {
         let patterns: Vec<String> = patterns.iter().map(|p| p.to_string()).collect();
-        select(&all(), &patterns, vendors, path).unwrap().iter().map(Case::id).collect()
+        select(&all(), &patterns, vendors, path)
+            .unwrap()
+            .iter()
+            .map(Case::id)
+            .collect()
     }
 
     #[test]
@@ -77,18 +90,41 @@ mod tests {
         assert_eq!(ids(&[], &VendorKind::ALL, PathChoice::All).len(), 16);
         assert_eq!(ids(&["all"], &[VendorKind::Svm], PathChoice::All).len(), 8);
         assert_eq!(
-            ids(&["pt_page_unmapped"], &VendorKind::ALL, PathChoice::Emulated),
-            ["svm/pt_page_unmapped/emulated", "vmx/pt_page_unmapped/emulated"]
+            ids(
+                &["pt_page_unmapped"],
+                &VendorKind::ALL,
+                PathChoice::Emulated
+            ),
+            [
+                "svm/pt_page_unmapped/emulated",
+                "vmx/pt_page_unmapped/emulated"
+            ]
         );
         assert_eq!(
-            ids(&["vmx/final_page_unmapped/hardware", "svm/final_page_unmapped/hardware"], &VendorKind::ALL, PathChoice::All),
-            ["svm/final_page_unmapped/hardware", "vmx/final_page_unmapped/hardware"]
+            ids(
+                &[
+                    "vmx/final_page_unmapped/hardware",
+                    "svm/final_page_unmapped/hardware"
+                ],
+                &VendorKind::ALL,
+                PathChoice::All
+            ),
+            [
+                "svm/final_page_unmapped/hardware",
+                "vmx/final_page_unmapped/hardware"
+            ]
         );
     }
 
     #[test]
     fn unknown_scenarios_list_the_valid_ids() {
-        let error = select(&all(), &["pt_page_unmaped".to_string()], &VendorKind::ALL, PathChoice::All).unwrap_err();
+        let error = select(
+            &all(),
+            &["pt_page_unmaped".to_string()],
+            &VendorKind::ALL,
+            PathChoice::All,
+        )
+        .unwrap_err();
         let text = error.to_string();
         assert!(text.contains("\"pt_page_unmaped\""), "{text}");
         assert!(text.contains("  svm/pt_page_unmapped/emulated\n"), "{text}");

@@ -26,7 +26,13 @@ pub struct ExitValues(pub Vec<(String, u64)>);
 
 impl ExitValues {
     fn new(names: &[&str], values: impl IntoIterator<Item = u64>) -> Self {
-        Self(names.iter().map(|name| name.to_string()).zip(values).collect())
+        Self(
+            names
+                .iter()
+                .map(|name| name.to_string())
+                .zip(values)
+                .collect(),
+        )
     }
 
     pub fn get(&self, name: &str) -> Option<u64> {
@@ -53,13 +59,20 @@ impl<'de> Deserialize<'de> for ExitValues {
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("a map of exit field names to \"0x...\" strings")
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<ExitValues, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<ExitValues, A::Error> {
                 let mut fields = Vec::new();
                 while let Some((name, text)) = map.next_entry::<String, String>()? {
                     let value = text
                         .strip_prefix("0x")
                         .and_then(|hex| u64::from_str_radix(hex, 16).ok())
-                        .ok_or_else(|| serde::de::Error::custom(format!("{name}: {text:?} is not a 0x... number")))?;
+                        .ok_or_else(|| {
+                            serde::de::Error::custom(format!(
+                                "{name}: {text:?} is not a 0x... number"
+                            ))
+                        })?;
                     fields.push((name, value));
                 }
                 Ok(ExitValues(fields))
@@ -101,26 +114,45 @@ impl Verdict {
 
 /// Compares what L1 saw with the oracle, field by field in the oracle's order (exit code, then
 /// GPA, then the bits), and explains every difference.
-pub fn judge(vendor: &dyn Vendor, case: &Case, expectation: &Expectation, observation: &Observation, duration_ms: u64) -> Verdict {
+pub fn judge(
+    vendor: &dyn Vendor,
+    case: &Case,
+    expectation: &Expectation,
+    observation: &Observation,
+    duration_ms: u64,
+) -> Verdict {
     let names = vendor.exit_fields();
     let mut verdict = Verdict::without_run(case, Status::Error, String::new());
     verdict.expected = ExitValues::new(names, expectation.fields.iter().map(|e| e.value));
     verdict.duration_ms = duration_ms;
     let (mailbox, l2_io) = match observation {
-        Observation::Stopped { reason, registers, .. } => {
+        Observation::Stopped {
+            reason, registers, ..
+        } => {
             verdict.diagnosis = Some(format!("{reason}; vCPU {registers}"));
             return verdict;
         }
-        Observation::Reported { status, mailbox, l2_io } => match status {
+        Observation::Reported {
+            status,
+            mailbox,
+            l2_io,
+        } => match status {
             Ok(StubStatus::Exited) => (mailbox, *l2_io),
             Ok(StubStatus::VmxInstructionFailed) => {
                 let (step, index, error) = split_vmx_detail(mailbox.detail);
-                let at = if step == Some(nestfault_protocol::VmxStep::Vmwrite) { format!(" (write #{index})") } else { String::new() };
-                verdict.diagnosis = Some(format!("L1's {step:?}{at} failed with VM-instruction error {error}"));
+                let at = if step == Some(nestfault_protocol::VmxStep::Vmwrite) {
+                    format!(" (write #{index})")
+                } else {
+                    String::new()
+                };
+                verdict.diagnosis = Some(format!(
+                    "L1's {step:?}{at} failed with VM-instruction error {error}"
+                ));
                 return verdict;
             }
             Ok(StubStatus::BadMailbox) => {
-                verdict.diagnosis = Some("the stub rejected its mailbox (wrong magic, version or executor)".into());
+                verdict.diagnosis =
+                    Some("the stub rejected its mailbox (wrong magic, version or executor)".into());
                 return verdict;
             }
             Err(raw) => {
@@ -138,7 +170,11 @@ pub fn judge(vendor: &dyn Vendor, case: &Case, expectation: &Expectation, observ
             lines.push(format!("{}: wanted {wanted}, got {got}", names[i]));
         }
     }
-    verdict.status = if lines.is_empty() { Status::Pass } else { Status::Fail };
+    verdict.status = if lines.is_empty() {
+        Status::Pass
+    } else {
+        Status::Fail
+    };
     if verdict.status == Status::Fail {
         lines.extend(vendor.diagnose(case, expectation, actual));
         lines.extend(l2_io_finding(l2_io));
@@ -150,18 +186,27 @@ pub fn judge(vendor: &dyn Vendor, case: &Case, expectation: &Expectation, observ
 
 fn l2_io_finding(io: L2Io) -> Option<String> {
     (io.port_writes > 0).then(|| {
-        "L2's OUTSB reached the port: the emulator read the page although L1's tables forbid it".to_string()
+        "L2's OUTSB reached the port: the emulator read the page although L1's tables forbid it"
+            .to_string()
     })
 }
 
 /// Adds to the emulated verdict how it compares with the hardware path of the same scenario:
 /// the emulator should report what the CPU reports (oracle.md 4), up to the masked bits.
-pub fn compare_paths(emulated: &mut Verdict, hardware: &Verdict, vendor: &dyn Vendor, field_mask: u64) {
-    let (Some(emulated_actual), Some(hardware_actual)) = (&emulated.actual, &hardware.actual) else {
+pub fn compare_paths(
+    emulated: &mut Verdict,
+    hardware: &Verdict,
+    vendor: &dyn Vendor,
+    field_mask: u64,
+) {
+    let (Some(emulated_actual), Some(hardware_actual)) = (&emulated.actual, &hardware.actual)
+    else {
         return;
     };
     let name = vendor.exit_fields()[1];
-    let (Some(from_emulator), Some(from_cpu)) = (emulated_actual.get(name), hardware_actual.get(name)) else {
+    let (Some(from_emulator), Some(from_cpu)) =
+        (emulated_actual.get(name), hardware_actual.get(name))
+    else {
         return;
     };
     let mut text = emulated.diagnosis.take().unwrap_or_default();
@@ -169,7 +214,10 @@ pub fn compare_paths(emulated: &mut Verdict, hardware: &Verdict, vendor: &dyn Ve
         text.push('\n');
     }
     if (from_emulator ^ from_cpu) & field_mask == 0 {
-        let _ = write!(text, "paths agree: the hardware path reported the same {name}");
+        let _ = write!(
+            text,
+            "paths agree: the hardware path reported the same {name}"
+        );
     } else {
         let _ = write!(
             text,
@@ -189,7 +237,12 @@ pub mod strategy {
     use super::Status;
 
     pub fn any_status() -> impl Strategy<Value = Status> {
-        prop_oneof![Just(Status::Pass), Just(Status::Fail), Just(Status::Skip), Just(Status::Error)]
+        prop_oneof![
+            Just(Status::Pass),
+            Just(Status::Fail),
+            Just(Status::Skip),
+            Just(Status::Error)
+        ]
     }
 }
 
@@ -202,15 +255,27 @@ mod tests {
     use nestfault_protocol::{Executor, Mailbox};
 
     fn case(id: &str) -> Case {
-        expand(&built_in().unwrap()).into_iter().find(|case| case.id() == id).unwrap()
+        expand(&built_in().unwrap())
+            .into_iter()
+            .find(|case| case.id() == id)
+            .unwrap()
     }
 
-    const SITE: FaultSite = FaultSite { gva: 0x4000_0000, data_gpa: 0x21_0000, pt_page_gpa: 0x20_5000, pte_gpa: 0x20_5000 };
+    const SITE: FaultSite = FaultSite {
+        gva: 0x4000_0000,
+        data_gpa: 0x21_0000,
+        pt_page_gpa: 0x20_5000,
+        pte_gpa: 0x20_5000,
+    };
 
     fn observed(exit: [u64; 4]) -> Observation {
         let mut mailbox = Mailbox::new(Executor::Svm);
         mailbox.exit = exit;
-        Observation::Reported { status: Ok(StubStatus::Exited), mailbox: Box::new(mailbox), l2_io: L2Io::default() }
+        Observation::Reported {
+            status: Ok(StubStatus::Exited),
+            mailbox: Box::new(mailbox),
+            l2_io: L2Io::default(),
+        }
     }
 
     #[test]
@@ -218,10 +283,22 @@ mod tests {
         let vendor = vendor::for_tests(crate::scenario::VendorKind::Svm);
         let case = case("svm/pt_page_unmapped/emulated");
         let expectation = vendor.expect(&case, &SITE);
-        let pass = judge(vendor.as_ref(), &case, &expectation, &observed([0x400, 0x2_0000_0006, 0x20_5000, 0]), 3);
+        let pass = judge(
+            vendor.as_ref(),
+            &case,
+            &expectation,
+            &observed([0x400, 0x2_0000_0006, 0x20_5000, 0]),
+            3,
+        );
         assert_eq!(pass.status, Status::Pass);
         assert_eq!(pass.diagnosis, None);
-        let fail = judge(vendor.as_ref(), &case, &expectation, &observed([0x400, 0x1_0000_0006, 0x20_5000, 0]), 3);
+        let fail = judge(
+            vendor.as_ref(),
+            &case,
+            &expectation,
+            &observed([0x400, 0x1_0000_0006, 0x20_5000, 0]),
+            3,
+        );
         assert_eq!(fail.status, Status::Fail);
         let diagnosis = fail.diagnosis.unwrap();
         assert!(diagnosis.starts_with("exit_info_1: wanted 0x200000006 (W|U|GUEST_PAGE), got 0x100000006 (W|U|GUEST_FINAL)"), "{diagnosis}");
@@ -233,12 +310,20 @@ mod tests {
         let vendor = vendor::for_tests(crate::scenario::VendorKind::Vmx);
         let case = case("vmx/pt_page_unmapped/emulated");
         let expectation = vendor.expect(&case, &SITE);
-        let stopped = Observation::Stopped { reason: "timeout".into(), registers: "rip=0x1".into() };
+        let stopped = Observation::Stopped {
+            reason: "timeout".into(),
+            registers: "rip=0x1".into(),
+        };
         let verdict = judge(vendor.as_ref(), &case, &expectation, &stopped, 1);
         assert_eq!((verdict.status, verdict.actual), (Status::Error, None));
         let mut mailbox = Mailbox::new(Executor::Vmx);
-        mailbox.detail = nestfault_protocol::vmx_detail(nestfault_protocol::VmxStep::Vmlaunch, 0, 7);
-        let failed = Observation::Reported { status: Ok(StubStatus::VmxInstructionFailed), mailbox: Box::new(mailbox), l2_io: L2Io::default() };
+        mailbox.detail =
+            nestfault_protocol::vmx_detail(nestfault_protocol::VmxStep::Vmlaunch, 0, 7);
+        let failed = Observation::Reported {
+            status: Ok(StubStatus::VmxInstructionFailed),
+            mailbox: Box::new(mailbox),
+            l2_io: L2Io::default(),
+        };
         let verdict = judge(vendor.as_ref(), &case, &expectation, &failed, 1);
         assert_eq!(verdict.status, Status::Error);
         assert!(verdict.diagnosis.unwrap().contains("Vmlaunch"));
@@ -249,7 +334,13 @@ mod tests {
         let vendor = vendor::for_tests(crate::scenario::VendorKind::Vmx);
         let case = case("vmx/final_page_unmapped/emulated");
         let expectation = vendor.expect(&case, &SITE);
-        let verdict = judge(vendor.as_ref(), &case, &expectation, &observed([48, 0x81, 0x21_0000, 0x4000_0000]), 9);
+        let verdict = judge(
+            vendor.as_ref(),
+            &case,
+            &expectation,
+            &observed([48, 0x81, 0x21_0000, 0x4000_0000]),
+            9,
+        );
         let json = serde_json::to_string(&verdict).unwrap();
         assert!(json.contains("\"exit_qualification\":\"0x181\""), "{json}");
         assert!(json.contains("\"status\":\"fail\""), "{json}");

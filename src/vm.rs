@@ -16,7 +16,6 @@ use crate::layout::{GuestImage, Segment, L2_IO_PORT, RFLAGS_FIXED};
 use crate::paging::PAGE_SIZE;
 use crate::scenario::VendorKind;
 
-
 #[derive(Debug, Error)]
 pub enum VmError {
     #[error("/dev/kvm does not exist: load kvm and kvm_amd or kvm_intel (modprobe kvm_amd / kvm_intel), or run on a machine with KVM")]
@@ -26,9 +25,16 @@ pub enum VmError {
     #[error("cannot open /dev/kvm: {0}")]
     KvmOpen(kvm_ioctls::Error),
     #[error("{what} failed: {source}")]
-    Ioctl { what: &'static str, source: kvm_ioctls::Error },
+    Ioctl {
+        what: &'static str,
+        source: kvm_ioctls::Error,
+    },
     #[error("KVM set {set} of the {wanted} MSRs nestfault needs ({what})")]
-    Msrs { what: &'static str, wanted: usize, set: usize },
+    Msrs {
+        what: &'static str,
+        wanted: usize,
+        set: usize,
+    },
     #[error("guest memory: {0}")]
     Memory(String),
 }
@@ -48,34 +54,65 @@ pub fn open_kvm() -> Result<Kvm, VmError> {
 /// Why this host's KVM cannot run `kind` nested, or `None` if it can: checks what L1 would be
 /// offered (KVM_GET_SUPPORTED_CPUID), and names the module parameter behind a missing bit.
 pub fn missing_nested_support(cpuid: &CpuId, kind: VendorKind) -> Option<String> {
-    let leaf = |function: u32| cpuid.as_slice().iter().find(|e| e.function == function && e.index == 0).copied();
+    let leaf = |function: u32| {
+        cpuid
+            .as_slice()
+            .iter()
+            .find(|e| e.function == function && e.index == 0)
+            .copied()
+    };
     let (module, bit_ok, what) = match kind {
         VendorKind::Svm => {
             let svm = leaf(0x8000_0001).is_some_and(|e| e.ecx & (1 << 2) != 0);
             let npt = leaf(0x8000_000a).is_some_and(|e| e.edx & 1 != 0);
-            let what = if !svm { "SVM (CPUID 0x80000001 ECX bit 2)" } else { "nested paging (CPUID 0x8000000A EDX bit 0, kvm_amd npt)" };
+            let what = if !svm {
+                "SVM (CPUID 0x80000001 ECX bit 2)"
+            } else {
+                "nested paging (CPUID 0x8000000A EDX bit 0, kvm_amd npt)"
+            };
             ("kvm_amd", svm && npt, what)
         }
-        VendorKind::Vmx => ("kvm_intel", leaf(1).is_some_and(|e| e.ecx & (1 << 5) != 0), "VMX (CPUID 0x1 ECX bit 5)"),
+        VendorKind::Vmx => (
+            "kvm_intel",
+            leaf(1).is_some_and(|e| e.ecx & (1 << 5) != 0),
+            "VMX (CPUID 0x1 ECX bit 5)",
+        ),
     };
     if bit_ok {
         return None;
     }
     let nested = std::fs::read_to_string(format!("/sys/module/{module}/parameters/nested"));
     let why = match nested {
-        Err(_) => format!("{module} is not loaded (not a{} host?)", if kind == VendorKind::Svm { "n AMD" } else { "n Intel" }),
+        Err(_) => format!(
+            "{module} is not loaded (not a{} host?)",
+            if kind == VendorKind::Svm {
+                "n AMD"
+            } else {
+                "n Intel"
+            }
+        ),
         Ok(value) if matches!(value.trim(), "0" | "N") => {
-            format!("{module} is loaded with nested={}: reload it with nested=1", value.trim())
+            format!(
+                "{module} is loaded with nested={}: reload it with nested=1",
+                value.trim()
+            )
         }
-        Ok(value) => format!("{module} nested={}, yet KVM does not offer it (running nested without nesting?)", value.trim()),
+        Ok(value) => format!(
+            "{module} nested={}, yet KVM does not offer it (running nested without nesting?)",
+            value.trim()
+        ),
     };
-    Some(format!("{}: KVM_GET_SUPPORTED_CPUID lacks {what}; {why}", kind.name().to_uppercase()))
+    Some(format!(
+        "{}: KVM_GET_SUPPORTED_CPUID lacks {what}; {why}",
+        kind.name().to_uppercase()
+    ))
 }
 
 /// What KVM can offer a vCPU (KVM_GET_SUPPORTED_CPUID); on a nested-capable host this includes
 /// SVM and NP or VMX.
 pub fn supported_cpuid(kvm: &Kvm) -> Result<CpuId, VmError> {
-    kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(ioctl("KVM_GET_SUPPORTED_CPUID"))
+    kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(ioctl("KVM_GET_SUPPORTED_CPUID"))
 }
 
 /// How a run ended.
@@ -83,7 +120,11 @@ pub fn supported_cpuid(kvm: &Kvm) -> Result<CpuId, VmError> {
 pub enum Observation {
     /// The stub reported through the done port (a [`Status`], or the raw value if it is none);
     /// the mailbox holds its outputs.
-    Reported { status: Result<Status, u32>, mailbox: Box<Mailbox>, l2_io: L2Io },
+    Reported {
+        status: Result<Status, u32>,
+        mailbox: Box<Mailbox>,
+        l2_io: L2Io,
+    },
     /// The vCPU stopped some other way: not a verdict on the kernel, a harness error.
     Stopped { reason: String, registers: String },
 }
@@ -110,7 +151,9 @@ impl Vm {
         let vm = kvm.create_vm().map_err(ioctl("KVM_CREATE_VM"))?;
         let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), memory_size as usize)])
             .map_err(|error| VmError::Memory(error.to_string()))?;
-        let host = memory.get_host_address(GuestAddress(0)).map_err(|error| VmError::Memory(error.to_string()))?;
+        let host = memory
+            .get_host_address(GuestAddress(0))
+            .map_err(|error| VmError::Memory(error.to_string()))?;
         let region = kvm_userspace_memory_region {
             slot: 0,
             flags: 0,
@@ -120,7 +163,8 @@ impl Vm {
         };
         // SAFETY: `memory` is a live anonymous mapping of `memory_size` bytes that outlives the VM
         // (both are fields of the returned Vm, and `vm` is dropped first).
-        unsafe { vm.set_user_memory_region(region) }.map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))?;
+        unsafe { vm.set_user_memory_region(region) }
+            .map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))?;
         let vcpu = vm.create_vcpu(0).map_err(ioctl("KVM_CREATE_VCPU"))?;
         vcpu.set_cpuid2(cpuid).map_err(ioctl("KVM_SET_CPUID2"))?;
         Ok(Self { vm, vcpu, memory })
@@ -128,11 +172,25 @@ impl Vm {
 
     /// Reads MSRs of the vCPU (VMX capability MSRs as KVM offers them to L1).
     pub fn read_msrs(&self, indices: &[u32]) -> Result<Vec<u64>, VmError> {
-        let entries: Vec<_> = indices.iter().map(|&index| kvm_bindings::kvm_msr_entry { index, ..Default::default() }).collect();
-        let mut msrs = Msrs::from_entries(&entries).map_err(|error| VmError::Memory(format!("{error:?}")))?;
-        let read = self.vcpu.get_msrs(&mut msrs).map_err(ioctl("KVM_GET_MSRS"))?;
+        let entries: Vec<_> = indices
+            .iter()
+            .map(|&index| kvm_bindings::kvm_msr_entry {
+                index,
+                ..Default::default()
+            })
+            .collect();
+        let mut msrs =
+            Msrs::from_entries(&entries).map_err(|error| VmError::Memory(format!("{error:?}")))?;
+        let read = self
+            .vcpu
+            .get_msrs(&mut msrs)
+            .map_err(ioctl("KVM_GET_MSRS"))?;
         if read != indices.len() {
-            return Err(VmError::Msrs { what: "reading capability MSRs", wanted: indices.len(), set: read });
+            return Err(VmError::Msrs {
+                what: "reading capability MSRs",
+                wanted: indices.len(),
+                set: read,
+            });
         }
         Ok(msrs.as_slice().iter().map(|entry| entry.data).collect())
     }
@@ -152,8 +210,13 @@ impl Vm {
         let l1 = &image.l1;
         let mut sregs = self.vcpu.get_sregs().map_err(ioctl("KVM_GET_SREGS"))?;
         sregs.cs = kvm_segment_of(l1.code);
-        (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss) =
-            (kvm_segment_of(l1.data), kvm_segment_of(l1.data), kvm_segment_of(l1.data), kvm_segment_of(l1.data), kvm_segment_of(l1.data));
+        (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss) = (
+            kvm_segment_of(l1.data),
+            kvm_segment_of(l1.data),
+            kvm_segment_of(l1.data),
+            kvm_segment_of(l1.data),
+            kvm_segment_of(l1.data),
+        );
         sregs.tr = kvm_segment_of(l1.tr);
         sregs.ldt = kvm_segment_of(Segment::UNUSABLE);
         sregs.gdt.base = l1.gdt_base;
@@ -162,16 +225,34 @@ impl Vm {
         sregs.idt.base = 0;
         sregs.idt.limit = 0;
         (sregs.cr0, sregs.cr3, sregs.cr4, sregs.efer) = (l1.cr0, l1.cr3, l1.cr4, l1.efer);
-        self.vcpu.set_sregs(&sregs).map_err(ioctl("KVM_SET_SREGS"))?;
-        let regs = kvm_bindings::kvm_regs { rip: l1.rip, rsp: l1.rsp, rflags: RFLAGS_FIXED, ..Default::default() };
+        self.vcpu
+            .set_sregs(&sregs)
+            .map_err(ioctl("KVM_SET_SREGS"))?;
+        let regs = kvm_bindings::kvm_regs {
+            rip: l1.rip,
+            rsp: l1.rsp,
+            rflags: RFLAGS_FIXED,
+            ..Default::default()
+        };
         self.vcpu.set_regs(&regs).map_err(ioctl("KVM_SET_REGS"))?;
         if !msrs.is_empty() {
-            let entries: Vec<_> =
-                msrs.iter().map(|&(index, data)| kvm_bindings::kvm_msr_entry { index, data, ..Default::default() }).collect();
-            let msrs = Msrs::from_entries(&entries).map_err(|error| VmError::Memory(format!("{error:?}")))?;
+            let entries: Vec<_> = msrs
+                .iter()
+                .map(|&(index, data)| kvm_bindings::kvm_msr_entry {
+                    index,
+                    data,
+                    ..Default::default()
+                })
+                .collect();
+            let msrs = Msrs::from_entries(&entries)
+                .map_err(|error| VmError::Memory(format!("{error:?}")))?;
             let set = self.vcpu.set_msrs(&msrs).map_err(ioctl("KVM_SET_MSRS"))?;
             if set != entries.len() {
-                return Err(VmError::Msrs { what: "L1's MSRs (IA32_FEATURE_CONTROL)", wanted: entries.len(), set });
+                return Err(VmError::Msrs {
+                    what: "L1's MSRs (IA32_FEATURE_CONTROL)",
+                    wanted: entries.len(),
+                    set,
+                });
             }
         }
         Ok(())
@@ -194,14 +275,20 @@ impl Vm {
         let mut l2_io = L2Io::default();
         loop {
             if Instant::now() >= deadline {
-                return Ok(self.stopped("timeout: the guest did not report within the time limit".to_string()));
+                return Ok(self.stopped(
+                    "timeout: the guest did not report within the time limit".to_string(),
+                ));
             }
             let stop = match self.vcpu.run() {
                 Ok(VcpuExit::IoOut(DONE_PORT, data)) => {
                     let raw = data.try_into().map(u32::from_le_bytes).unwrap_or(u32::MAX);
                     let status = Status::from_raw(raw).ok_or(raw);
                     let mailbox = self.mailbox()?;
-                    return Ok(Observation::Reported { status, mailbox: Box::new(mailbox), l2_io });
+                    return Ok(Observation::Reported {
+                        status,
+                        mailbox: Box::new(mailbox),
+                        l2_io,
+                    });
                 }
                 Ok(VcpuExit::IoIn(L2_IO_PORT, data)) => {
                     // INSB's port read: any byte will do; the write to memory comes next.
@@ -213,17 +300,27 @@ impl Vm {
                     l2_io.port_writes += 1;
                     None
                 }
-                Ok(VcpuExit::IoIn(port, _)) | Ok(VcpuExit::IoOut(port, _)) => Some(format!("unexpected I/O to port {port:#x}")),
-                Ok(VcpuExit::Hlt) => Some("L1 halted without reporting".to_string()),
-                Ok(VcpuExit::Shutdown) => {
-                    Some("shutdown: L1 triple-faulted (an exception in L1, which has no IDT)".to_string())
+                Ok(VcpuExit::IoIn(port, _)) | Ok(VcpuExit::IoOut(port, _)) => {
+                    Some(format!("unexpected I/O to port {port:#x}"))
                 }
-                Ok(VcpuExit::FailEntry(reason, _)) => Some(format!("KVM_EXIT_FAIL_ENTRY, hardware reason {reason:#x}")),
+                Ok(VcpuExit::Hlt) => Some("L1 halted without reporting".to_string()),
+                Ok(VcpuExit::Shutdown) => Some(
+                    "shutdown: L1 triple-faulted (an exception in L1, which has no IDT)"
+                        .to_string(),
+                ),
+                Ok(VcpuExit::FailEntry(reason, _)) => {
+                    Some(format!("KVM_EXIT_FAIL_ENTRY, hardware reason {reason:#x}"))
+                }
                 Ok(VcpuExit::InternalError) => Some(self.internal_error()),
                 Ok(VcpuExit::Intr) => None,
                 Ok(other) => Some(format!("unexpected exit {other:?}")),
                 Err(error) if error.errno() == libc::EINTR => None,
-                Err(error) => return Err(VmError::Ioctl { what: "KVM_RUN", source: error }),
+                Err(error) => {
+                    return Err(VmError::Ioctl {
+                        what: "KVM_RUN",
+                        source: error,
+                    })
+                }
             };
             if let Some(reason) = stop {
                 return Ok(self.stopped(reason));
@@ -235,8 +332,10 @@ impl Vm {
     }
 
     fn mailbox(&self) -> Result<Mailbox, VmError> {
-        let wrapper: MailboxBytes =
-            self.memory.read_obj(GuestAddress(MAILBOX_GPA)).map_err(|error| VmError::Memory(error.to_string()))?;
+        let wrapper: MailboxBytes = self
+            .memory
+            .read_obj(GuestAddress(MAILBOX_GPA))
+            .map_err(|error| VmError::Memory(error.to_string()))?;
         Ok(wrapper.0)
     }
 
@@ -245,11 +344,18 @@ impl Vm {
         // exit union; kvm-ioctls does not surface it.
         let internal = unsafe { self.vcpu.get_kvm_run().__bindgen_anon_1.internal };
         let count = (internal.ndata as usize).min(internal.data.len());
-        format!("KVM internal error, suberror {} (data {:x?})", internal.suberror, &internal.data[..count])
+        format!(
+            "KVM internal error, suberror {} (data {:x?})",
+            internal.suberror,
+            &internal.data[..count]
+        )
     }
 
     fn stopped(&self, reason: String) -> Observation {
-        Observation::Stopped { reason, registers: self.registers() }
+        Observation::Stopped {
+            reason,
+            registers: self.registers(),
+        }
     }
 
     /// The vCPU's registers, for error reports. While L2 runs these are L2's.
@@ -266,7 +372,9 @@ impl Vm {
 
 impl fmt::Debug for Vm {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Vm").field("vm", &self.vm).finish_non_exhaustive()
+        f.debug_struct("Vm")
+            .field("vm", &self.vm)
+            .finish_non_exhaustive()
     }
 }
 
@@ -315,7 +423,11 @@ const WATCHDOG_SIGNAL: libc::c_int = libc::SIGUSR1;
 
 /// Kicks the calling (vCPU) thread out of KVM_RUN once the deadline has passed, by signalling it
 /// until the run loop sets `finished` (a signal that lands just before KVM_RUN would be lost).
-fn spawn_watchdog<'scope>(scope: &'scope std::thread::Scope<'scope, '_>, deadline: Instant, finished: &'scope AtomicBool) {
+fn spawn_watchdog<'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    deadline: Instant,
+    finished: &'scope AtomicBool,
+) {
     {
         // SAFETY: installs a handler that does nothing, without SA_RESTART, so a pending signal
         // makes KVM_RUN return EINTR instead of being ignored or killing the process.
@@ -335,7 +447,11 @@ fn spawn_watchdog<'scope>(scope: &'scope std::thread::Scope<'scope, '_>, deadlin
                     // loop's thread leaves the scope, and `finished` is set before that.
                     unsafe { libc::pthread_kill(vcpu_thread, WATCHDOG_SIGNAL) };
                 }
-                std::thread::sleep(Duration::from_millis(20).min(deadline.saturating_duration_since(now)).max(Duration::from_millis(1)));
+                std::thread::sleep(
+                    Duration::from_millis(20)
+                        .min(deadline.saturating_duration_since(now))
+                        .max(Duration::from_millis(1)),
+                );
             }
         });
     }
@@ -356,7 +472,9 @@ mod tests {
     fn real_kvm(test: &str) -> Option<Kvm> {
         match open_kvm() {
             Ok(kvm) => Some(kvm),
-            Err(error) if std::env::var("CI").as_deref() == Ok("true") => panic!("{test}: needs /dev/kvm under CI: {error}"),
+            Err(error) if std::env::var("CI").as_deref() == Ok("true") => {
+                panic!("{test}: needs /dev/kvm under CI: {error}")
+            }
             Err(error) => {
                 eprintln!("SKIPPED {test}: {error}");
                 None
@@ -366,12 +484,19 @@ mod tests {
 
     /// Boots the real stub in long mode on this host's KVM (no nesting needed) with its mailbox
     /// asking for `executor`, and judges the result as the runner would.
-    fn run_stub(kvm: &Kvm, executor: u64, timeout: Duration) -> (Observation, crate::verdict::Verdict) {
+    fn run_stub(
+        kvm: &Kvm,
+        executor: u64,
+        timeout: Duration,
+    ) -> (Observation, crate::verdict::Verdict) {
         let case = expand(&built_in().unwrap()).remove(0);
         let vendor = vendor::for_tests(case.vendor);
         let mut image = layout::build(&case, vendor.as_ref(), L1_STUB).unwrap();
         // Mailbox::executor is its third u64.
-        image.memory.write_u64("the mailbox", MAILBOX_GPA + 16, executor).unwrap();
+        image
+            .memory
+            .write_u64("the mailbox", MAILBOX_GPA + 16, executor)
+            .unwrap();
         let mut vm = Vm::new(kvm, &supported_cpuid(kvm).unwrap(), layout::MEMORY_SIZE).unwrap();
         vm.load(&image, &[]).unwrap();
         let observation = vm.run(timeout).unwrap();
@@ -382,36 +507,80 @@ mod tests {
 
     #[test]
     fn kvm_mailbox_round_trips_through_the_real_stub() {
-        let Some(kvm) = real_kvm("kvm_mailbox_round_trips_through_the_real_stub") else { return };
+        let Some(kvm) = real_kvm("kvm_mailbox_round_trips_through_the_real_stub") else {
+            return;
+        };
         let (observation, _) = run_stub(&kvm, Executor::TestEcho as u64, Duration::from_secs(10));
-        let Observation::Reported { status, mailbox, .. } = observation else { panic!("{observation:?}") };
+        let Observation::Reported {
+            status, mailbox, ..
+        } = observation
+        else {
+            panic!("{observation:?}")
+        };
         assert_eq!(status, Ok(Status::Exited));
         // The SVM case's reads are VMCB offsets 0x70, 0x78, 0x80, 0x88.
         assert_eq!(mailbox.exit, [0x71, 0x79, 0x81, 0x89]);
         let (observation, verdict) = run_stub(&kvm, 0x77, Duration::from_secs(10));
-        assert!(matches!(observation, Observation::Reported { status: Ok(Status::BadMailbox), .. }), "{observation:?}");
+        assert!(
+            matches!(
+                observation,
+                Observation::Reported {
+                    status: Ok(Status::BadMailbox),
+                    ..
+                }
+            ),
+            "{observation:?}"
+        );
         assert_eq!(verdict.status, VerdictStatus::Error);
     }
 
     #[test]
     fn kvm_hang_ends_as_an_error_within_the_timeout() {
-        let Some(kvm) = real_kvm("kvm_hang_ends_as_an_error_within_the_timeout") else { return };
+        let Some(kvm) = real_kvm("kvm_hang_ends_as_an_error_within_the_timeout") else {
+            return;
+        };
         let started = Instant::now();
         let (_, verdict) = run_stub(&kvm, Executor::TestHang as u64, Duration::from_millis(500));
-        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
         assert_eq!(verdict.status, VerdictStatus::Error);
         let diagnosis = verdict.diagnosis.unwrap();
-        assert!(diagnosis.starts_with("timeout") && diagnosis.contains("rip=0x10"), "{diagnosis}");
+        assert!(
+            diagnosis.starts_with("timeout") && diagnosis.contains("rip=0x10"),
+            "{diagnosis}"
+        );
     }
 
     #[test]
     fn kvm_triple_fault_and_garbage_end_as_errors() {
-        let Some(kvm) = real_kvm("kvm_triple_fault_and_garbage_end_as_errors") else { return };
-        let (_, verdict) = run_stub(&kvm, Executor::TestTripleFault as u64, Duration::from_secs(10));
+        let Some(kvm) = real_kvm("kvm_triple_fault_and_garbage_end_as_errors") else {
+            return;
+        };
+        let (_, verdict) = run_stub(
+            &kvm,
+            Executor::TestTripleFault as u64,
+            Duration::from_secs(10),
+        );
         assert_eq!(verdict.status, VerdictStatus::Error);
-        assert!(verdict.diagnosis.unwrap().starts_with("shutdown: L1 triple-faulted"));
-        let (observation, verdict) = run_stub(&kvm, Executor::TestGarbage as u64, Duration::from_secs(10));
-        assert!(matches!(observation, Observation::Reported { status: Err(GARBAGE_STATUS), .. }), "{observation:?}");
+        assert!(verdict
+            .diagnosis
+            .unwrap()
+            .starts_with("shutdown: L1 triple-faulted"));
+        let (observation, verdict) =
+            run_stub(&kvm, Executor::TestGarbage as u64, Duration::from_secs(10));
+        assert!(
+            matches!(
+                observation,
+                Observation::Reported {
+                    status: Err(GARBAGE_STATUS),
+                    ..
+                }
+            ),
+            "{observation:?}"
+        );
         assert_eq!(verdict.status, VerdictStatus::Error);
         assert!(verdict.diagnosis.unwrap().contains("0xdeadbeef"));
     }
@@ -420,9 +589,13 @@ mod tests {
     /// faults, and that is an error with the registers, not a pass.
     #[test]
     fn kvm_svm_without_nesting_is_an_error_not_a_pass() {
-        let Some(kvm) = real_kvm("kvm_svm_without_nesting_is_an_error_not_a_pass") else { return };
+        let Some(kvm) = real_kvm("kvm_svm_without_nesting_is_an_error_not_a_pass") else {
+            return;
+        };
         if missing_nested_support(&supported_cpuid(&kvm).unwrap(), VendorKind::Svm).is_none() {
-            eprintln!("SKIPPED kvm_svm_without_nesting_is_an_error_not_a_pass: this host nests SVM");
+            eprintln!(
+                "SKIPPED kvm_svm_without_nesting_is_an_error_not_a_pass: this host nests SVM"
+            );
             return;
         }
         let (_, verdict) = run_stub(&kvm, Executor::Svm as u64, Duration::from_secs(10));
@@ -432,7 +605,10 @@ mod tests {
     #[test]
     fn segments_convert_from_vmx_access_rights() {
         let cs = kvm_segment_of(Segment::CODE64);
-        assert_eq!((cs.type_, cs.s, cs.present, cs.l, cs.db, cs.g), (0xb, 1, 1, 1, 0, 1));
+        assert_eq!(
+            (cs.type_, cs.s, cs.present, cs.l, cs.db, cs.g),
+            (0xb, 1, 1, 1, 0, 1)
+        );
         let tr = kvm_segment_of(Segment::TSS);
         assert_eq!((tr.type_, tr.s, tr.present), (0xb, 0, 1));
         assert_eq!(kvm_segment_of(Segment::UNUSABLE).unusable, 1);

@@ -3,7 +3,10 @@
 use std::process::{Command, Output};
 
 fn nestfault(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_nestfault")).args(args).output().expect("run nestfault")
+    Command::new(env!("CARGO_BIN_EXE_nestfault"))
+        .args(args)
+        .output()
+        .expect("run nestfault")
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -19,7 +22,13 @@ fn list_prints_sixteen_ids() {
     assert_eq!(ids.len(), 16, "{stdout}");
     for id in &ids {
         let parts: Vec<&str> = id.split('/').collect();
-        assert!(matches!(parts.as_slice(), ["svm" | "vmx", _, "emulated" | "hardware"]), "{id}");
+        assert!(
+            matches!(
+                parts.as_slice(),
+                ["svm" | "vmx", _, "emulated" | "hardware"]
+            ),
+            "{id}"
+        );
     }
     assert!(ids.contains(&"svm/pt_page_unmapped/emulated"));
     let vmx_only = nestfault(&["--list", "--vendor", "vmx", "--path", "hardware"]);
@@ -31,15 +40,28 @@ fn unknown_scenario_is_a_usage_error_listing_valid_ids() {
     let output = nestfault(&["--scenario", "pt_page_gone"]);
     assert_eq!(output.status.code(), Some(255));
     let stderr = text(&output.stderr);
-    assert!(stderr.contains("unknown scenario \"pt_page_gone\""), "{stderr}");
+    assert!(
+        stderr.contains("unknown scenario \"pt_page_gone\""),
+        "{stderr}"
+    );
     assert!(stderr.contains("svm/pt_page_unmapped/emulated"), "{stderr}");
 }
 
 #[test]
 fn bad_flags_are_usage_errors_not_clap_exit_2() {
-    for args in [&["--vendor", "arm"][..], &["--format", "xml"], &["--bogus"], &["--modules", "/tmp"]] {
+    for args in [
+        &["--vendor", "arm"][..],
+        &["--format", "xml"],
+        &["--bogus"],
+        &["--modules", "/tmp"],
+    ] {
         let output = nestfault(args);
-        assert_eq!(output.status.code(), Some(255), "{args:?}: {}", text(&output.stderr));
+        assert_eq!(
+            output.status.code(),
+            Some(255),
+            "{args:?}: {}",
+            text(&output.stderr)
+        );
     }
     assert_eq!(nestfault(&["--help"]).status.code(), Some(0));
 }
@@ -48,19 +70,30 @@ fn bad_flags_are_usage_errors_not_clap_exit_2() {
 fn malformed_scenario_file_names_file_and_line() {
     let dir = std::env::temp_dir().join(format!("nestfault-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("broken.toml"), "summary = \"x\"\ntarget = \"pt_page\"\nfault = \"melted\"\naccess = \"read\"\n").unwrap();
+    std::fs::write(
+        dir.join("broken.toml"),
+        "summary = \"x\"\ntarget = \"pt_page\"\nfault = \"melted\"\naccess = \"read\"\n",
+    )
+    .unwrap();
     let output = nestfault(&["--scenarios-dir", dir.to_str().unwrap(), "--list"]);
     std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!(output.status.code(), Some(255));
     let stderr = text(&output.stderr);
-    assert!(stderr.contains("broken.toml:3: unknown variant `melted`"), "{stderr}");
+    assert!(
+        stderr.contains("broken.toml:3: unknown variant `melted`"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn missing_kernel_image_is_a_clear_harness_error() {
     let output = nestfault(&["--kernel", "/nonexistent/bzImage"]);
     assert_eq!(output.status.code(), Some(255));
-    assert!(text(&output.stderr).contains("/nonexistent/bzImage"), "{}", text(&output.stderr));
+    assert!(
+        text(&output.stderr).contains("/nonexistent/bzImage"),
+        "{}",
+        text(&output.stderr)
+    );
 }
 
 /// On a host without nested virtualization (every machine here) the suite cannot test anything:
@@ -70,21 +103,35 @@ fn running_without_nesting_exits_125_with_reasons() {
     let output = nestfault(&["--scenario", "all", "--format", "json"]);
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON report");
     let results = report["results"].as_array().unwrap();
-    let statuses: Vec<&str> = results.iter().map(|r| r["status"].as_str().unwrap()).collect();
+    let statuses: Vec<&str> = results
+        .iter()
+        .map(|r| r["status"].as_str().unwrap())
+        .collect();
     if statuses.iter().any(|s| *s != "skip") {
         eprintln!("SKIPPED running_without_nesting_exits_125_with_reasons: this host nests ({statuses:?})");
         return;
     }
     assert_eq!(output.status.code(), Some(125));
     assert_eq!(results.len(), 16);
-    assert_eq!(report["kernel"].as_str().unwrap(), std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap().trim());
+    assert_eq!(
+        report["kernel"].as_str().unwrap(),
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap()
+            .trim()
+    );
     for result in results {
         let why = result["diagnosis"].as_str().unwrap();
-        assert!(why.contains("KVM_GET_SUPPORTED_CPUID lacks") || why.contains("/dev/kvm"), "{why}");
+        assert!(
+            why.contains("KVM_GET_SUPPORTED_CPUID lacks") || why.contains("/dev/kvm"),
+            "{why}"
+        );
     }
     let human = nestfault(&["--scenario", "all"]);
     assert_eq!(human.status.code(), Some(125));
     let stdout = text(&human.stdout);
-    assert!(stdout.contains("not tested: SVM") && stdout.contains("not tested: VMX"), "{stdout}");
+    assert!(
+        stdout.contains("not tested: SVM") && stdout.contains("not tested: VMX"),
+        "{stdout}"
+    );
     assert!(!stdout.contains("PASS"), "{stdout}");
 }

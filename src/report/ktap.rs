@@ -228,7 +228,6 @@ mod tests {
         assert!(check_grammar("KTAP version 1\n1..0\n").is_ok());
     }
 
-
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(200))]
 

@@ -32,7 +32,10 @@ pub struct Expected {
 
 impl Expected {
     pub const fn exact(value: u64) -> Self {
-        Self { value, mask: u64::MAX }
+        Self {
+            value,
+            mask: u64::MAX,
+        }
     }
 
     pub fn matches(&self, actual: u64) -> bool {
@@ -56,7 +59,12 @@ pub trait Vendor {
     fn msrs(&self) -> Vec<(u32, u64)>;
     /// The hypercall L2 ends with; L1 intercepts it as "finished without a fault".
     fn done_instruction(&self) -> [u8; 3];
-    fn control_block(&self, l1: &CpuState, l2: &CpuState, nested_root: u64) -> Result<ControlBlock, BuildError>;
+    fn control_block(
+        &self,
+        l1: &CpuState,
+        l2: &CpuState,
+        nested_root: u64,
+    ) -> Result<ControlBlock, BuildError>;
     /// Names of the exit fields reported, in the order the oracle compares them.
     fn exit_fields(&self) -> &'static [&'static str];
     fn expect(&self, case: &Case, site: &FaultSite) -> Expectation;
@@ -142,7 +150,10 @@ mod tests {
         assert_eq!(bit_names(0x1_0000_0001, &names), "P|FINAL");
         assert_eq!(bit_names(0x10, &names), "0x10");
         assert_eq!(bit_names(0, &names), "none");
-        assert_eq!(bit_diff(0x2_0000_0000, 0x1_0000_0000, u64::MAX, &names), "FINAL set, PAGE expected");
+        assert_eq!(
+            bit_diff(0x2_0000_0000, 0x1_0000_0000, u64::MAX, &names),
+            "FINAL set, PAGE expected"
+        );
         assert_eq!(bit_diff(1, 0, 0, &names), "");
     }
 }

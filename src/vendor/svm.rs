@@ -96,38 +96,119 @@ impl Vendor for Svm {
         [0x0f, 0x01, 0xd9] // vmmcall
     }
 
-    fn control_block(&self, _l1: &CpuState, l2: &CpuState, nested_root: u64) -> Result<ControlBlock, BuildError> {
+    fn control_block(
+        &self,
+        _l1: &CpuState,
+        l2: &CpuState,
+        nested_root: u64,
+    ) -> Result<ControlBlock, BuildError> {
         use vmcb::*;
         let segment = |offset: u64, s: Segment| {
-            let packed = u64::from(s.selector) | u64::from(s.svm_attributes()) << 16 | u64::from(s.limit) << 32;
-            [FieldWrite { field: offset, value: packed }, FieldWrite { field: offset + 8, value: s.base }]
+            let packed = u64::from(s.selector)
+                | u64::from(s.svm_attributes()) << 16
+                | u64::from(s.limit) << 32;
+            [
+                FieldWrite {
+                    field: offset,
+                    value: packed,
+                },
+                FieldWrite {
+                    field: offset + 8,
+                    value: s.base,
+                },
+            ]
         };
-        let gdtr = Segment { selector: 0, base: l2.gdt_base, limit: l2.gdt_limit.into(), access_rights: 0 };
+        let gdtr = Segment {
+            selector: 0,
+            base: l2.gdt_base,
+            limit: l2.gdt_limit.into(),
+            access_rights: 0,
+        };
         let mut writes = vec![
             // VMRUN must be intercepted (a consistency check); VMMCALL is L2's "done"; SHUTDOWN
             // turns an L2 triple fault into an exit L1 can report.
-            FieldWrite { field: INTERCEPT_EXCEPTIONS_MISC1, value: MISC1_SHUTDOWN << 32 },
-            FieldWrite { field: INTERCEPT_MISC2, value: MISC2_VMRUN | MISC2_VMMCALL },
+            FieldWrite {
+                field: INTERCEPT_EXCEPTIONS_MISC1,
+                value: MISC1_SHUTDOWN << 32,
+            },
+            FieldWrite {
+                field: INTERCEPT_MISC2,
+                value: MISC2_VMRUN | MISC2_VMMCALL,
+            },
             // No IOIO or MSR intercepts, so the bitmaps are never read; KVM only checks that their
             // addresses are legal, which 0 is. Not intercepting I/O is the point: L0 emulates
             // L2's string I/O itself.
-            FieldWrite { field: IOPM_BASE_PA, value: 0 },
-            FieldWrite { field: MSRPM_BASE_PA, value: 0 },
-            FieldWrite { field: ASID_TLB_CTL, value: 1 },
-            FieldWrite { field: NESTED_CTL, value: NP_ENABLE },
-            FieldWrite { field: NESTED_CR3, value: nested_root },
-            FieldWrite { field: EFER, value: l2.efer | EFER_SVME },
-            FieldWrite { field: CR4, value: l2.cr4 },
-            FieldWrite { field: CR3, value: l2.cr3 },
-            FieldWrite { field: CR0, value: l2.cr0 },
-            FieldWrite { field: DR7, value: 0x400 },
-            FieldWrite { field: DR6, value: 0xffff_0ff0 },
-            FieldWrite { field: RFLAGS, value: RFLAGS_FIXED },
-            FieldWrite { field: RIP, value: l2.rip },
-            FieldWrite { field: RSP, value: l2.rsp },
-            FieldWrite { field: G_PAT, value: DEFAULT_PAT },
+            FieldWrite {
+                field: IOPM_BASE_PA,
+                value: 0,
+            },
+            FieldWrite {
+                field: MSRPM_BASE_PA,
+                value: 0,
+            },
+            FieldWrite {
+                field: ASID_TLB_CTL,
+                value: 1,
+            },
+            FieldWrite {
+                field: NESTED_CTL,
+                value: NP_ENABLE,
+            },
+            FieldWrite {
+                field: NESTED_CR3,
+                value: nested_root,
+            },
+            FieldWrite {
+                field: EFER,
+                value: l2.efer | EFER_SVME,
+            },
+            FieldWrite {
+                field: CR4,
+                value: l2.cr4,
+            },
+            FieldWrite {
+                field: CR3,
+                value: l2.cr3,
+            },
+            FieldWrite {
+                field: CR0,
+                value: l2.cr0,
+            },
+            FieldWrite {
+                field: DR7,
+                value: 0x400,
+            },
+            FieldWrite {
+                field: DR6,
+                value: 0xffff_0ff0,
+            },
+            FieldWrite {
+                field: RFLAGS,
+                value: RFLAGS_FIXED,
+            },
+            FieldWrite {
+                field: RIP,
+                value: l2.rip,
+            },
+            FieldWrite {
+                field: RSP,
+                value: l2.rsp,
+            },
+            FieldWrite {
+                field: G_PAT,
+                value: DEFAULT_PAT,
+            },
         ];
-        for (offset, s) in [(ES, l2.data), (CS, l2.code), (SS, l2.data), (DS, l2.data), (FS, l2.data), (GS, l2.data), (GDTR, gdtr), (TR, l2.tr)] {
+        for (offset, s) in [
+            (ES, l2.data),
+            (CS, l2.code),
+            (SS, l2.data),
+            (DS, l2.data),
+            (FS, l2.data),
+            (GS, l2.data),
+            (GDTR, gdtr),
+            (TR, l2.tr),
+        ] {
             writes.extend(segment(offset, s));
         }
         Ok(ControlBlock {
@@ -155,7 +236,11 @@ impl Vendor for Svm {
         if scenario.access == Access::Write || !final_page {
             error_code |= PFERR_WRITE;
         }
-        error_code |= if final_page { PFERR_GUEST_FINAL } else { PFERR_GUEST_PAGE };
+        error_code |= if final_page {
+            PFERR_GUEST_FINAL
+        } else {
+            PFERR_GUEST_PAGE
+        };
         Expectation {
             fields: vec![
                 Expected::exact(VMEXIT_NPF),
@@ -181,10 +266,14 @@ impl Vendor for Svm {
         }
         let mut findings = Vec::new();
         if !wanted.matches(got) {
-            findings.push(format!("exit_info_1: {}", bit_diff(wanted.value, got, wanted.mask, EXIT_INFO_1_BITS)));
+            findings.push(format!(
+                "exit_info_1: {}",
+                bit_diff(wanted.value, got, wanted.mask, EXIT_INFO_1_BITS)
+            ));
         }
         let stage = PFERR_GUEST_FINAL | PFERR_GUEST_PAGE;
-        let final_instead_of_page = wanted.value & stage == PFERR_GUEST_PAGE && got == (wanted.value & !stage) | PFERR_GUEST_FINAL;
+        let final_instead_of_page = wanted.value & stage == PFERR_GUEST_PAGE
+            && got == (wanted.value & !stage) | PFERR_GUEST_FINAL;
         if final_instead_of_page && case.path == AccessPath::Emulated {
             findings.push(
                 "the signature of a kernel without 297c2fe249db (\"KVM: SVM: Fix nested NPF injection of \
@@ -228,11 +317,19 @@ mod tests {
     use crate::scenario::{built_in, expand};
 
     pub(crate) fn site() -> FaultSite {
-        FaultSite { gva: 0x4000_0000, data_gpa: 0x21_0000, pt_page_gpa: 0x20_5000, pte_gpa: 0x20_5000 }
+        FaultSite {
+            gva: 0x4000_0000,
+            data_gpa: 0x21_0000,
+            pt_page_gpa: 0x20_5000,
+            pte_gpa: 0x20_5000,
+        }
     }
 
     fn case(id: &str) -> Case {
-        expand(&built_in().unwrap()).into_iter().find(|case| case.id() == id).unwrap()
+        expand(&built_in().unwrap())
+            .into_iter()
+            .find(|case| case.id() == id)
+            .unwrap()
     }
 
     fn exit_info_1(id: &str) -> u64 {
@@ -242,16 +339,31 @@ mod tests {
     /// The upstream selftest's values for the four emulated scenarios (oracle.md 3).
     #[test]
     fn emulated_rows_match_the_selftest() {
-        assert_eq!(exit_info_1("svm/final_page_unmapped/emulated"), 0x1_0000_0004);
+        assert_eq!(
+            exit_info_1("svm/final_page_unmapped/emulated"),
+            0x1_0000_0004
+        );
         assert_eq!(exit_info_1("svm/pt_page_unmapped/emulated"), 0x2_0000_0006);
-        assert_eq!(exit_info_1("svm/final_page_write_protected/emulated"), 0x1_0000_0007);
-        assert_eq!(exit_info_1("svm/pt_page_write_protected/emulated"), 0x2_0000_0007);
+        assert_eq!(
+            exit_info_1("svm/final_page_write_protected/emulated"),
+            0x1_0000_0007
+        );
+        assert_eq!(
+            exit_info_1("svm/pt_page_write_protected/emulated"),
+            0x2_0000_0007
+        );
     }
 
     #[test]
     fn hardware_rows_match_the_apm() {
-        assert_eq!(exit_info_1("svm/final_page_unmapped/hardware"), 0x1_0000_0004);
-        assert_eq!(exit_info_1("svm/final_page_write_protected/hardware"), 0x1_0000_0007);
+        assert_eq!(
+            exit_info_1("svm/final_page_unmapped/hardware"),
+            0x1_0000_0004
+        );
+        assert_eq!(
+            exit_info_1("svm/final_page_write_protected/hardware"),
+            0x1_0000_0007
+        );
         assert_eq!(exit_info_1("svm/pt_page_unmapped/hardware"), 0x2_0000_0006);
     }
 
@@ -269,12 +381,18 @@ mod tests {
         let case = case("svm/pt_page_unmapped/emulated");
         let expected = Svm.expect(&case, &site());
         let findings = Svm.diagnose(&case, &expected, &[0x400, 0x1_0000_0006, 0x20_5000]);
-        assert_eq!(findings[0], "exit_info_1: GUEST_FINAL set, GUEST_PAGE expected");
+        assert_eq!(
+            findings[0],
+            "exit_info_1: GUEST_FINAL set, GUEST_PAGE expected"
+        );
         assert!(findings[1].contains("297c2fe249db"), "{findings:?}");
         // The same bits on the hardware path are not that bug.
         let hardware = self::case("svm/pt_page_unmapped/hardware");
         let findings = Svm.diagnose(&hardware, &expected, &[0x400, 0x1_0000_0006, 0x20_5000]);
-        assert!(!findings.iter().any(|f| f.contains("297c2fe249db")), "{findings:?}");
+        assert!(
+            !findings.iter().any(|f| f.contains("297c2fe249db")),
+            "{findings:?}"
+        );
     }
 
     #[test]
@@ -282,7 +400,10 @@ mod tests {
         let case = case("svm/pt_page_unmapped/emulated");
         let expected = Svm.expect(&case, &site());
         let findings = Svm.diagnose(&case, &expected, &[0x81, 0, 0]);
-        assert_eq!(findings, ["exit_code 0x81 (VMMCALL): L2 ran to its VMMCALL: no nested page fault reached L1"]);
+        assert_eq!(
+            findings,
+            ["exit_code 0x81 (VMMCALL): L2 ran to its VMMCALL: no nested page fault reached L1"]
+        );
         assert_eq!(Svm.decode(0, u64::MAX).unwrap(), "INVALID");
         assert_eq!(Svm.decode(0, 0x4e).unwrap(), "EXCP14");
         assert_eq!(Svm.decode(1, 0x2_0000_0007).unwrap(), "P|W|U|GUEST_PAGE");

@@ -116,12 +116,18 @@ pub struct VmxCapabilities {
 impl VmxCapabilities {
     /// IA32_VMX_BASIC, then the TRUE_* controls (0x48d-0x490), PROCBASED_CTLS2, EPT_VPID_CAP; and
     /// the non-TRUE controls (0x481-0x484) for CPUs without bit 55 of IA32_VMX_BASIC.
-    pub const MSRS: [u32; 11] = [0x480, 0x48d, 0x48e, 0x48f, 0x490, 0x48b, 0x48c, 0x481, 0x482, 0x483, 0x484];
+    pub const MSRS: [u32; 11] = [
+        0x480, 0x48d, 0x48e, 0x48f, 0x490, 0x48b, 0x48c, 0x481, 0x482, 0x483, 0x484,
+    ];
 
     /// From the values of [`Self::MSRS`], in that order.
     pub fn from_msrs(values: &[u64; 11]) -> Self {
         let basic = values[0];
-        let controls = if basic & BASIC_TRUE_CONTROLS != 0 { &values[1..5] } else { &values[7..11] };
+        let controls = if basic & BASIC_TRUE_CONTROLS != 0 {
+            &values[1..5]
+        } else {
+            &values[7..11]
+        };
         Self {
             basic,
             pin: controls[0],
@@ -175,15 +181,23 @@ impl Vmx {
         let ept = capabilities.ept_vpid;
         let secondary_allowed = (capabilities.secondary >> 32) as u32;
         if secondary_allowed & control::SECONDARY_ENABLE_EPT == 0 {
-            return Err("KVM offers L1 no EPT (IA32_VMX_PROCBASED_CTLS2 bit 33 clear; kvm_intel ept=0?)".into());
+            return Err(
+                "KVM offers L1 no EPT (IA32_VMX_PROCBASED_CTLS2 bit 33 clear; kvm_intel ept=0?)"
+                    .into(),
+            );
         }
         for (bit, what) in [
             (EPT_CAP_WALK_LENGTH_4, "4-level EPT (bit 6)"),
             (EPT_CAP_WB, "write-back EPT paging structures (bit 14)"),
-            (EPT_CAP_ACCESSED_DIRTY, "EPT A/D bits (bit 21; kvm_intel eptad=0?)"),
+            (
+                EPT_CAP_ACCESSED_DIRTY,
+                "EPT A/D bits (bit 21; kvm_intel eptad=0?)",
+            ),
         ] {
             if ept & bit == 0 {
-                return Err(format!("KVM offers L1 no {what} in IA32_VMX_EPT_VPID_CAP {ept:#x}"));
+                return Err(format!(
+                    "KVM offers L1 no {what} in IA32_VMX_EPT_VPID_CAP {ept:#x}"
+                ));
             }
         }
         Ok(Self { capabilities })
@@ -201,26 +215,53 @@ impl Vendor for Vmx {
 
     fn msrs(&self) -> Vec<(u32, u64)> {
         // What firmware does before handing over: VMXON needs a locked IA32_FEATURE_CONTROL.
-        vec![(MSR_FEATURE_CONTROL, FEATURE_CONTROL_LOCKED | FEATURE_CONTROL_VMX_OUTSIDE_SMX)]
+        vec![(
+            MSR_FEATURE_CONTROL,
+            FEATURE_CONTROL_LOCKED | FEATURE_CONTROL_VMX_OUTSIDE_SMX,
+        )]
     }
 
     fn done_instruction(&self) -> [u8; 3] {
         [0x0f, 0x01, 0xc1] // vmcall
     }
 
-    fn control_block(&self, l1: &CpuState, l2: &CpuState, nested_root: u64) -> Result<ControlBlock, BuildError> {
+    fn control_block(
+        &self,
+        l1: &CpuState,
+        l2: &CpuState,
+        nested_root: u64,
+    ) -> Result<ControlBlock, BuildError> {
         use control::*;
         use field::*;
         let caps = &self.capabilities;
         let mut writes = vec![
             (PIN_BASED_CONTROLS, adjust("pin-based", caps.pin, 0)?),
             // No I/O exiting and no I/O bitmaps: L0 must emulate L2's string I/O itself.
-            (PROC_BASED_CONTROLS, adjust("processor-based", caps.proc, PROC_ACTIVATE_SECONDARY)?),
-            (SECONDARY_CONTROLS, adjust("secondary", caps.secondary, SECONDARY_ENABLE_EPT)?),
-            (EXIT_CONTROLS, adjust("VM-exit", caps.exit, EXIT_HOST_ADDRESS_SPACE | EXIT_SAVE_EFER | EXIT_LOAD_EFER)?),
-            (ENTRY_CONTROLS, adjust("VM-entry", caps.entry, ENTRY_IA32E_MODE | ENTRY_LOAD_EFER)?),
+            (
+                PROC_BASED_CONTROLS,
+                adjust("processor-based", caps.proc, PROC_ACTIVATE_SECONDARY)?,
+            ),
+            (
+                SECONDARY_CONTROLS,
+                adjust("secondary", caps.secondary, SECONDARY_ENABLE_EPT)?,
+            ),
+            (
+                EXIT_CONTROLS,
+                adjust(
+                    "VM-exit",
+                    caps.exit,
+                    EXIT_HOST_ADDRESS_SPACE | EXIT_SAVE_EFER | EXIT_LOAD_EFER,
+                )?,
+            ),
+            (
+                ENTRY_CONTROLS,
+                adjust("VM-entry", caps.entry, ENTRY_IA32E_MODE | ENTRY_LOAD_EFER)?,
+            ),
             (EXCEPTION_BITMAP, 0),
-            (EPT_POINTER, nested_root | EPTP_MEMTYPE_WB | EPTP_WALK_LENGTH_4 | EPTP_ACCESSED_DIRTY),
+            (
+                EPT_POINTER,
+                nested_root | EPTP_MEMTYPE_WB | EPTP_WALK_LENGTH_4 | EPTP_ACCESSED_DIRTY,
+            ),
             (VMCS_LINK_POINTER, u64::MAX),
             (GUEST_CR0, l2.cr0),
             (GUEST_CR3, l2.cr3),
@@ -242,7 +283,16 @@ impl Vendor for Vmx {
         ];
         // ES, CS, SS, DS, FS, GS, LDTR, TR: selectors, limits, access rights and bases are four
         // arrays with the same order and stride (SDM B.1.2, B.3.3, B.4.3).
-        let segments = [l2.data, l2.code, l2.data, l2.data, l2.data, l2.data, Segment::UNUSABLE, l2.tr];
+        let segments = [
+            l2.data,
+            l2.code,
+            l2.data,
+            l2.data,
+            l2.data,
+            l2.data,
+            Segment::UNUSABLE,
+            l2.tr,
+        ];
         for (i, s) in (0u64..).zip(segments) {
             writes.push((GUEST_ES_SELECTOR + 2 * i, s.selector.into()));
             writes.push((GUEST_ES_LIMIT + 2 * i, s.limit.into()));
@@ -256,14 +306,27 @@ impl Vendor for Vmx {
         }
         Ok(ControlBlock {
             executor: Executor::Vmx,
-            writes: writes.into_iter().map(|(field, value)| FieldWrite { field, value }).collect(),
-            reads: [EXIT_REASON, EXIT_QUALIFICATION, GUEST_PHYSICAL_ADDRESS, GUEST_LINEAR_ADDRESS],
+            writes: writes
+                .into_iter()
+                .map(|(field, value)| FieldWrite { field, value })
+                .collect(),
+            reads: [
+                EXIT_REASON,
+                EXIT_QUALIFICATION,
+                GUEST_PHYSICAL_ADDRESS,
+                GUEST_LINEAR_ADDRESS,
+            ],
             revision: Some(caps.revision()),
         })
     }
 
     fn exit_fields(&self) -> &'static [&'static str] {
-        &["exit_reason", "exit_qualification", "guest_physical_address", "guest_linear_address"]
+        &[
+            "exit_reason",
+            "exit_qualification",
+            "guest_physical_address",
+            "guest_linear_address",
+        ]
     }
 
     /// SDM 28.2.1 table 28-7, as KVM synthesizes it since 7.2: the access (a page-table access
@@ -282,7 +345,11 @@ impl Vendor for Vmx {
             Fault::Unmapped => 0,
             Fault::WriteProtected => QUAL_READABLE | QUAL_EXECUTABLE,
         };
-        let stage = if final_page { QUAL_GVA_IS_VALID | QUAL_GVA_TRANSLATED } else { QUAL_GVA_IS_VALID };
+        let stage = if final_page {
+            QUAL_GVA_IS_VALID | QUAL_GVA_TRANSLATED
+        } else {
+            QUAL_GVA_IS_VALID
+        };
         let mut mask = !QUAL_ADVANCED_INFO;
         let mut notes = Vec::new();
         if !final_page && case.path == AccessPath::Hardware {
@@ -296,7 +363,10 @@ impl Vendor for Vmx {
         Expectation {
             fields: vec![
                 Expected::exact(EXIT_REASON_EPT_VIOLATION),
-                Expected { value: access | permissions | stage, mask },
+                Expected {
+                    value: access | permissions | stage,
+                    mask,
+                },
                 Expected::exact(faulting_gpa(case, site)),
                 Expected::exact(site.gva),
             ],
@@ -319,7 +389,10 @@ impl Vendor for Vmx {
         let (wanted, got) = (expected.fields[1], actual[1]);
         let mut findings = Vec::new();
         if !wanted.matches(got) {
-            findings.push(format!("exit_qualification: {}", bit_diff(wanted.value, got, wanted.mask, QUALIFICATION_BITS)));
+            findings.push(format!(
+                "exit_qualification: {}",
+                bit_diff(wanted.value, got, wanted.mask, QUALIFICATION_BITS)
+            ));
         }
         if case.path != AccessPath::Emulated {
             return findings;
@@ -365,7 +438,11 @@ fn exit_reason_name(reason: u64) -> String {
         34 => "MSR_LOADING",
         _ => "unknown",
     };
-    let failed = if reason & EXIT_REASON_ENTRY_FAILURE != 0 { ", VM-entry failure" } else { "" };
+    let failed = if reason & EXIT_REASON_ENTRY_FAILURE != 0 {
+        ", VM-entry failure"
+    } else {
+        ""
+    };
     format!("{}{failed}", name)
 }
 
@@ -378,7 +455,10 @@ fn unexpected_exit(reason: u64) -> String {
         EXIT_REASON_IO => "L1 got L2's I/O exit, though it does not ask for I/O exiting",
         _ => "not the EPT violation L1 should have received",
     };
-    format!("exit_reason {reason:#x} ({}): {meaning}", exit_reason_name(reason))
+    format!(
+        "exit_reason {reason:#x} ({}): {meaning}",
+        exit_reason_name(reason)
+    )
 }
 
 #[cfg(test)]
@@ -388,11 +468,19 @@ mod tests {
     use crate::scenario::{built_in, expand};
 
     fn site() -> FaultSite {
-        FaultSite { gva: 0x4000_0000, data_gpa: 0x21_0000, pt_page_gpa: 0x20_5000, pte_gpa: 0x20_5000 }
+        FaultSite {
+            gva: 0x4000_0000,
+            data_gpa: 0x21_0000,
+            pt_page_gpa: 0x20_5000,
+            pte_gpa: 0x20_5000,
+        }
     }
 
     fn case(id: &str) -> Case {
-        expand(&built_in().unwrap()).into_iter().find(|case| case.id() == id).unwrap()
+        expand(&built_in().unwrap())
+            .into_iter()
+            .find(|case| case.id() == id)
+            .unwrap()
     }
 
     fn vmx() -> Vmx {
@@ -406,21 +494,42 @@ mod tests {
     /// The upstream selftest's values for the four emulated scenarios (oracle.md 3).
     #[test]
     fn emulated_rows_match_the_selftest() {
-        assert_eq!(qualification("vmx/final_page_unmapped/emulated").value, 0x181);
+        assert_eq!(
+            qualification("vmx/final_page_unmapped/emulated").value,
+            0x181
+        );
         assert_eq!(qualification("vmx/pt_page_unmapped/emulated").value, 0x083);
-        assert_eq!(qualification("vmx/final_page_write_protected/emulated").value, 0x1aa);
-        assert_eq!(qualification("vmx/pt_page_write_protected/emulated").value, 0x0ab);
-        assert_eq!(qualification("vmx/pt_page_write_protected/emulated").mask, !0xe00);
+        assert_eq!(
+            qualification("vmx/final_page_write_protected/emulated").value,
+            0x1aa
+        );
+        assert_eq!(
+            qualification("vmx/pt_page_write_protected/emulated").value,
+            0x0ab
+        );
+        assert_eq!(
+            qualification("vmx/pt_page_write_protected/emulated").mask,
+            !0xe00
+        );
     }
 
     /// kvm-unit-tests' ept_access_test_not_present and paddr tests (oracle.md 6).
     #[test]
     fn hardware_rows_match_kvm_unit_tests() {
-        assert_eq!(qualification("vmx/final_page_unmapped/hardware").value, 0x181);
-        assert_eq!(qualification("vmx/final_page_write_protected/hardware").value, 0x1aa);
+        assert_eq!(
+            qualification("vmx/final_page_unmapped/hardware").value,
+            0x181
+        );
+        assert_eq!(
+            qualification("vmx/final_page_write_protected/hardware").value,
+            0x1aa
+        );
         let pt = qualification("vmx/pt_page_unmapped/hardware");
         assert_eq!(pt.value, 0x083);
-        assert!(pt.matches(0x082), "Bochs' write-only paging-structure report is accepted");
+        assert!(
+            pt.matches(0x082),
+            "Bochs' write-only paging-structure report is accepted"
+        );
         assert!(!pt.matches(0x182));
     }
 
@@ -436,19 +545,32 @@ mod tests {
         let findings = |id: &str, qualification| {
             let case = case(id);
             let expected = vmx().expect(&case, &site());
-            vmx().diagnose(&case, &expected, &[48, qualification, 0x20_5000, 0x4000_0000])
+            vmx().diagnose(
+                &case,
+                &expected,
+                &[48, qualification, 0x20_5000, 0x4000_0000],
+            )
         };
         // 6.10-7.1: bits 8:7 from the I/O exit.
         let cleared = findings("vmx/pt_page_unmapped/emulated", 0x003);
         assert!(cleared[0].contains("GVA_IS_VALID expected"), "{cleared:?}");
-        assert!(cleared[1].contains("6.10-7.1") && cleared[1].contains("96b067b59ad9"), "{cleared:?}");
+        assert!(
+            cleared[1].contains("6.10-7.1") && cleared[1].contains("96b067b59ad9"),
+            "{cleared:?}"
+        );
         // <= 6.9: stale bits, primed to the opposite stage.
         let stale = findings("vmx/final_page_unmapped/emulated", 0x081);
-        assert!(stale[1].contains("up to 6.9") && stale[1].contains("96b067b59ad9"), "{stale:?}");
+        assert!(
+            stale[1].contains("up to 6.9") && stale[1].contains("96b067b59ad9"),
+            "{stale:?}"
+        );
         // A backport onto the older walker: stage right, ACC_READ on the write.
         let backport = findings("vmx/final_page_write_protected/emulated", 0x1ab);
         assert_eq!(backport.len(), 2, "{backport:?}");
-        assert!(backport[1].contains("ACC_READ set on a write"), "{backport:?}");
+        assert!(
+            backport[1].contains("ACC_READ set on a write"),
+            "{backport:?}"
+        );
         // The hardware path has no emulator signature.
         let hardware = findings("vmx/pt_page_unmapped/hardware", 0x003);
         assert_eq!(hardware.len(), 1, "{hardware:?}");
@@ -470,7 +592,13 @@ mod tests {
             tr: Segment::TSS,
         };
         let block = vmx().control_block(&state, &state, 0x30_0000).unwrap();
-        let value = |field| block.writes.iter().find(|w| w.field == field).map(|w| w.value);
+        let value = |field| {
+            block
+                .writes
+                .iter()
+                .find(|w| w.field == field)
+                .map(|w| w.value)
+        };
         assert_eq!(block.revision, Some(0x11e5_7ed0));
         assert_eq!(value(field::EPT_POINTER), Some(0x30_005e));
         assert_eq!(value(field::PROC_BASED_CONTROLS), Some(0x8400_6172));

@@ -58,16 +58,32 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let nestfault = build_nestfault(&workspace)?;
     let unpacked = unpack(kernel, &workspace.join("target/bench").join(&kernel.label))?;
     let setups = [
-        Setup { emulator: "qemu-tcg", vendor: "svm", runs: args.qemu_runs, target: 1.15 },
-        Setup { emulator: "bochs", vendor: "vmx", runs: args.bochs_runs, target: 1.10 },
+        Setup {
+            emulator: "qemu-tcg",
+            vendor: "svm",
+            runs: args.qemu_runs,
+            target: 1.15,
+        },
+        Setup {
+            emulator: "bochs",
+            vendor: "vmx",
+            runs: args.bochs_runs,
+            target: 1.10,
+        },
     ];
     let mut over = Vec::new();
-    println!("kernel {}: bare boot vs --scenario all (median of each)", kernel.label);
+    println!(
+        "kernel {}: bare boot vs --scenario all (median of each)",
+        kernel.label
+    );
     for setup in setups.iter().filter(|setup| setup.runs > 0) {
         let mut times = [Vec::new(), Vec::new(), Vec::new()];
         // Interleaved, so that drift in the machine's load hits all alike.
         for _ in 0..setup.runs {
-            for (kind, samples) in [Boot::Bare, Boot::Kvm, Boot::Full].into_iter().zip(&mut times) {
+            for (kind, samples) in [Boot::Bare, Boot::Kvm, Boot::Full]
+                .into_iter()
+                .zip(&mut times)
+            {
                 samples.push(time(&nestfault, &unpacked, setup, kind)?);
             }
         }
@@ -105,7 +121,12 @@ enum Boot {
 /// Wall time of one `nestfault --kernel` run, checked for the outcome it must have.
 fn time(nestfault: &Path, kernel: &Unpacked, setup: &Setup, boot: Boot) -> Result<Duration> {
     let mut command = Command::new(nestfault);
-    command.arg("--kernel").arg(&kernel.image).args(["--vendor", setup.vendor, "--emulator", setup.emulator]);
+    command.arg("--kernel").arg(&kernel.image).args([
+        "--vendor",
+        setup.vendor,
+        "--emulator",
+        setup.emulator,
+    ]);
     command.args(["--scenario", "all", "--format", "json"]);
     if let (Some(modules), Boot::Kvm | Boot::Full) = (&kernel.modules, boot) {
         command.arg("--modules").arg(modules);
@@ -119,7 +140,11 @@ fn time(nestfault: &Path, kernel: &Unpacked, setup: &Setup, boot: Boot) -> Resul
     let elapsed = started.elapsed();
     // A bare boot reports nothing tested (125); a full run must have run every case (0 or 1).
     let code = output.status.code();
-    let expected = if bare { code == Some(125) } else { matches!(code, Some(0 | 1)) };
+    let expected = if bare {
+        code == Some(125)
+    } else {
+        matches!(code, Some(0 | 1))
+    };
     if !expected {
         bail!(
             "{} {} run exited {code:?}:\n{}",
@@ -136,7 +161,12 @@ fn unpack(kernel: &FetchedKernel, dir: &Path) -> Result<Unpacked> {
     if !dir.join(".unpacked").exists() {
         std::fs::create_dir_all(dir)?;
         for deb in std::iter::once(&kernel.image).chain(&kernel.modules) {
-            let status = Command::new("dpkg-deb").arg("-x").arg(deb).arg(dir).status().context("running dpkg-deb")?;
+            let status = Command::new("dpkg-deb")
+                .arg("-x")
+                .arg(deb)
+                .arg(dir)
+                .status()
+                .context("running dpkg-deb")?;
             if !status.success() {
                 bail!("dpkg-deb -x {} failed", deb.display());
             }
@@ -146,15 +176,28 @@ fn unpack(kernel: &FetchedKernel, dir: &Path) -> Result<Unpacked> {
     // Either layout (emulators.md): boot/vmlinuz-<abi> + lib/modules/<abi>, or
     // usr/lib/modules/<abi>/vmlinuz.unsigned beside its kernel/ tree.
     for modules_root in [dir.join("lib/modules"), dir.join("usr/lib/modules")] {
-        let Ok(entries) = std::fs::read_dir(&modules_root) else { continue };
+        let Ok(entries) = std::fs::read_dir(&modules_root) else {
+            continue;
+        };
         for entry in entries {
             let release_dir = entry?.path();
-            let release = release_dir.file_name().unwrap_or_default().to_string_lossy().into_owned();
-            let image = [release_dir.join("vmlinuz.unsigned"), release_dir.join("vmlinuz"), dir.join(format!("boot/vmlinuz-{release}"))]
-                .into_iter()
-                .find(|path| path.exists());
+            let release = release_dir
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            let image = [
+                release_dir.join("vmlinuz.unsigned"),
+                release_dir.join("vmlinuz"),
+                dir.join(format!("boot/vmlinuz-{release}")),
+            ]
+            .into_iter()
+            .find(|path| path.exists());
             if let Some(image) = image {
-                return Ok(Unpacked { image, modules: Some(release_dir) });
+                return Ok(Unpacked {
+                    image,
+                    modules: Some(release_dir),
+                });
             }
         }
     }

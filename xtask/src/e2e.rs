@@ -39,8 +39,14 @@ struct Known {
 
 fn known(label: &str) -> Result<Known> {
     match label {
-        "6.1" => Ok(Known { svm_fixed: false, vmx_fixed: false }),
-        "7.2" => Ok(Known { svm_fixed: true, vmx_fixed: true }),
+        "6.1" => Ok(Known {
+            svm_fixed: false,
+            vmx_fixed: false,
+        }),
+        "7.2" => Ok(Known {
+            svm_fixed: true,
+            vmx_fixed: true,
+        }),
         _ => bail!("no known results for kernel {label}: add them to xtask/src/e2e.rs"),
     }
 }
@@ -55,9 +61,18 @@ fn check(label: &str, vendor: &str, exit_code: Option<i32>, report: &Value) -> R
         }
     };
     let kernel = report["kernel"].as_str().unwrap_or("");
-    expect(kernel.starts_with(&format!("{label}.")), format!("JSON kernel is {kernel:?}, not a {label} release"));
-    let results = report["results"].as_array().map(Vec::as_slice).unwrap_or(&[]);
-    expect(results.len() == 8, format!("{} results, not 8", results.len()));
+    expect(
+        kernel.starts_with(&format!("{label}.")),
+        format!("JSON kernel is {kernel:?}, not a {label} release"),
+    );
+    let results = report["results"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    expect(
+        results.len() == 8,
+        format!("{} results, not 8", results.len()),
+    );
     let mut any_failed = false;
     for result in results {
         let field = |name: &str| result[name].as_str().unwrap_or("");
@@ -72,20 +87,40 @@ fn check(label: &str, vendor: &str, exit_code: Option<i32>, report: &Value) -> R
             };
         any_failed |= should_fail;
         let wanted = if should_fail { "fail" } else { "pass" };
-        expect(status == wanted, format!("{id}: {status}, wanted {wanted}; diagnosis: {diagnosis}"));
+        expect(
+            status == wanted,
+            format!("{id}: {status}, wanted {wanted}; diagnosis: {diagnosis}"),
+        );
         if should_fail {
-            let commit = if vendor == "svm" { "297c2fe249db" } else { "96b067b59ad9" };
-            expect(diagnosis.contains(commit), format!("{id}: the diagnosis does not name {commit}: {diagnosis}"));
+            let commit = if vendor == "svm" {
+                "297c2fe249db"
+            } else {
+                "96b067b59ad9"
+            };
+            expect(
+                diagnosis.contains(commit),
+                format!("{id}: the diagnosis does not name {commit}: {diagnosis}"),
+            );
         }
         if should_fail && vendor == "svm" {
             // GUEST_FINAL where GUEST_PAGE belongs: 0x1_0000_0006 / 0x1_0000_0007.
-            let wanted = if field("scenario") == "pt_page_unmapped" { "0x100000006" } else { "0x100000007" };
+            let wanted = if field("scenario") == "pt_page_unmapped" {
+                "0x100000006"
+            } else {
+                "0x100000007"
+            };
             let got = result["actual"]["exit_info_1"].as_str().unwrap_or("none");
-            expect(got == wanted, format!("{id}: exit_info_1 {got}, wanted {wanted}"));
+            expect(
+                got == wanted,
+                format!("{id}: exit_info_1 {got}, wanted {wanted}"),
+            );
         }
     }
     let wanted_code = if any_failed { 1 } else { 0 };
-    expect(exit_code == Some(wanted_code), format!("exit code {exit_code:?}, wanted {wanted_code}"));
+    expect(
+        exit_code == Some(wanted_code),
+        format!("exit code {exit_code:?}, wanted {wanted_code}"),
+    );
     Ok(problems)
 }
 
@@ -104,7 +139,10 @@ pub fn build_nestfault(workspace: &Path) -> Result<PathBuf> {
 }
 
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask sits in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits in the workspace")
+        .to_path_buf()
 }
 
 struct Run {
@@ -123,13 +161,20 @@ pub fn run(args: &E2eArgs) -> Result<()> {
     let nestfault = build_nestfault(&workspace)?;
     let logs = workspace.join("target/e2e");
     std::fs::create_dir_all(&logs).context("creating target/e2e")?;
-    let vendors: Vec<&'static str> =
-        ["vmx", "svm"].into_iter().filter(|v| args.vendors.is_empty() || args.vendors.iter().any(|a| a == v)).collect();
+    let vendors: Vec<&'static str> = ["vmx", "svm"]
+        .into_iter()
+        .filter(|v| args.vendors.is_empty() || args.vendors.iter().any(|a| a == v))
+        .collect();
     // Bochs runs first: they are the long ones.
     let queue: Mutex<Vec<Run>> = Mutex::new(
         vendors
             .iter()
-            .flat_map(|&vendor| fetched.iter().map(move |kernel| Run { kernel: kernel.clone(), vendor }))
+            .flat_map(|&vendor| {
+                fetched.iter().map(move |kernel| Run {
+                    kernel: kernel.clone(),
+                    vendor,
+                })
+            })
             .rev()
             .collect(),
     );
@@ -137,15 +182,25 @@ pub fn run(args: &E2eArgs) -> Result<()> {
     std::thread::scope(|scope| {
         for _ in 0..args.jobs.max(1) {
             scope.spawn(|| loop {
-                let Some(run) = queue.lock().expect("queue lock").pop() else { break };
+                let Some(run) = queue.lock().expect("queue lock").pop() else {
+                    break;
+                };
                 let outcome = run_one(&nestfault, &logs, &run);
                 let name = format!("{} {}", run.kernel.label, run.vendor);
                 match &outcome {
-                    Ok((problems, seconds)) if problems.is_empty() => println!("e2e {name}: ok ({seconds:.0} s)"),
-                    Ok((problems, seconds)) => println!("e2e {name}: FAILED ({seconds:.0} s)\n  {}", problems.join("\n  ")),
+                    Ok((problems, seconds)) if problems.is_empty() => {
+                        println!("e2e {name}: ok ({seconds:.0} s)")
+                    }
+                    Ok((problems, seconds)) => println!(
+                        "e2e {name}: FAILED ({seconds:.0} s)\n  {}",
+                        problems.join("\n  ")
+                    ),
                     Err(error) => println!("e2e {name}: FAILED: {error:#}"),
                 }
-                outcomes.lock().expect("outcome lock").push(matches!(outcome, Ok((ref problems, _)) if problems.is_empty()));
+                outcomes
+                    .lock()
+                    .expect("outcome lock")
+                    .push(matches!(outcome, Ok((ref problems, _)) if problems.is_empty()));
             });
         }
     });
@@ -153,7 +208,10 @@ pub fn run(args: &E2eArgs) -> Result<()> {
     let passed = outcomes.iter().filter(|ok| **ok).count();
     println!("{} passed, {} failed", passed, outcomes.len() - passed);
     if passed != outcomes.len() || outcomes.is_empty() {
-        bail!("end-to-end runs failed; raw consoles and reports are in {}", logs.display());
+        bail!(
+            "end-to-end runs failed; raw consoles and reports are in {}",
+            logs.display()
+        );
     }
     Ok(())
 }
@@ -165,16 +223,27 @@ fn run_one(nestfault: &Path, logs: &Path, run: &Run) -> Result<(Vec<String>, f64
     if let Some(modules) = &run.kernel.modules {
         command.arg("--modules").arg(modules);
     }
-    command.args(["--vendor", run.vendor, "--format", "json", "--console-log"]).arg(stem.with_extension("console"));
+    command
+        .args(["--vendor", run.vendor, "--format", "json", "--console-log"])
+        .arg(stem.with_extension("console"));
     let started = Instant::now();
-    let output = command.output().with_context(|| format!("running {}", nestfault.display()))?;
+    let output = command
+        .output()
+        .with_context(|| format!("running {}", nestfault.display()))?;
     let seconds = started.elapsed().as_secs_f64();
     std::fs::write(stem.with_extension("json"), &output.stdout)?;
     std::fs::write(stem.with_extension("stderr"), &output.stderr)?;
     let report: Value = serde_json::from_slice(&output.stdout).with_context(|| {
-        format!("no JSON report (exit {:?}); stderr:\n{}", output.status.code(), String::from_utf8_lossy(&output.stderr))
+        format!(
+            "no JSON report (exit {:?}); stderr:\n{}",
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr)
+        )
     })?;
-    Ok((check(&run.kernel.label, run.vendor, output.status.code(), &report)?, seconds))
+    Ok((
+        check(&run.kernel.label, run.vendor, output.status.code(), &report)?,
+        seconds,
+    ))
 }
 
 #[cfg(test)]
@@ -189,11 +258,26 @@ mod tests {
 
     fn svm_61_report() -> Value {
         let mut results = Vec::new();
-        for scenario in ["final_page_unmapped", "final_page_write_protected", "pt_page_unmapped", "pt_page_write_protected"] {
+        for scenario in [
+            "final_page_unmapped",
+            "final_page_write_protected",
+            "pt_page_unmapped",
+            "pt_page_write_protected",
+        ] {
             for path in ["emulated", "hardware"] {
                 let broken = path == "emulated" && scenario.starts_with("pt_page");
-                let info1 = if scenario == "pt_page_unmapped" { "0x100000006" } else { "0x100000007" };
-                results.push(result(scenario, path, if broken { "fail" } else { "pass" }, info1, "without 297c2fe249db"));
+                let info1 = if scenario == "pt_page_unmapped" {
+                    "0x100000006"
+                } else {
+                    "0x100000007"
+                };
+                results.push(result(
+                    scenario,
+                    path,
+                    if broken { "fail" } else { "pass" },
+                    info1,
+                    "without 297c2fe249db",
+                ));
             }
         }
         json!({"kernel": "6.1.0-56-amd64", "vendor": "svm", "results": results})
@@ -201,14 +285,24 @@ mod tests {
 
     #[test]
     fn a_correct_61_report_passes_and_a_wrong_one_does_not() {
-        assert_eq!(check("6.1", "svm", Some(1), &svm_61_report()).unwrap(), Vec::<String>::new());
-        assert_eq!(check("6.1", "svm", Some(0), &svm_61_report()).unwrap().len(), 1);
+        assert_eq!(
+            check("6.1", "svm", Some(1), &svm_61_report()).unwrap(),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            check("6.1", "svm", Some(0), &svm_61_report())
+                .unwrap()
+                .len(),
+            1
+        );
         let mut passing = svm_61_report();
         passing["results"][4]["status"] = json!("pass");
         assert!(!check("6.1", "svm", Some(1), &passing).unwrap().is_empty());
         let mut wrong_kernel = svm_61_report();
         wrong_kernel["kernel"] = json!("7.2.13+deb14-amd64");
-        assert!(!check("6.1", "svm", Some(1), &wrong_kernel).unwrap().is_empty());
+        assert!(!check("6.1", "svm", Some(1), &wrong_kernel)
+            .unwrap()
+            .is_empty());
         assert!(check("5.4", "svm", Some(1), &svm_61_report()).is_err());
     }
 }

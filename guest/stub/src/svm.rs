@@ -13,7 +13,11 @@ const VMCB_SIZE: u64 = 4096;
 pub fn run(mailbox: &mut Mailbox) -> Status {
     let vmcb = mailbox.control_block_gpa;
     let writes = mailbox.queued_writes().unwrap_or(&[]);
-    let offsets_ok = writes.iter().map(|w| w.field).chain(mailbox.reads).all(in_vmcb);
+    let offsets_ok = writes
+        .iter()
+        .map(|w| w.field)
+        .chain(mailbox.reads)
+        .all(in_vmcb);
     if !vmcb.is_multiple_of(VMCB_SIZE) || !offsets_ok {
         return Status::BadMailbox;
     }

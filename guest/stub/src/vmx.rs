@@ -66,7 +66,9 @@ fn with_address(step: VmxStep, address: u64) -> Result<(), ()> {
     unsafe {
         match step {
             VmxStep::Vmxon => asm!("vmxon [{0}]", "seta {1}", in(reg) operand, out(reg_byte) ok),
-            VmxStep::Vmclear => asm!("vmclear [{0}]", "seta {1}", in(reg) operand, out(reg_byte) ok),
+            VmxStep::Vmclear => {
+                asm!("vmclear [{0}]", "seta {1}", in(reg) operand, out(reg_byte) ok)
+            }
             _ => asm!("vmptrld [{0}]", "seta {1}", in(reg) operand, out(reg_byte) ok),
         }
     }
