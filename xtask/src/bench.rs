@@ -16,13 +16,12 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::e2e::{build_nestfault, workspace_root};
-use crate::kernels::{self, FetchedKernel};
+use crate::kernels::{self, CacheArg, FetchedKernel};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// Cache directory [default: $NESTFAULT_KERNEL_CACHE or ~/.cache/nestfault/kernels]
-    #[arg(long)]
-    pub cache: Option<PathBuf>,
+    #[command(flatten)]
+    pub cache: CacheArg,
     /// The kernel to measure: 6.1 or 7.2.
     #[arg(long, default_value = "7.2")]
     pub kernel: String,
@@ -48,11 +47,7 @@ struct Unpacked {
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
-    let cache = match &args.cache {
-        Some(cache) => cache.clone(),
-        None => kernels::default_cache_dir()?,
-    };
-    let fetched = kernels::fetch_kernels(&cache, std::slice::from_ref(&args.kernel))?;
+    let fetched = kernels::fetch_kernels(&args.cache.dir()?, std::slice::from_ref(&args.kernel))?;
     let kernel = fetched.first().context("no kernel fetched")?;
     let workspace = workspace_root();
     let nestfault = build_nestfault(&workspace)?;

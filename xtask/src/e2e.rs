@@ -11,16 +11,12 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-use crate::kernels::{self, FetchedKernel};
+use crate::kernels::{self, FetchedKernel, KernelsArgs};
 
 #[derive(clap::Args)]
 pub struct E2eArgs {
-    /// Cache directory [default: $NESTFAULT_KERNEL_CACHE or ~/.cache/nestfault/kernels]
-    #[arg(long)]
-    pub cache: Option<PathBuf>,
-    /// Only these kernels (repeatable): 6.1, 7.2
-    #[arg(long = "only", value_name = "LABEL")]
-    pub only: Vec<String>,
+    #[command(flatten)]
+    pub kernels: KernelsArgs,
     /// Only this vendor (repeatable): svm, vmx
     #[arg(long = "vendor", value_name = "VENDOR")]
     pub vendors: Vec<String>,
@@ -151,12 +147,8 @@ struct Run {
 }
 
 pub fn run(args: &E2eArgs) -> Result<()> {
-    let cache = match &args.cache {
-        Some(cache) => cache.clone(),
-        None => kernels::default_cache_dir()?,
-    };
     // Fetching is idempotent: packages already in the cache are not downloaded again.
-    let fetched = kernels::fetch_kernels(&cache, &args.only)?;
+    let fetched = kernels::fetch_kernels(&args.kernels.cache.dir()?, &args.kernels.only)?;
     let workspace = workspace_root();
     let nestfault = build_nestfault(&workspace)?;
     let logs = workspace.join("target/e2e");

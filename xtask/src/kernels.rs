@@ -16,10 +16,26 @@ const CACHE_ENV: &str = "NESTFAULT_KERNEL_CACHE";
 pub const MANIFEST: &str = "manifest.tsv";
 
 #[derive(clap::Args)]
-pub struct KernelsArgs {
+pub struct CacheArg {
     /// Cache directory [default: $NESTFAULT_KERNEL_CACHE or ~/.cache/nestfault/kernels]
     #[arg(long)]
-    pub cache: Option<PathBuf>,
+    cache: Option<PathBuf>,
+}
+
+impl CacheArg {
+    pub fn dir(&self) -> Result<PathBuf> {
+        match &self.cache {
+            Some(dir) => Ok(dir.clone()),
+            None => default_cache_dir(),
+        }
+    }
+}
+
+/// Which kernels, from which cache: shared by the tasks that use them.
+#[derive(clap::Args)]
+pub struct KernelsArgs {
+    #[command(flatten)]
+    pub cache: CacheArg,
     /// Only these kernels (repeatable): 6.1, 7.2
     #[arg(long = "only", value_name = "LABEL")]
     pub only: Vec<String>,
@@ -102,7 +118,7 @@ impl FetchedKernel {
     }
 }
 
-pub fn default_cache_dir() -> Result<PathBuf> {
+fn default_cache_dir() -> Result<PathBuf> {
     if let Some(dir) = std::env::var_os(CACHE_ENV) {
         return Ok(PathBuf::from(dir));
     }
@@ -127,10 +143,7 @@ pub fn read_manifest(cache: &Path) -> Result<Vec<FetchedKernel>> {
 }
 
 pub fn run(args: &KernelsArgs) -> Result<()> {
-    let cache = match &args.cache {
-        Some(dir) => dir.clone(),
-        None => default_cache_dir()?,
-    };
+    let cache = args.cache.dir()?;
     for label in &args.only {
         if !KERNELS.iter().any(|spec| spec.label == label) {
             bail!(
