@@ -6,7 +6,10 @@ use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use kvm_bindings::{kvm_segment, kvm_userspace_memory_region, CpuId, Msrs, KVM_MAX_CPUID_ENTRIES};
+use kvm_bindings::{
+    kvm_segment, kvm_userspace_memory_region, nested::KvmNestedStateBuffer, CpuId, Msrs,
+    KVM_MAX_CPUID_ENTRIES, KVM_STATE_NESTED_GUEST_MODE,
+};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use nestfault_protocol::{Mailbox, Status, DONE_PORT, MAILBOX_GPA};
 use thiserror::Error;
@@ -360,13 +363,25 @@ impl Vm {
 
     /// The vCPU's registers, for error reports. While L2 runs these are L2's.
     fn registers(&self) -> String {
+        let level = self
+            .running_level()
+            .map_or(String::new(), |level| format!("({level}) "));
         match (self.vcpu.get_regs(), self.vcpu.get_sregs()) {
             (Ok(regs), Ok(sregs)) => format!(
-                "rip={:#x} rsp={:#x} rax={:#x} rflags={:#x} cr0={:#x} cr3={:#x} cr4={:#x} efer={:#x} cs={:#x}",
+                "{level}rip={:#x} rsp={:#x} rax={:#x} rflags={:#x} cr0={:#x} cr3={:#x} cr4={:#x} efer={:#x} cs={:#x}",
                 regs.rip, regs.rsp, regs.rax, regs.rflags, sregs.cr0, sregs.cr3, sregs.cr4, sregs.efer, sregs.cs.selector
             ),
             (Err(error), _) | (_, Err(error)) => format!("(registers unavailable: {error})"),
         }
+    }
+
+    /// Whose registers those are: KVM_GET_NESTED_STATE says whether L2 was running. `None` where
+    /// the kernel cannot say (no nesting offered).
+    fn running_level(&self) -> Option<&'static str> {
+        let mut state = KvmNestedStateBuffer::empty();
+        self.vcpu.nested_state(&mut state).ok()?;
+        let in_l2 = u32::from(state.flags) & KVM_STATE_NESTED_GUEST_MODE != 0;
+        Some(if in_l2 { "L2" } else { "L1" })
     }
 }
 
