@@ -1,5 +1,6 @@
-//! Loads the L1 stub: an ELF64 x86-64 executable linked at a fixed address (guest/stub/link.ld).
-//! Only what a static, relocation-free image needs: the header and its PT_LOAD segments.
+//! Just enough of ELF64 (little endian) for nestfault's three uses: loading the L1 stub's
+//! segments, reading a kernel module's `.modinfo` section, and finding an executable's
+//! interpreter and needed libraries. Every read is bounds-checked: the input may be a user's file.
 
 use std::ops::Range;
 
@@ -10,12 +11,178 @@ use crate::paging::PhysImage;
 /// The stub, built by build.rs for x86_64-unknown-none.
 pub const L1_STUB: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/l1-stub.elf"));
 
+const ET_EXEC: u16 = 2;
+const PT_LOAD: u32 = 1;
+const PT_DYNAMIC: u32 = 2;
+const PT_INTERP: u32 = 3;
+const DT_NULL: u64 = 0;
+const DT_NEEDED: u64 = 1;
+const DT_STRTAB: u64 = 5;
+pub(crate) const EM_X86_64: u16 = 62;
+
+pub(crate) struct Elf<'a> {
+    data: &'a [u8],
+    pub(crate) machine: u16,
+}
+
+struct ProgramHeader {
+    kind: u32,
+    offset: u64,
+    vaddr: u64,
+    paddr: u64,
+    filesz: u64,
+    memsz: u64,
+}
+
+impl<'a> Elf<'a> {
+    pub(crate) fn parse(data: &'a [u8]) -> Result<Self, String> {
+        if data.get(..4) != Some(b"\x7fELF") {
+            return Err("not an ELF file".into());
+        }
+        if data.get(4) != Some(&2) || data.get(5) != Some(&1) {
+            return Err("not a 64-bit little-endian ELF file".into());
+        }
+        let machine = read_u16(data, 18).ok_or("truncated ELF header")?;
+        Ok(Elf { data, machine })
+    }
+
+    fn field_u16(&self, at: usize) -> Result<usize, String> {
+        read_u16(self.data, at)
+            .map(usize::from)
+            .ok_or_else(|| "truncated ELF header".into())
+    }
+
+    fn field_u64(&self, at: usize) -> Result<u64, String> {
+        read_u64(self.data, at).ok_or_else(|| "truncated ELF header".into())
+    }
+
+    fn slice(&self, offset: u64, len: u64) -> Result<&'a [u8], String> {
+        let start = usize::try_from(offset).map_err(|_| "offset out of range")?;
+        let len = usize::try_from(len).map_err(|_| "size out of range")?;
+        start
+            .checked_add(len)
+            .and_then(|end| self.data.get(start..end))
+            .ok_or_else(|| "a header points past the end of the file".into())
+    }
+
+    /// The contents of the section called `name`, if there is one.
+    pub(crate) fn section(&self, name: &str) -> Result<Option<&'a [u8]>, String> {
+        let shoff = self.field_u64(40)?;
+        let entsize = self.field_u16(58)?;
+        let count = self.field_u16(60)?;
+        let names_index = self.field_u16(62)?;
+        if shoff == 0 || count == 0 {
+            return Ok(None);
+        }
+        let header = |index: usize| -> Result<&'a [u8], String> {
+            self.slice(
+                shoff.saturating_add((index * entsize) as u64),
+                entsize.max(64) as u64,
+            )
+        };
+        let names = header(names_index)?;
+        let names = self.slice(
+            read_u64(names, 24).unwrap_or(0),
+            read_u64(names, 32).unwrap_or(0),
+        )?;
+        for index in 0..count {
+            let sh = header(index)?;
+            let name_offset = read_u32(sh, 0).unwrap_or(0) as usize;
+            if c_str_at(names, name_offset) == Some(name.as_bytes()) {
+                let (offset, size) = (read_u64(sh, 24), read_u64(sh, 32));
+                return self.slice(offset.unwrap_or(0), size.unwrap_or(0)).map(Some);
+            }
+        }
+        Ok(None)
+    }
+
+    fn program_headers(&self) -> Result<Vec<ProgramHeader>, String> {
+        let phoff = self.field_u64(32)?;
+        let entsize = self.field_u16(54)?;
+        let count = self.field_u16(56)?;
+        (0..count)
+            .map(|index| {
+                let ph = self.slice(
+                    phoff.saturating_add((index * entsize) as u64),
+                    entsize.max(56) as u64,
+                )?;
+                Ok(ProgramHeader {
+                    kind: read_u32(ph, 0).unwrap_or(0),
+                    offset: read_u64(ph, 8).unwrap_or(0),
+                    vaddr: read_u64(ph, 16).unwrap_or(0),
+                    paddr: read_u64(ph, 24).unwrap_or(0),
+                    filesz: read_u64(ph, 32).unwrap_or(0),
+                    memsz: read_u64(ph, 40).unwrap_or(0),
+                })
+            })
+            .collect()
+    }
+
+    /// The program interpreter (PT_INTERP), e.g. /lib64/ld-linux-x86-64.so.2;
+    /// None for a static executable.
+    pub(crate) fn interpreter(&self) -> Result<Option<String>, String> {
+        for ph in self.program_headers()? {
+            if ph.kind == PT_INTERP {
+                let bytes = self.slice(ph.offset, ph.filesz)?;
+                let path = c_str_at(bytes, 0).ok_or("unterminated PT_INTERP")?;
+                return Ok(Some(String::from_utf8_lossy(path).into_owned()));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The DT_NEEDED entries of the dynamic section, in order.
+    pub(crate) fn needed_libraries(&self) -> Result<Vec<String>, String> {
+        let headers = self.program_headers()?;
+        let Some(dynamic) = headers.iter().find(|ph| ph.kind == PT_DYNAMIC) else {
+            return Ok(Vec::new());
+        };
+        let entries = self.slice(dynamic.offset, dynamic.filesz)?;
+        let mut needed_offsets = Vec::new();
+        let mut strtab_vaddr = None;
+        for entry in entries.chunks_exact(16) {
+            let tag = read_u64(entry, 0).unwrap_or(DT_NULL);
+            let value = read_u64(entry, 8).unwrap_or(0);
+            match tag {
+                DT_NULL => break,
+                DT_NEEDED => needed_offsets.push(value),
+                DT_STRTAB => strtab_vaddr = Some(value),
+                _ => {}
+            }
+        }
+        if needed_offsets.is_empty() {
+            return Ok(Vec::new());
+        }
+        // DT_STRTAB is a virtual address: find the loaded segment holding it.
+        let vaddr = strtab_vaddr.ok_or("dynamic section without DT_STRTAB")?;
+        let segment = headers
+            .iter()
+            .find(|ph| {
+                ph.kind == PT_LOAD
+                    && (ph.vaddr..ph.vaddr.saturating_add(ph.filesz)).contains(&vaddr)
+            })
+            .ok_or("DT_STRTAB lies outside every loaded segment")?;
+        let strtab = self.slice(
+            segment.offset.saturating_add(vaddr - segment.vaddr),
+            segment.filesz - (vaddr - segment.vaddr),
+        )?;
+        needed_offsets
+            .into_iter()
+            .map(|offset| {
+                let name = usize::try_from(offset)
+                    .ok()
+                    .and_then(|offset| c_str_at(strtab, offset))
+                    .ok_or("DT_NEEDED points outside the string table")?;
+                Ok(String::from_utf8_lossy(name).into_owned())
+            })
+            .collect()
+    }
+}
+
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ElfError {
-    #[error("not an ELF64 little-endian x86-64 executable")]
-    NotAnExecutable,
-    #[error("truncated at offset {0:#x}")]
-    Truncated(u64),
+    #[error("not an ELF64 little-endian x86-64 executable: {0}")]
+    NotAnExecutable(String),
     #[error("segment {start:#x}..{end:#x} lies outside the stub's region {region:#x?}")]
     OutOfRegion {
         start: u64,
@@ -24,89 +191,90 @@ pub enum ElfError {
     },
 }
 
-const PT_LOAD: u32 = 1;
-const ET_EXEC: u16 = 2;
-const EM_X86_64: u16 = 62;
-
-fn field<const N: usize>(bytes: &[u8], offset: u64) -> Result<[u8; N], ElfError> {
-    usize::try_from(offset)
-        .ok()
-        .and_then(|start| bytes.get(start..start.checked_add(N)?))
-        .map(|slice| slice.try_into().expect("N bytes"))
-        .ok_or(ElfError::Truncated(offset))
-}
-
-fn u16_at(bytes: &[u8], offset: u64) -> Result<u16, ElfError> {
-    field(bytes, offset).map(u16::from_le_bytes)
-}
-
-fn u32_at(bytes: &[u8], offset: u64) -> Result<u32, ElfError> {
-    field(bytes, offset).map(u32::from_le_bytes)
-}
-
-fn u64_at(bytes: &[u8], offset: u64) -> Result<u64, ElfError> {
-    field(bytes, offset).map(u64::from_le_bytes)
-}
-
-/// Copies the PT_LOAD segments of `elf` into `memory` (each must lie in `region`, zero-filling
-/// their .bss part) and returns the entry point.
-pub fn load(elf: &[u8], memory: &mut PhysImage, region: Range<u64>) -> Result<u64, ElfError> {
-    let ident = field::<6>(elf, 0)?;
-    if ident != [0x7f, b'E', b'L', b'F', 2, 1]
-        || u16_at(elf, 16)? != ET_EXEC
-        || u16_at(elf, 18)? != EM_X86_64
-    {
-        return Err(ElfError::NotAnExecutable);
+/// Loads the L1 stub, a static executable linked at a fixed address (guest/stub/link.ld): copies
+/// its PT_LOAD segments to their physical addresses in `memory` (each must lie in `region`,
+/// zero-filling their .bss part) and returns the entry point.
+pub fn load(image: &[u8], memory: &mut PhysImage, region: Range<u64>) -> Result<u64, ElfError> {
+    let elf = Elf::parse(image).map_err(ElfError::NotAnExecutable)?;
+    let kind = elf.field_u16(16).map_err(ElfError::NotAnExecutable)?;
+    if kind != usize::from(ET_EXEC) || elf.machine != EM_X86_64 {
+        return Err(ElfError::NotAnExecutable(format!(
+            "type {kind}, machine {}",
+            elf.machine
+        )));
     }
-    let entry = u64_at(elf, 24)?;
-    let (phoff, phentsize, phnum) = (u64_at(elf, 32)?, u16_at(elf, 54)?, u16_at(elf, 56)?);
-    for i in 0..u64::from(phnum) {
-        let header = phoff + i * u64::from(phentsize);
-        if u32_at(elf, header)? != PT_LOAD {
-            continue;
-        }
-        let (offset, paddr, filesz, memsz) = (
-            u64_at(elf, header + 8)?,
-            u64_at(elf, header + 24)?,
-            u64_at(elf, header + 32)?,
-            u64_at(elf, header + 40)?,
-        );
-        let end = paddr
-            .checked_add(memsz)
-            .filter(|&end| paddr >= region.start && end <= region.end && filesz <= memsz);
-        let Some(end) = end else {
-            return Err(ElfError::OutOfRegion {
-                start: paddr,
-                end: paddr.saturating_add(memsz),
-                region,
-            });
-        };
-        let contents = usize::try_from(offset)
-            .ok()
-            .and_then(|start| elf.get(start..start.checked_add(usize::try_from(filesz).ok()?)?))
-            .ok_or(ElfError::Truncated(offset))?;
-        let out_of_region = |_| ElfError::OutOfRegion {
-            start: paddr,
-            end,
+    let entry = elf.field_u64(24).map_err(ElfError::NotAnExecutable)?;
+    let headers = elf.program_headers().map_err(ElfError::NotAnExecutable)?;
+    for ph in headers.iter().filter(|ph| ph.kind == PT_LOAD) {
+        let out_of_region = || ElfError::OutOfRegion {
+            start: ph.paddr,
+            end: ph.paddr.saturating_add(ph.memsz),
             region: region.clone(),
         };
+        let end = ph.paddr.checked_add(ph.memsz).ok_or_else(out_of_region)?;
+        if ph.paddr < region.start || end > region.end || ph.filesz > ph.memsz {
+            return Err(out_of_region());
+        }
+        let contents = elf
+            .slice(ph.offset, ph.filesz)
+            .map_err(ElfError::NotAnExecutable)?;
         memory
-            .write("the stub", paddr, contents)
-            .map_err(out_of_region)?;
+            .write("the stub", ph.paddr, contents)
+            .map_err(|_| out_of_region())?;
+        let bss = vec![0; (ph.memsz - ph.filesz) as usize];
         memory
-            .write(
-                "the stub",
-                paddr + filesz,
-                &vec![0; (memsz - filesz) as usize],
-            )
-            .map_err(out_of_region)?;
+            .write("the stub", ph.paddr + ph.filesz, &bss)
+            .map_err(|_| out_of_region())?;
     }
     Ok(entry)
+}
+
+fn read_u16(data: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(data.get(at..at + 2)?.try_into().ok()?))
+}
+
+fn read_u32(data: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(data.get(at..at + 4)?.try_into().ok()?))
+}
+
+fn read_u64(data: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(data.get(at..at + 8)?.try_into().ok()?))
+}
+
+/// The NUL-terminated string starting at `at`, without its terminator.
+fn c_str_at(data: &[u8], at: usize) -> Option<&[u8]> {
+    let rest = data.get(at..)?;
+    let len = rest.iter().position(|&b| b == 0)?;
+    Some(&rest[..len])
 }
 
 #[cfg(test)]
 pub mod tests {
     use super::*;
+
+    #[test]
+    fn rejects_non_elf() {
+        assert!(Elf::parse(b"MZ\x90\x00").is_err());
+        assert!(Elf::parse(b"\x7fELF\x01\x01").is_err());
+    }
+
+    #[test]
+    fn reads_this_test_binary() {
+        let exe = std::env::current_exe().unwrap();
+        let data = std::fs::read(exe).unwrap();
+        let elf = Elf::parse(&data).unwrap();
+        assert_eq!(elf.machine, EM_X86_64);
+        // Built for the glibc host target, the test binary is dynamic.
+        let interp = elf.interpreter().unwrap().expect("PT_INTERP");
+        assert!(interp.contains("ld-linux"), "{interp}");
+        let needed = elf.needed_libraries().unwrap();
+        assert!(
+            needed.iter().any(|lib| lib.starts_with("libc.so")),
+            "{needed:?}"
+        );
+        assert!(elf.section(".text").unwrap().is_some());
+        assert!(elf.section(".no-such-section").unwrap().is_none());
+    }
 
     /// A minimal executable: one PT_LOAD of `hlt` at 0x10_0000, entry there.
     pub fn tiny_stub() -> Vec<u8> {
@@ -155,11 +323,10 @@ pub mod tests {
     #[test]
     fn bad_images_are_rejected() {
         let mut memory = memory();
-        assert_eq!(load(b"MZ", &mut memory, 0..1), Err(ElfError::Truncated(0)));
-        assert_eq!(
-            load(&[0; 64], &mut memory, 0..1),
-            Err(ElfError::NotAnExecutable)
-        );
+        for garbage in [&b"MZ"[..], &[0; 64]] {
+            let error = load(garbage, &mut memory, 0..1).unwrap_err();
+            assert!(matches!(error, ElfError::NotAnExecutable(_)), "{error}");
+        }
         let error = load(&tiny_stub(), &mut memory, 0x20_0000..0x30_0000).unwrap_err();
         assert!(
             matches!(
@@ -175,7 +342,7 @@ pub mod tests {
         truncated.truncate(0x60);
         assert!(matches!(
             load(&truncated, &mut memory, 0x10_0000..0x20_0000),
-            Err(ElfError::Truncated(_))
+            Err(ElfError::NotAnExecutable(_))
         ));
     }
 }

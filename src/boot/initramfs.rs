@@ -7,12 +7,12 @@ use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use super::elf::{Elf, EM_X86_64};
 use super::error::BootError;
 use super::inner::paths;
 use super::kernel::PreparedKernel;
 use super::modules;
 use super::KvmVendor;
+use crate::elf::{Elf, EM_X86_64};
 
 /// Where the dynamic linker of a Debian system finds libraries without an
 /// ld.so.cache; libraries are searched here and put at the same place.

@@ -31,7 +31,6 @@ mod bochs;
 mod compression;
 mod console;
 mod deb;
-mod elf;
 mod emulator;
 mod error;
 mod initramfs;

@@ -9,8 +9,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::compression::Compression;
-use super::elf::Elf;
 use super::error::BootError;
+use crate::elf::Elf;
 
 /// A module ready to be put into the initramfs: decompressed, with its modinfo.
 pub(crate) struct ResolvedModule {
