@@ -7,13 +7,13 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Parser;
 
 use crate::boot::{self, BootEnd, BootOptions, Emulator, KernelInput, KvmVendor};
 use crate::repeat;
 use crate::runner::RunOptions;
-use crate::scenario::{Case, VendorKind};
+use crate::scenario::{self, Case, VendorKind};
 use crate::selection;
 use crate::verdict::{Status, Verdict};
 use crate::Cli;
@@ -117,9 +117,15 @@ fn kvm_vendor(kind: VendorKind) -> KvmVendor {
 /// The outer side: one boot per vendor, all of that vendor's cases in it. Returns the kernel's
 /// release and a verdict per selected case.
 pub fn run(cli: &Cli, image: &Path, all: &[Case]) -> anyhow::Result<(String, Vec<Verdict>)> {
-    if cli.scenarios_dir.is_some() {
-        bail!("--scenarios-dir cannot be combined with --kernel: the guest runs the built-in scenarios");
-    }
+    // The guest gets the --scenarios-dir files in its initramfs.
+    let scenario_files = match &cli.scenarios_dir {
+        Some(dir) => scenario::read_dir(dir)?,
+        None => Vec::new(),
+    };
+    let files: Vec<(String, Vec<u8>)> = scenario_files
+        .into_iter()
+        .map(|(name, text)| (name, text.into_bytes()))
+        .collect();
     let vendors = cli.explicit_vendors().unwrap_or(VendorKind::ALL.to_vec());
     let cases = selection::select(all, &cli.scenarios, &vendors, cli.path)?;
     let workdir =
@@ -160,8 +166,18 @@ pub fn run(cli: &Cli, image: &Path, all: &[Case]) -> anyhow::Result<(String, Vec
         if cli.bare_boot {
             inner_args.push("--bare-boot".into());
         }
+        if !files.is_empty() {
+            inner_args.extend(["--scenarios-dir".into(), boot::GUEST_FILES_DIR.into()]);
+        }
         let initramfs = workdir.path().join(format!("initramfs-{kind}.cpio.gz"));
-        boot::build_initramfs(&exe, &kernel, kvm_vendor(kind), &inner_args, &initramfs)?;
+        boot::build_initramfs(
+            &exe,
+            &kernel,
+            kvm_vendor(kind),
+            &inner_args,
+            &files,
+            &initramfs,
+        )?;
         let outcome = match boot::choose_emulator(cli.emulator.requested(), kvm_vendor(kind)) {
             Ok(emulator) => boot_and_collect(cli, emulator, &kernel, &initramfs, kind),
             Err(error) => Outcome {

@@ -136,9 +136,25 @@ pub struct CpuState {
 pub struct FaultSite {
     pub gva: u64,
     pub data_gpa: u64,
-    /// The leaf page-table page that maps `gva`, and the entry's own address in it.
-    pub pt_page_gpa: u64,
-    pub pte_gpa: u64,
+    /// The GPAs of the entries on the walk of `gva`: `[0]` its page-table entry, `[1]` its
+    /// page-directory entry.
+    pub entry_gpas: [u64; 2],
+}
+
+impl FaultSite {
+    /// The GPA of the L2 paging-structure entry that lives in the page `target` breaks; `None`
+    /// for the final page.
+    pub fn entry_gpa(&self, target: Target) -> Option<u64> {
+        target
+            .table_level()
+            .map(|level| self.entry_gpas[level as usize - 1])
+    }
+
+    /// The GPA of the page `target` breaks.
+    pub fn broken_page(&self, target: Target) -> u64 {
+        self.entry_gpa(target)
+            .map_or(self.data_gpa, |entry| entry & !(PAGE_SIZE - 1))
+    }
 }
 
 /// Everything the VM needs to start L1 on a case.
@@ -192,8 +208,8 @@ pub fn build(case: &Case, vendor: &dyn Vendor, stub: &[u8]) -> Result<GuestImage
     let data = memory.alloc_page("the data page")?;
     l2_tables.map(&mut memory, FAULT_GVA, data, Perms::RWX)?;
     let prime = match case.scenario.target {
-        Target::FinalPage => Prime::Walk,
-        Target::PtPage => Prime::Final,
+        Target::Final => Prime::Walk,
+        Target::PageTable | Target::PageDirectory => Prime::Final,
     };
     memory.align_pool(PREFETCH_GROUP);
     let prime_gva = match prime {
@@ -209,12 +225,13 @@ pub fn build(case: &Case, vendor: &dyn Vendor, stub: &[u8]) -> Result<GuestImage
             gva
         }
     };
-    let pte_gpa = l2_tables.leaf_entry(&memory, FAULT_GVA)?;
     let site = FaultSite {
         gva: FAULT_GVA,
         data_gpa: data,
-        pt_page_gpa: pte_gpa & !(PAGE_SIZE - 1),
-        pte_gpa,
+        entry_gpas: [
+            l2_tables.entry(&memory, FAULT_GVA, 1)?,
+            l2_tables.entry(&memory, FAULT_GVA, 2)?,
+        ],
     };
     let program = l2_program(case, prime_gva, vendor.done_instruction());
     memory.write("L2 code", code, &program)?;
@@ -223,10 +240,7 @@ pub fn build(case: &Case, vendor: &dyn Vendor, stub: &[u8]) -> Result<GuestImage
     memory.align_pool(PREFETCH_GROUP);
     let nested = PageTable::new(vendor.nested_format(), &mut memory)?;
     nested.identity_map(&mut memory, 0, MEMORY_SIZE)?;
-    let broken = match case.scenario.target {
-        Target::FinalPage => site.data_gpa,
-        Target::PtPage => site.pt_page_gpa,
-    };
+    let broken = site.broken_page(case.scenario.target);
     let perms = match case.scenario.fault {
         Fault::Unmapped => None,
         Fault::WriteProtected => Some(Perms::READ_EXEC),
@@ -386,18 +400,20 @@ mod tests {
             let image = build(&case, vendor.as_ref(), &crate::elf::tests::tiny_stub()).unwrap();
             let site = image.site;
             assert_eq!(site.gva % (2 << 20), 0);
-            assert_eq!(site.pte_gpa, site.pt_page_gpa, "leaf entry index 0");
+            for entry in site.entry_gpas {
+                assert_eq!(
+                    entry % PAGE_SIZE,
+                    0,
+                    "entries of index 0, for page-aligned reports"
+                );
+            }
             let mailbox = image.memory.read("", MAILBOX_GPA, 64).unwrap();
             assert_eq!(&mailbox[..8], b"NFMAILBX");
             let nested = PageTable {
                 format,
                 root: nested_root(&image, format),
             };
-            let broken = if case.scenario.target == Target::PtPage {
-                site.pt_page_gpa
-            } else {
-                site.data_gpa
-            };
+            let broken = site.broken_page(case.scenario.target);
             let expected = if case.scenario.fault == Fault::Unmapped {
                 None
             } else {
@@ -406,7 +422,7 @@ mod tests {
             assert_eq!(nested.translate(&image.memory, broken).unwrap(), expected);
             assert_eq!(
                 nested
-                    .translate(&image.memory, site.data_gpa ^ broken ^ site.pt_page_gpa)
+                    .translate(&image.memory, site.data_gpa ^ broken ^ site.entry_gpas[0])
                     .unwrap()
                     .map(|t| t.1),
                 Some(Perms::RWX)

@@ -68,7 +68,7 @@ pub struct Cli {
     #[arg(long, value_name = "SECONDS")]
     timeout: Option<u64>,
 
-    /// Load scenarios from this directory instead of the built-in ones.
+    /// Also load the scenarios in this directory (*.toml), e.g. scenarios/extra.
     #[arg(long, value_name = "DIR")]
     scenarios_dir: Option<PathBuf>,
 
@@ -103,7 +103,7 @@ pub struct Cli {
 impl Cli {
     fn cases(&self) -> anyhow::Result<Vec<Case>> {
         let scenarios = match &self.scenarios_dir {
-            Some(dir) => scenario::load_dir(dir)?,
+            Some(dir) => scenario::with_dir(dir)?,
             None => scenario::built_in().context("a built-in scenario is broken")?,
         };
         Ok(scenario::expand(&scenarios))

@@ -254,9 +254,15 @@ impl PageTable {
 
     /// The GPA of the leaf entry that maps `address`.
     pub fn leaf_entry(&self, image: &PhysImage, address: u64) -> Result<u64, LayoutError> {
+        self.entry(image, address, 1)
+    }
+
+    /// The GPA of the entry at `level` (1: page table, 2: page directory, ...) on the walk of
+    /// `address`; the levels above it must be present.
+    pub fn entry(&self, image: &PhysImage, address: u64, level: u32) -> Result<u64, LayoutError> {
         let mut table = self.root;
-        for level in (2..=LEVELS).rev() {
-            let entry = image.read_u64("a page-table entry", table + 8 * index(address, level))?;
+        for upper in (level + 1..=LEVELS).rev() {
+            let entry = image.read_u64("a page-table entry", table + 8 * index(address, upper))?;
             if !self.format.is_present(entry) {
                 return Err(LayoutError::NotMapped {
                     format: self.format,
@@ -265,7 +271,7 @@ impl PageTable {
             }
             table = entry & ADDRESS_MASK;
         }
-        Ok(table + 8 * index(address, 1))
+        Ok(table + 8 * index(address, level))
     }
 
     /// Rewrites the leaf entry of `address` with new permissions, or clears it (`None`: unmapped).
@@ -370,6 +376,8 @@ mod tests {
         let pd = image.read_u64("", pdpt + 16).unwrap() & ADDRESS_MASK;
         let pt = image.read_u64("", pd + 24).unwrap() & ADDRESS_MASK;
         assert_eq!(table.leaf_entry(&image, address).unwrap(), pt + 32);
+        assert_eq!(table.entry(&image, address, 2).unwrap(), pd + 24);
+        assert_eq!(table.entry(&image, address, 4).unwrap(), table.root + 8);
         assert_eq!(image.read_u64("", pt + 32).unwrap(), 0x5003);
     }
 

@@ -16,9 +16,26 @@ const BUILT_IN: &[(&str, &str)] = include!(concat!(env!("OUT_DIR"), "/scenarios.
 #[serde(rename_all = "snake_case")]
 pub enum Target {
     /// The entry mapping the GPA of the data page L2 accesses.
-    FinalPage,
+    #[serde(rename = "final_page")]
+    Final,
     /// The entry mapping the GPA of L2's leaf page-table page for that access.
-    PtPage,
+    #[serde(rename = "pt_page")]
+    PageTable,
+    /// The entry mapping the GPA of L2's page-directory page for that access.
+    #[serde(rename = "pd_page")]
+    PageDirectory,
+}
+
+impl Target {
+    /// The L2 paging level whose table page is broken (1: page table, 2: page directory), or
+    /// `None` for the final page.
+    pub fn table_level(self) -> Option<u32> {
+        match self {
+            Target::Final => None,
+            Target::PageTable => Some(1),
+            Target::PageDirectory => Some(2),
+        }
+    }
 }
 
 /// How that entry is broken.
@@ -220,33 +237,55 @@ pub fn built_in() -> Result<Vec<Scenario>, ScenarioError> {
         .collect()
 }
 
-/// The scenarios in `dir` (every `*.toml`), for trying new scenarios without rebuilding.
-pub fn load_dir(dir: &Path) -> Result<Vec<Scenario>, ScenarioError> {
+/// The `*.toml` files in `dir` as (file name, contents), in name order.
+pub fn read_dir(dir: &Path) -> Result<Vec<(String, String)>, ScenarioError> {
     let unreadable = |error: std::io::Error| ScenarioError::Unreadable {
         dir: dir.display().to_string(),
         message: error.to_string(),
     };
-    let mut files = Vec::new();
+    let mut paths = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(unreadable)? {
         let path = entry.map_err(unreadable)?.path();
         if path.extension().is_some_and(|ext| ext == "toml") {
-            files.push(path);
+            paths.push(path);
         }
     }
-    files.sort();
-    if files.is_empty() {
+    paths.sort();
+    if paths.is_empty() {
         return Err(ScenarioError::Unreadable {
             dir: dir.display().to_string(),
             message: "no *.toml files".into(),
         });
     }
-    files
+    paths
         .iter()
         .map(|path| {
-            let text = std::fs::read_to_string(path).map_err(unreadable)?;
-            parse(&path.display().to_string(), &text)
+            let name = path
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            Ok((name, std::fs::read_to_string(path).map_err(unreadable)?))
         })
         .collect()
+}
+
+/// The built-in scenarios, then those in `dir` (for trying new ones without rebuilding); a name
+/// may occur once.
+pub fn with_dir(dir: &Path) -> Result<Vec<Scenario>, ScenarioError> {
+    let mut scenarios = built_in()?;
+    for (name, text) in read_dir(dir)? {
+        let file = dir.join(&name).display().to_string();
+        let scenario = parse(&file, &text)?;
+        if scenarios.iter().any(|known| known.name == scenario.name) {
+            return Err(ScenarioError::Invalid {
+                file,
+                message: format!("a scenario named {} exists already", scenario.name),
+            });
+        }
+        scenarios.push(scenario);
+    }
+    Ok(scenarios)
 }
 
 /// Every case of `scenarios`, vendor-major, so one vendor's cases run (and boot) together.
@@ -287,7 +326,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(scenario.name, "x");
-        assert_eq!(scenario.target, Target::PtPage);
+        assert_eq!(scenario.target, Target::PageTable);
         assert_eq!(scenario.paths, AccessPath::ALL);
         assert_eq!(scenario.vendors, VendorKind::ALL);
     }

@@ -264,8 +264,7 @@ mod tests {
     const SITE: FaultSite = FaultSite {
         gva: 0x4000_0000,
         data_gpa: 0x21_0000,
-        pt_page_gpa: 0x20_5000,
-        pte_gpa: 0x20_5000,
+        entry_gpas: [0x20_5000, 0x20_4000],
     };
 
     fn observed(exit: [u64; 4]) -> Observation {

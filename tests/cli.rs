@@ -86,6 +86,32 @@ fn malformed_scenario_file_names_file_and_line() {
 }
 
 #[test]
+fn extra_scenarios_add_to_the_built_in_ones_and_may_not_shadow_them() {
+    let extra = concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios/extra");
+    let output = nestfault(&["--list", "--scenarios-dir", extra]);
+    assert_eq!(output.status.code(), Some(0));
+    let stdout = text(&output.stdout);
+    assert_eq!(stdout.lines().count(), 32, "{stdout}");
+    assert!(
+        stdout.contains("vmx/pd_page_unmapped/hardware\n"),
+        "{stdout}"
+    );
+
+    let dir = std::env::temp_dir().join(format!("nestfault-cli-dup-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let body = "summary = \"x\"\ntarget = \"pt_page\"\nfault = \"unmapped\"\naccess = \"read\"\n";
+    std::fs::write(dir.join("pt_page_unmapped.toml"), body).unwrap();
+    let output = nestfault(&["--scenarios-dir", dir.to_str().unwrap(), "--list"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(output.status.code(), Some(255));
+    assert!(
+        text(&output.stderr).contains("exists already"),
+        "{}",
+        text(&output.stderr)
+    );
+}
+
+#[test]
 fn missing_kernel_image_is_a_clear_harness_error() {
     let output = nestfault(&["--kernel", "/nonexistent/bzImage"]);
     assert_eq!(output.status.code(), Some(255));

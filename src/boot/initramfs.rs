@@ -25,12 +25,14 @@ const LIBRARY_DIRS: [&str; 6] = [
     "/usr/lib",
 ];
 
-/// Builds the initramfs at `out`. See the module documentation for its contents.
+/// Builds the initramfs at `out`. See the module documentation for its contents. `files` (name,
+/// contents) go to [`GUEST_FILES_DIR`](super::GUEST_FILES_DIR) for the inner nestfault to read.
 pub fn build_initramfs(
     init_exe: &Path,
     kernel: &PreparedKernel,
     vendor: KvmVendor,
     inner_args: &[String],
+    files: &[(String, Vec<u8>)],
     out: &Path,
 ) -> Result<(), BootError> {
     let init = fs::read(init_exe).map_err(|e| BootError::io("read", init_exe, e))?;
@@ -44,7 +46,15 @@ pub fn build_initramfs(
     let gzip = flate2::write::GzEncoder::new(BufWriter::new(file), flate2::Compression::none());
     let mut cpio = CpioWriter::new(gzip);
     let written: io::Result<()> = (|| {
-        for dir in ["dev", "proc", "sys", "tmp", "root", paths::MODULES_DIR] {
+        for dir in [
+            "dev",
+            "proc",
+            "sys",
+            "tmp",
+            "root",
+            paths::MODULES_DIR,
+            paths::FILES_DIR,
+        ] {
             cpio.dir(dir.trim_start_matches('/'))?;
         }
         // The kernel opens /dev/console for init's stdio before anything is mounted.
@@ -75,6 +85,10 @@ pub fn build_initramfs(
             .flat_map(|arg| arg.bytes().chain([0]))
             .collect();
         cpio.file(paths::ARGS.trim_start_matches('/'), 0o644, &args)?;
+        for (name, contents) in files {
+            let path = format!("{}/{name}", paths::FILES_DIR);
+            cpio.file(path.trim_start_matches('/'), 0o644, contents)?;
+        }
         cpio.file(
             paths::VENDOR.trim_start_matches('/'),
             0o644,

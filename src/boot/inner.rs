@@ -21,6 +21,8 @@ pub(crate) mod paths {
     pub(crate) const ARGS: &str = "/nestfault/args";
     /// `amd` or `intel`.
     pub(crate) const VENDOR: &str = "/nestfault/vendor";
+    /// The caller's own files (build_initramfs's `files`), by name.
+    pub const FILES_DIR: &str = "/nestfault/files";
 }
 
 /// Printed on the console once /init runs; the host reports "init running".

@@ -49,6 +49,7 @@ use std::time::Duration;
 pub use emulator::choose_emulator;
 pub use error::BootError;
 pub use initramfs::build_initramfs;
+pub use inner::paths::FILES_DIR as GUEST_FILES_DIR;
 pub use inner::{inner_setup, power_off, running_as_init};
 pub use kernel::{prepare_kernel, KernelInput, PreparedKernel};
 pub use tempdir::PrivateDir;

@@ -9,7 +9,7 @@ use nestfault_protocol::{Executor, FieldWrite, EXIT_FIELDS};
 
 use crate::layout::{BuildError, CpuState, FaultSite};
 use crate::paging::{Format, PAGE_SIZE};
-use crate::scenario::{AccessPath, Case, Target};
+use crate::scenario::{AccessPath, Case};
 
 pub use svm::Svm;
 pub use vmx::{Vmx, VmxCapabilities};
@@ -79,11 +79,11 @@ pub trait Vendor {
 /// The emulator reports the page-aligned GPA of the page it failed to reach (data page or leaf
 /// PT page); the CPU the exact byte, or the address of the page-table entry it was reading.
 pub fn faulting_gpa(case: &Case, site: &FaultSite) -> u64 {
-    match (case.scenario.target, case.path) {
-        (Target::FinalPage, AccessPath::Emulated) => site.data_gpa,
-        (Target::FinalPage, AccessPath::Hardware) => site.data_gpa | (site.gva & (PAGE_SIZE - 1)),
-        (Target::PtPage, AccessPath::Emulated) => site.pt_page_gpa,
-        (Target::PtPage, AccessPath::Hardware) => site.pte_gpa,
+    let target = case.scenario.target;
+    match (case.path, site.entry_gpa(target)) {
+        (AccessPath::Emulated, _) => site.broken_page(target),
+        (AccessPath::Hardware, None) => site.data_gpa | (site.gva & (PAGE_SIZE - 1)),
+        (AccessPath::Hardware, Some(entry)) => entry,
     }
 }
 

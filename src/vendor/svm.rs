@@ -228,7 +228,7 @@ impl Vendor for Svm {
     /// page-table page asks for write (A/D updates), in KVM's walker as in AMD's.
     fn expect(&self, case: &Case, site: &FaultSite) -> Expectation {
         let scenario = &case.scenario;
-        let final_page = scenario.target == Target::FinalPage;
+        let final_page = scenario.target == Target::Final;
         let mut error_code = PFERR_USER;
         if scenario.fault == Fault::WriteProtected {
             error_code |= PFERR_PRESENT;
@@ -320,8 +320,7 @@ mod tests {
         FaultSite {
             gva: 0x4000_0000,
             data_gpa: 0x21_0000,
-            pt_page_gpa: 0x20_5000,
-            pte_gpa: 0x20_5000,
+            entry_gpas: [0x20_5000, 0x20_4000],
         }
     }
 
@@ -365,6 +364,37 @@ mod tests {
             0x1_0000_0007
         );
         assert_eq!(exit_info_1("svm/pt_page_unmapped/hardware"), 0x2_0000_0006);
+    }
+
+    /// A page-directory page is a guest page-table page like any other: GUEST_PAGE, and the
+    /// emulator reports the page while the CPU reports the entry.
+    #[test]
+    fn page_directory_faults_are_guest_page_faults() {
+        let text =
+            "summary = \"s\"\ntarget = \"pd_page\"\nfault = \"unmapped\"\naccess = \"read\"\n";
+        let scenario = crate::scenario::parse("pd_page_unmapped.toml", text).unwrap();
+        let site = FaultSite {
+            entry_gpas: [0x20_5000, 0x20_4008],
+            ..site()
+        };
+        for case in expand(&[scenario])
+            .iter()
+            .filter(|case| case.id().starts_with("svm/"))
+        {
+            let expectation = Svm.expect(case, &site);
+            assert_eq!(
+                expectation.fields[1],
+                Expected::exact(0x2_0000_0006),
+                "{}",
+                case.id()
+            );
+            let gpa = if case.path == AccessPath::Emulated {
+                0x20_4000
+            } else {
+                0x20_4008
+            };
+            assert_eq!(expectation.fields[2], Expected::exact(gpa), "{}", case.id());
+        }
     }
 
     #[test]

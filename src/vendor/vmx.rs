@@ -335,7 +335,7 @@ impl Vendor for Vmx {
     /// and GVA_TRANSLATED when the fault is on the final translation.
     fn expect(&self, case: &Case, site: &FaultSite) -> Expectation {
         let scenario = &case.scenario;
-        let final_page = scenario.target == Target::FinalPage;
+        let final_page = scenario.target == Target::Final;
         let access = match (final_page, scenario.access) {
             (true, Access::Read) => QUAL_READ,
             (true, Access::Write) => QUAL_WRITE,
@@ -412,7 +412,7 @@ impl Vendor for Vmx {
             )),
         }
         let write_with_read = case.scenario.access == Access::Write
-            && case.scenario.target == Target::FinalPage
+            && case.scenario.target == Target::Final
             && got & (QUAL_READ | QUAL_WRITE) == QUAL_READ | QUAL_WRITE;
         if write_with_read {
             findings.push(
@@ -471,8 +471,7 @@ mod tests {
         FaultSite {
             gva: 0x4000_0000,
             data_gpa: 0x21_0000,
-            pt_page_gpa: 0x20_5000,
-            pte_gpa: 0x20_5000,
+            entry_gpas: [0x20_5000, 0x20_4000],
         }
     }
 
