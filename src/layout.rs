@@ -20,6 +20,7 @@
 use nestfault_protocol::{Mailbox, MAILBOX_GPA, MAX_WRITES};
 
 use crate::elf;
+use crate::mailbox::GuestMailbox;
 use crate::paging::{Format, LayoutError, PageTable, Perms, PhysImage, PAGE_SIZE};
 use crate::scenario::{Access, AccessPath, Case, Fault, Target};
 use crate::vendor::{ControlBlock, Vendor};
@@ -312,11 +313,7 @@ fn write_mailbox(
     mailbox.write_count = block.writes.len() as u64;
     mailbox.writes[..block.writes.len()].copy_from_slice(&block.writes);
     mailbox.reads = block.reads;
-    memory.write(
-        "the mailbox",
-        MAILBOX_GPA,
-        &crate::vm::mailbox_bytes(&mailbox),
-    )?;
+    memory.write("the mailbox", MAILBOX_GPA, &GuestMailbox::bytes(&mailbox))?;
     Ok(())
 }
 
@@ -436,22 +433,17 @@ mod tests {
 
     /// The nested root, as the control block tells L1: SVM's NESTED_CR3, VMX's EPT pointer.
     fn nested_root(image: &GuestImage, format: Format) -> u64 {
-        let mailbox = image
+        let bytes = image
             .memory
-            .read(
-                "the mailbox",
-                MAILBOX_GPA,
-                std::mem::size_of::<Mailbox>() as u64,
-            )
+            .read("the mailbox", MAILBOX_GPA, PAGE_SIZE)
             .unwrap();
-        let word = |i: usize| u64::from_le_bytes(mailbox[8 * i..8 * i + 8].try_into().unwrap());
+        let mailbox = GuestMailbox::from_bytes(bytes).unwrap();
         let field = if format == Format::Npt { 0xb0 } else { 0x201a };
-        // magic, version, executor, host-save, control block, count, then (field, value) pairs.
-        (0..word(5) as usize)
-            .map(|i| (word(6 + 2 * i), word(7 + 2 * i)))
-            .find(|&(f, _)| f == field)
+        let write = mailbox
+            .queued_writes()
             .unwrap()
-            .1
-            & !0xfff
+            .iter()
+            .find(|write| write.field == field);
+        write.unwrap().value & !0xfff
     }
 }

@@ -5,6 +5,7 @@ mod boot;
 mod elf;
 mod kernel_mode;
 mod layout;
+mod mailbox;
 mod paging;
 mod repeat;
 mod report;

@@ -13,9 +13,10 @@ use kvm_bindings::{
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use nestfault_protocol::{Mailbox, Status, DONE_PORT, MAILBOX_GPA};
 use thiserror::Error;
-use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use crate::layout::{GuestImage, Segment, L2_IO_PORT, RFLAGS_FIXED};
+use crate::mailbox::GuestMailbox;
 use crate::paging::PAGE_SIZE;
 use crate::scenario::VendorKind;
 
@@ -335,7 +336,7 @@ impl Vm {
     }
 
     fn mailbox(&self) -> Result<Mailbox, VmError> {
-        let wrapper: MailboxBytes = self
+        let wrapper: GuestMailbox = self
             .memory
             .read_obj(GuestAddress(MAILBOX_GPA))
             .map_err(|error| VmError::Memory(error.to_string()))?;
@@ -411,25 +412,6 @@ fn kvm_segment_of(segment: Segment) -> kvm_segment {
         unusable: bit(16),
         padding: 0,
     }
-}
-
-/// The mailbox as guest-memory bytes.
-#[derive(Clone, Copy)]
-#[repr(transparent)]
-struct MailboxBytes(Mailbox);
-
-impl Default for MailboxBytes {
-    fn default() -> Self {
-        MailboxBytes(Mailbox::new(nestfault_protocol::Executor::Svm))
-    }
-}
-
-// SAFETY: Mailbox is #[repr(C)] and made only of u64s and arrays of #[repr(C)] u64 pairs: no
-// padding, and every bit pattern is a valid value.
-unsafe impl ByteValued for MailboxBytes {}
-
-pub fn mailbox_bytes(mailbox: &Mailbox) -> Vec<u8> {
-    MailboxBytes(*mailbox).as_slice().to_vec()
 }
 
 extern "C" fn ignore_signal(_: libc::c_int) {}
@@ -627,14 +609,5 @@ mod tests {
         let tr = kvm_segment_of(Segment::TSS);
         assert_eq!((tr.type_, tr.s, tr.present), (0xb, 0, 1));
         assert_eq!(kvm_segment_of(Segment::UNUSABLE).unusable, 1);
-    }
-
-    #[test]
-    fn mailbox_bytes_round_trip() {
-        let mut mailbox = Mailbox::new(nestfault_protocol::Executor::Vmx);
-        mailbox.exit[2] = 0x1234;
-        let bytes = mailbox_bytes(&mailbox);
-        assert_eq!(bytes.len(), std::mem::size_of::<Mailbox>());
-        assert_eq!(&bytes[..8], b"NFMAILBX");
     }
 }
