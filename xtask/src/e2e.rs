@@ -63,9 +63,10 @@ fn check(
         }
     };
     let kernel = report["kernel"].as_str().unwrap_or("");
+    let series = kernels::series(label).context("a kernel label without a series")?;
     expect(
-        kernel.starts_with(&format!("{label}.")),
-        format!("JSON kernel is {kernel:?}, not a {label} release"),
+        series.accepts(kernel),
+        format!("JSON kernel is {kernel:?}, not of {series:?}"),
     );
     let results = report["results"]
         .as_array()

@@ -60,8 +60,47 @@ struct KernelSpec {
     image_suffix: &'static str,
     /// `<prefix><abi><suffix>` is the modules package, when split off.
     modules: Option<(&'static str, &'static str)>,
-    /// The ABI starts with this (the kernel series).
-    abi_prefix: &'static str,
+    series: Series,
+}
+
+/// Which kernel series a spec takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Series {
+    /// Exactly this major.minor.
+    Exactly(u32, u32),
+    /// This major.minor or a later one, the newest available: unstable moves on, and every later
+    /// series has the fixes too.
+    AtLeast(u32, u32),
+}
+
+impl Series {
+    /// Whether a kernel ABI or release (`7.2.13+deb14`, `6.1.0-56-amd64`) is of this series.
+    pub fn accepts(self, release: &str) -> bool {
+        let mut numbers = release.split(['.', '-', '+']).map(str::parse::<u32>);
+        let (Some(Ok(major)), Some(Ok(minor))) = (numbers.next(), numbers.next()) else {
+            return false;
+        };
+        match self {
+            Series::Exactly(a, b) => (major, minor) == (a, b),
+            Series::AtLeast(a, b) => (major, minor) >= (a, b),
+        }
+    }
+
+    /// What package names of this series start with after the image prefix, for apt's search.
+    fn name_prefix(self) -> String {
+        match self {
+            Series::Exactly(major, minor) => format!("{major}.{minor}."),
+            Series::AtLeast(..) => String::new(),
+        }
+    }
+}
+
+/// The series behind a kernel label (`6.1`, `7.2`), for the e2e checks.
+pub fn series(label: &str) -> Option<Series> {
+    KERNELS
+        .iter()
+        .find(|spec| spec.label == label)
+        .map(|spec| spec.series)
 }
 
 const KERNELS: &[KernelSpec] = &[
@@ -72,16 +111,17 @@ const KERNELS: &[KernelSpec] = &[
         image_prefix: "linux-image-",
         image_suffix: "-amd64-unsigned",
         modules: None,
-        abi_prefix: "6.1.",
+        series: Series::Exactly(6, 1),
     },
-    // Unstable: the image and the modules in separate packages.
+    // Unstable: the image and the modules in separate packages. 7.2 has the fixes; when unstable
+    // moves to a later series, that is what gets tested.
     KernelSpec {
         label: "7.2",
         suite: Suite::Private("sid"),
         image_prefix: "linux-binary-unsigned-",
         image_suffix: "-amd64",
         modules: Some(("linux-modules-", "-amd64")),
-        abi_prefix: "7.2.",
+        series: Series::AtLeast(7, 2),
     },
 ];
 
@@ -223,10 +263,11 @@ fn fetch(spec: &KernelSpec, cache: &Path) -> Result<FetchedKernel> {
 
 fn no_package_message(spec: &KernelSpec, apt: &Apt) -> String {
     format!(
-        "no package {}{}*{} found in {}",
+        "no package {}{}*{} ({:?}) found in {}",
         spec.image_prefix,
-        spec.abi_prefix,
+        spec.series.name_prefix(),
         spec.image_suffix,
+        spec.series,
         apt.label()
     )
 }
@@ -236,7 +277,7 @@ fn newest(spec: &KernelSpec, apt: &Apt) -> Result<Option<(String, String, String
     let pattern = format!(
         "^{}{}",
         regex_escape(spec.image_prefix),
-        regex_escape(spec.abi_prefix)
+        regex_escape(&spec.series.name_prefix())
     );
     let names: Vec<String> = apt
         .search_names(&pattern)?
@@ -261,7 +302,7 @@ fn abi_of<'a>(spec: &KernelSpec, package: &'a str) -> Option<&'a str> {
         .replace("+deb", "")
         .bytes()
         .all(|b| b.is_ascii_digit() || b == b'.' || b == b'-');
-    (abi.starts_with(spec.abi_prefix) && plain).then_some(abi)
+    (spec.series.accepts(abi) && plain).then_some(abi)
 }
 
 fn regex_escape(text: &str) -> String {
@@ -347,7 +388,23 @@ mod tests {
             abi_of(sid, "linux-binary-unsigned-7.2.13+deb14-cloud-amd64"),
             None
         );
-        assert_eq!(abi_of(sid, "linux-binary-unsigned-7.3.1+deb14-amd64"), None);
+        // Unstable moving on to a later series still gives a fixed kernel; an older one is not.
+        assert_eq!(
+            abi_of(sid, "linux-binary-unsigned-7.3.1+deb14-amd64"),
+            Some("7.3.1+deb14")
+        );
+        assert_eq!(abi_of(sid, "linux-binary-unsigned-7.1.9+deb14-amd64"), None);
+    }
+
+    #[test]
+    fn series_take_releases_and_abis() {
+        assert!(Series::Exactly(6, 1).accepts("6.1.0-56-amd64"));
+        assert!(!Series::Exactly(6, 1).accepts("6.12.0-1-amd64"));
+        assert!(Series::AtLeast(7, 2).accepts("7.2.13+deb14-amd64"));
+        assert!(Series::AtLeast(7, 2).accepts("8.0.1"));
+        assert!(!Series::AtLeast(7, 2).accepts("6.19.0"));
+        assert!(!Series::AtLeast(7, 2).accepts("garbage"));
+        assert_eq!(series("7.2"), Some(Series::AtLeast(7, 2)));
     }
 
     #[test]
