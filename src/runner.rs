@@ -33,7 +33,7 @@ pub fn run(
             return cases
                 .iter()
                 .map(|case| {
-                    report(
+                    announce(
                         on_verdict,
                         Verdict::without_run(case, Status::Skip, error.to_string()),
                     )
@@ -60,7 +60,7 @@ pub fn run(
         if case.path == AccessPath::Hardware {
             hardware_results.insert((case.vendor, case.scenario.name.clone()), verdict.clone());
         }
-        verdicts[i] = Some(report(on_verdict, verdict));
+        verdicts[i] = Some(announce(on_verdict, verdict));
     }
     verdicts
         .into_iter()
@@ -68,7 +68,8 @@ pub fn run(
         .collect()
 }
 
-fn report(on_verdict: &mut dyn FnMut(&Verdict), verdict: Verdict) -> Verdict {
+/// Hands `verdict` to `on_verdict` as it lands, and keeps it.
+fn announce(on_verdict: &mut dyn FnMut(&Verdict), verdict: Verdict) -> Verdict {
     on_verdict(&verdict);
     verdict
 }
