@@ -10,6 +10,18 @@
 //! without padding surprises.
 #![no_std]
 
+/// `from_raw` for a fieldless enum: the listed variant whose discriminant is `raw`, so that the
+/// numbers are written once, in the enum.
+macro_rules! from_raw {
+    ($type:ident, $repr:ty, [$($variant:ident),* $(,)?]) => {
+        impl $type {
+            pub fn from_raw(raw: $repr) -> Option<Self> {
+                [$(Self::$variant),*].into_iter().find(|variant| *variant as $repr == raw)
+            }
+        }
+    };
+}
+
 /// Guest-physical address of the mailbox page, identity-mapped in L1.
 pub const MAILBOX_GPA: u64 = 0x1000;
 
@@ -49,19 +61,11 @@ pub enum Executor {
     TestGarbage = 0x13,
 }
 
-impl Executor {
-    pub fn from_raw(raw: u64) -> Option<Self> {
-        match raw {
-            1 => Some(Self::Svm),
-            2 => Some(Self::Vmx),
-            0x10 => Some(Self::TestEcho),
-            0x11 => Some(Self::TestHang),
-            0x12 => Some(Self::TestTripleFault),
-            0x13 => Some(Self::TestGarbage),
-            _ => None,
-        }
-    }
-}
+from_raw!(
+    Executor,
+    u64,
+    [Svm, Vmx, TestEcho, TestHang, TestTripleFault, TestGarbage]
+);
 
 /// What the stub reports through [`DONE_PORT`]. The low 8 bits are the kind; for VMX instruction
 /// failures `Mailbox::detail` says which step failed and the VM-instruction error number.
@@ -79,16 +83,7 @@ pub enum Status {
 /// What [`Executor::TestGarbage`] reports: no [`Status`] has this value.
 pub const GARBAGE_STATUS: u32 = 0xdead_beef;
 
-impl Status {
-    pub fn from_raw(raw: u32) -> Option<Self> {
-        match raw {
-            0 => Some(Self::Exited),
-            1 => Some(Self::BadMailbox),
-            2 => Some(Self::VmxInstructionFailed),
-            _ => None,
-        }
-    }
-}
+from_raw!(Status, u32, [Exited, BadMailbox, VmxInstructionFailed]);
 
 /// The VMX step that failed, stored in bits 63:32 of `Mailbox::detail`; bits 31:0 hold the
 /// VM-instruction error (0 when the failure was VMfailInvalid), and for VMWRITE bits 31:16 hold the
@@ -104,19 +99,11 @@ pub enum VmxStep {
     Vmread = 6,
 }
 
-impl VmxStep {
-    pub fn from_raw(raw: u32) -> Option<Self> {
-        match raw {
-            1 => Some(Self::Vmxon),
-            2 => Some(Self::Vmclear),
-            3 => Some(Self::Vmptrld),
-            4 => Some(Self::Vmwrite),
-            5 => Some(Self::Vmlaunch),
-            6 => Some(Self::Vmread),
-            _ => None,
-        }
-    }
-}
+from_raw!(
+    VmxStep,
+    u32,
+    [Vmxon, Vmclear, Vmptrld, Vmwrite, Vmlaunch, Vmread]
+);
 
 /// Packs a VMX failure into `Mailbox::detail`.
 pub const fn vmx_detail(step: VmxStep, index: u16, instruction_error: u16) -> u64 {
@@ -217,6 +204,28 @@ mod tests {
         let mut mailbox = Mailbox::new(Executor::Svm);
         mailbox.executor = 7;
         assert_eq!(mailbox.validate(), Err(Status::BadMailbox));
+    }
+
+    #[test]
+    fn raw_values_round_trip() {
+        for executor in [
+            Executor::Svm,
+            Executor::Vmx,
+            Executor::TestEcho,
+            Executor::TestGarbage,
+        ] {
+            assert_eq!(Executor::from_raw(executor as u64), Some(executor));
+        }
+        assert_eq!(
+            Status::from_raw(Status::VmxInstructionFailed as u32),
+            Some(Status::VmxInstructionFailed)
+        );
+        assert_eq!(Status::from_raw(GARBAGE_STATUS), None);
+        assert_eq!(
+            VmxStep::from_raw(VmxStep::Vmread as u32),
+            Some(VmxStep::Vmread)
+        );
+        assert_eq!(Executor::from_raw(0), None);
     }
 
     #[test]
