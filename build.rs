@@ -13,7 +13,33 @@ fn main() {
     embed_scenarios(&manifest_dir, &out_dir);
 }
 
+/// rustup installs the targets rust-toolchain.toml lists when it installs the toolchain, but not
+/// into a toolchain that was already there: add the guest's target then, so that a fresh clone
+/// builds with no manual step.
+fn ensure_guest_target() {
+    const TARGET: &str = "x86_64-unknown-none";
+    let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let sysroot = Command::new(rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()
+        .map(|output| PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()));
+    let installed = sysroot.is_some_and(|root| root.join("lib/rustlib").join(TARGET).exists());
+    let toolchain = env::var("RUSTUP_TOOLCHAIN");
+    if let (false, Ok(toolchain)) = (installed, toolchain) {
+        println!("cargo:warning=installing the {TARGET} target (for the L1 stub) into {toolchain}");
+        let status = Command::new("rustup")
+            .args(["target", "add", "--toolchain", &toolchain, TARGET])
+            .status();
+        assert!(
+            status.is_ok_and(|status| status.success()),
+            "`rustup target add {TARGET}` failed; install the target by hand"
+        );
+    }
+}
+
 fn build_stub(manifest_dir: &Path, out_dir: &Path) {
+    ensure_guest_target();
     let stub_dir = manifest_dir.join("guest/stub");
     for watched in [
         "guest/stub/src",
