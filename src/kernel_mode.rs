@@ -144,6 +144,9 @@ pub fn run(cli: &Cli, image: &Path, all: &[Case]) -> anyhow::Result<(String, Vec
     let mut release = kernel.release.clone();
     let mut verdicts = Vec::new();
     for kind in VendorKind::ALL {
+        if crate::interrupt::requested() {
+            break;
+        }
         let vendor_cases: Vec<Case> = cases
             .iter()
             .filter(|case| case.vendor == kind)

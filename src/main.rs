@@ -3,6 +3,7 @@
 
 mod boot;
 mod elf;
+mod interrupt;
 mod kernel_mode;
 mod layout;
 mod mailbox;
@@ -135,7 +136,13 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    match run(&cli) {
+    interrupt::install();
+    let result = run(&cli);
+    if interrupt::requested() {
+        eprintln!("nestfault: interrupted; the report above (if any) is partial");
+        return ExitCode::from(report::exit_code::HARNESS);
+    }
+    match result {
         Ok(code) => ExitCode::from(code),
         Err(error) => {
             eprintln!("nestfault: error: {error:#}");

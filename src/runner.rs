@@ -54,6 +54,9 @@ pub fn run(
     for i in order {
         let case = &cases[i];
         let verdict = match vm::missing_nested_support(&cpuid, case.vendor) {
+            _ if crate::interrupt::requested() => {
+                Verdict::without_run(case, Status::Error, "not run: interrupted".into())
+            }
             Some(reason) => Verdict::without_run(case, Status::Skip, reason),
             None => run_one(&kvm, &cpuid, case, options, &hardware_results),
         };

@@ -278,6 +278,9 @@ impl Vm {
         const MAX_L2_PORT_ACCESSES: u32 = 16;
         let mut l2_io = L2Io::default();
         loop {
+            if crate::interrupt::requested() {
+                return Ok(self.stopped("interrupted (SIGINT or SIGTERM)".to_string()));
+            }
             if Instant::now() >= deadline {
                 return Ok(self.stopped(
                     "timeout: the guest did not report within the time limit".to_string(),

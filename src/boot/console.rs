@@ -319,8 +319,9 @@ pub(crate) fn watch(
         let panic_over = state.panic_at.is_some_and(|at| now >= at + PANIC_GRACE);
         let status = match status {
             Some(status) => status,
-            None if now >= deadline || panic_over => {
-                timed_out = !panic_over;
+            // Interrupted: stop the emulator, so that its temporary files go with us.
+            None if now >= deadline || panic_over || crate::interrupt::requested() => {
+                timed_out = now >= deadline;
                 let _ = running.child.kill();
                 running
                     .child

@@ -208,7 +208,15 @@ pub fn run(args: &E2eArgs) -> Result<()> {
             });
         }
     });
-    let outcomes = outcomes.into_inner().expect("outcome lock");
+    let mut outcomes = outcomes.into_inner().expect("outcome lock");
+    if let Some(kernel) = fetched.first() {
+        let outcome = interruption(&nestfault, kernel);
+        match &outcome {
+            Ok(seconds) => println!("e2e interrupt: ok (ended {seconds:.1} s after SIGTERM)"),
+            Err(error) => println!("e2e interrupt: FAILED: {error:#}"),
+        }
+        outcomes.push(outcome.is_ok());
+    }
     let passed = outcomes.iter().filter(|ok| **ok).count();
     println!("{} passed, {} failed", passed, outcomes.len() - passed);
     if passed != outcomes.len() || outcomes.is_empty() {
@@ -218,6 +226,52 @@ pub fn run(args: &E2eArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// SIGTERM in the middle of a boot: nestfault must stop the emulator, remove its temporary
+/// directories and exit 255 within seconds; returns how long it took.
+fn interruption(nestfault: &Path, kernel: &FetchedKernel) -> Result<f64> {
+    let mut command = Command::new(nestfault);
+    command.arg("--kernel").arg(&kernel.image);
+    if let Some(modules) = &kernel.modules {
+        command.arg("--modules").arg(modules);
+    }
+    let mut child = command
+        .args(["--vendor", "svm", "--emulator", "qemu-tcg"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("starting nestfault")?;
+    // Long enough to be unpacking or booting, well before the run could end.
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    let pid = i32::try_from(child.id()).context("a pid out of range")?;
+    // SAFETY: sends SIGTERM to our own child, which has not been waited for, so the pid is its.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let signalled = Instant::now();
+    let deadline = signalled + std::time::Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!("still running 10 s after SIGTERM");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let seconds = signalled.elapsed().as_secs_f64();
+    if status.code() != Some(255) {
+        bail!("exit {:?} after SIGTERM, wanted 255", status.code());
+    }
+    let leftover: Vec<_> = std::fs::read_dir(std::env::temp_dir())?
+        .filter_map(|entry| entry.ok())
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("nestfault-") && name.contains(&format!("-{pid}-")))
+        .collect();
+    if !leftover.is_empty() {
+        bail!("temporary directories left behind: {leftover:?}");
+    }
+    Ok(seconds)
 }
 
 /// How many cases `nestfault --list` selects for `vendor` with the extra scenarios.
