@@ -158,8 +158,6 @@ pub fn run(cli: &Cli, image: &Path, all: &[Case]) -> anyhow::Result<(String, Vec
         let mut inner_args = vec![
             "--vendor".to_string(),
             kind.name().to_string(),
-            "--format".into(),
-            "json".into(),
             "--repeat".into(),
             cli.repeat.to_string(),
         ];
@@ -172,7 +170,7 @@ pub fn run(cli: &Cli, image: &Path, all: &[Case]) -> anyhow::Result<(String, Vec
         if !files.is_empty() {
             inner_args.extend(["--scenarios-dir".into(), boot::GUEST_FILES_DIR.into()]);
         }
-        let initramfs = workdir.path().join(format!("initramfs-{kind}.cpio.gz"));
+        let initramfs = workdir.path().join(format!("initramfs-{kind}.cpio"));
         boot::build_initramfs(
             &exe,
             &kernel,

@@ -29,7 +29,7 @@ pub(crate) const XORRISO: Requirement = Requirement {
 fn isolinux_cfg(cmdline: &str) -> String {
     format!(
         "SERIAL 0 115200\nDEFAULT nestfault\nPROMPT 0\nTIMEOUT 0\n\
-         LABEL nestfault\n  KERNEL /vmlinuz\n  APPEND initrd=/initrd.gz {cmdline}\n"
+         LABEL nestfault\n  KERNEL /vmlinuz\n  APPEND initrd=/initrd {cmdline}\n"
     )
 }
 
@@ -67,7 +67,7 @@ pub(crate) fn build_iso(
         .arg("-graft-points")
         .arg(graft("/isolinux", &loader_dir))
         .arg(graft("/vmlinuz", kernel))
-        .arg(graft("/initrd.gz", initramfs))
+        .arg(graft("/initrd", initramfs))
         .output()
         .map_err(|cause| BootError::Spawn {
             program: "xorriso".into(),
@@ -102,6 +102,6 @@ mod tests {
     fn config_boots_at_once_on_serial() {
         let cfg = isolinux_cfg("console=ttyS0,115200 quiet");
         assert!(cfg.starts_with("SERIAL 0 115200\n"));
-        assert!(cfg.contains("APPEND initrd=/initrd.gz console=ttyS0,115200 quiet\n"));
+        assert!(cfg.contains("APPEND initrd=/initrd console=ttyS0,115200 quiet\n"));
     }
 }

@@ -11,7 +11,7 @@
 //!   packages in either layout (bookworm's single `linux-image-*-unsigned`;
 //!   unstable's `linux-binary-unsigned-*` + `linux-modules-*`, found next to
 //!   each other). Packages are unpacked in pure Rust (ar, tar, xz/zstd/gzip).
-//! - Initramfs (gzip'd newc cpio): `/init` (the given executable), its ELF
+//! - Initramfs (uncompressed newc cpio): `/init` (the given executable), its ELF
 //!   interpreter and libraries at their host paths, `/dev/console`, and under
 //!   `/nestfault/`: `modules/<name>.ko` (decompressed), `modules.load`
 //!   (load order with parameters, dependencies from each module's

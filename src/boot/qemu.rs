@@ -99,7 +99,7 @@ mod tests {
             release: "6.1.0-40-amd64".into(),
             modules_dir: None,
         };
-        let command = command(Emulator::QemuTcg, &kernel, Path::new("/k/initrd.gz"), 1024);
+        let command = command(Emulator::QemuTcg, &kernel, Path::new("/k/initrd"), 1024);
         let args: Vec<String> = command
             .get_args()
             .map(|a| a.to_string_lossy().into_owned())
@@ -109,7 +109,7 @@ mod tests {
         assert!(joined.contains("-nic none"));
         assert!(joined.contains("-display none"));
         assert!(joined.contains("-no-reboot"));
-        assert!(joined.contains("-kernel /k/vmlinuz -initrd /k/initrd.gz"));
+        assert!(joined.contains("-kernel /k/vmlinuz -initrd /k/initrd"));
         assert_eq!(args.last().unwrap(), KERNEL_CMDLINE);
     }
 }
