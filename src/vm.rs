@@ -2,7 +2,6 @@
 //! with long-standing ioctls only (KVM_SET_USER_MEMORY_REGION, KVM_SET_CPUID2, KVM_SET_SREGS,
 //! KVM_SET_MSRS, ...), so it runs on every kernel a bisect may land on.
 
-use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -143,7 +142,8 @@ pub struct L2Io {
 
 /// A VM with L1's memory and one vCPU.
 pub struct Vm {
-    vm: VmFd,
+    /// Held, not used. Fields drop in order: the VM and its vCPU go before `memory` is unmapped.
+    _vm: VmFd,
     vcpu: VcpuFd,
     memory: GuestMemoryMmap,
 }
@@ -166,25 +166,21 @@ impl Vm {
             userspace_addr: host as u64,
         };
         // SAFETY: `memory` is a live anonymous mapping of `memory_size` bytes that outlives the VM
-        // (both are fields of the returned Vm, and `vm` is dropped first).
+        // (both are fields of the returned Vm, and `_vm` is dropped first).
         unsafe { vm.set_user_memory_region(region) }
             .map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))?;
         let vcpu = vm.create_vcpu(0).map_err(ioctl("KVM_CREATE_VCPU"))?;
         vcpu.set_cpuid2(cpuid).map_err(ioctl("KVM_SET_CPUID2"))?;
-        Ok(Self { vm, vcpu, memory })
+        Ok(Self {
+            _vm: vm,
+            vcpu,
+            memory,
+        })
     }
 
     /// Reads MSRs of the vCPU (VMX capability MSRs as KVM offers them to L1).
     pub fn read_msrs(&self, indices: &[u32]) -> Result<Vec<u64>, VmError> {
-        let entries: Vec<_> = indices
-            .iter()
-            .map(|&index| kvm_bindings::kvm_msr_entry {
-                index,
-                ..Default::default()
-            })
-            .collect();
-        let mut msrs =
-            Msrs::from_entries(&entries).map_err(|error| VmError::Memory(format!("{error:?}")))?;
+        let mut msrs = msr_list(indices.iter().map(|&index| (index, 0)))?;
         let read = self
             .vcpu
             .get_msrs(&mut msrs)
@@ -240,21 +236,12 @@ impl Vm {
         };
         self.vcpu.set_regs(&regs).map_err(ioctl("KVM_SET_REGS"))?;
         if !msrs.is_empty() {
-            let entries: Vec<_> = msrs
-                .iter()
-                .map(|&(index, data)| kvm_bindings::kvm_msr_entry {
-                    index,
-                    data,
-                    ..Default::default()
-                })
-                .collect();
-            let msrs = Msrs::from_entries(&entries)
-                .map_err(|error| VmError::Memory(format!("{error:?}")))?;
-            let set = self.vcpu.set_msrs(&msrs).map_err(ioctl("KVM_SET_MSRS"))?;
-            if set != entries.len() {
+            let list = msr_list(msrs.iter().copied())?;
+            let set = self.vcpu.set_msrs(&list).map_err(ioctl("KVM_SET_MSRS"))?;
+            if set != msrs.len() {
                 return Err(VmError::Msrs {
                     what: "L1's MSRs (IA32_FEATURE_CONTROL)",
-                    wanted: entries.len(),
+                    wanted: msrs.len(),
                     set,
                 });
             }
@@ -389,12 +376,16 @@ impl Vm {
     }
 }
 
-impl fmt::Debug for Vm {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Vm")
-            .field("vm", &self.vm)
-            .finish_non_exhaustive()
-    }
+/// (index, value) pairs as the list KVM_GET_MSRS / KVM_SET_MSRS take.
+fn msr_list(entries: impl Iterator<Item = (u32, u64)>) -> Result<Msrs, VmError> {
+    let entries: Vec<_> = entries
+        .map(|(index, data)| kvm_bindings::kvm_msr_entry {
+            index,
+            data,
+            ..Default::default()
+        })
+        .collect();
+    Msrs::from_entries(&entries).map_err(|error| VmError::Memory(format!("{error:?}")))
 }
 
 fn kvm_segment_of(segment: Segment) -> kvm_segment {

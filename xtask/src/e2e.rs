@@ -228,15 +228,20 @@ pub fn run(args: &E2eArgs) -> Result<()> {
     Ok(())
 }
 
-/// SIGTERM in the middle of a boot: nestfault must stop the emulator, remove its temporary
-/// directories and exit 255 within seconds; returns how long it took.
-fn interruption(nestfault: &Path, kernel: &FetchedKernel) -> Result<f64> {
+/// `nestfault --kernel` for a fetched kernel.
+fn kernel_command(nestfault: &Path, kernel: &FetchedKernel) -> Command {
     let mut command = Command::new(nestfault);
     command.arg("--kernel").arg(&kernel.image);
     if let Some(modules) = &kernel.modules {
         command.arg("--modules").arg(modules);
     }
-    let mut child = command
+    command
+}
+
+/// SIGTERM in the middle of a boot: nestfault must stop the emulator, remove its temporary
+/// directories and exit 255 within seconds; returns how long it took.
+fn interruption(nestfault: &Path, kernel: &FetchedKernel) -> Result<f64> {
+    let mut child = kernel_command(nestfault, kernel)
         .args(["--vendor", "svm", "--emulator", "qemu-tcg"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -295,15 +300,8 @@ fn run_one(nestfault: &Path, extra: &Path, logs: &Path, run: &Run) -> Result<(Ve
     // Not Path::with_extension: the label's dot ("6.1") would be taken for one.
     let log =
         |extension: &str| logs.join(format!("{}-{}.{extension}", run.kernel.label, run.vendor));
-    let mut command = Command::new(nestfault);
-    command
-        .arg("--kernel")
-        .arg(&run.kernel.image)
-        .arg("--scenarios-dir")
-        .arg(extra);
-    if let Some(modules) = &run.kernel.modules {
-        command.arg("--modules").arg(modules);
-    }
+    let mut command = kernel_command(nestfault, &run.kernel);
+    command.arg("--scenarios-dir").arg(extra);
     command
         .args(["--vendor", run.vendor, "--format", "json", "--console-log"])
         .arg(log("console"));
