@@ -11,12 +11,12 @@ use anyhow::Context;
 use clap::Parser;
 
 use crate::boot::{self, BootEnd, BootOptions, Emulator, KernelInput, KvmVendor};
+use crate::cli::Cli;
 use crate::repeat;
 use crate::runner::RunOptions;
 use crate::scenario::{self, Case, VendorKind};
 use crate::selection;
 use crate::verdict::{Status, Verdict};
-use crate::Cli;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum EmulatorChoice {

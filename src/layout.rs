@@ -19,11 +19,11 @@
 
 use nestfault_protocol::{Mailbox, MAILBOX_GPA, MAX_WRITES};
 
+use crate::arch::{ControlBlock, Vendor};
 use crate::elf;
 use crate::mailbox::GuestMailbox;
 use crate::paging::{Format, LayoutError, PageTable, Perms, PhysImage, PAGE_SIZE};
 use crate::scenario::{Access, AccessPath, Case, Fault, Target};
-use crate::vendor::{ControlBlock, Vendor};
 
 pub const MEMORY_SIZE: u64 = 2 << 20;
 const GDT_GPA: u64 = 0x2000;
@@ -350,8 +350,8 @@ fn l2_program(case: &Case, prime_gva: u64, done: [u8; 3]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::arch;
     use crate::scenario::{built_in, expand};
-    use crate::vendor;
 
     fn case(id: &str) -> Case {
         expand(&built_in().unwrap())
@@ -393,7 +393,7 @@ mod tests {
             ("vmx/final_page_unmapped/hardware", Format::Ept),
         ] {
             let case = case(id);
-            let vendor = vendor::for_tests(case.vendor);
+            let vendor = arch::for_tests(case.vendor);
             let image = build(&case, vendor.as_ref(), &crate::elf::tests::tiny_stub()).unwrap();
             let site = image.site;
             assert_eq!(site.gva % (2 << 20), 0);

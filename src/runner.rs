@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 use kvm_bindings::CpuId;
 use kvm_ioctls::Kvm;
 
+use crate::arch::{Svm, Vendor, Vmx, VmxCapabilities};
 use crate::elf::L1_STUB;
 use crate::layout::{self, MEMORY_SIZE};
 use crate::scenario::{AccessPath, Case, VendorKind};
-use crate::vendor::{Svm, Vendor, Vmx, VmxCapabilities};
 use crate::verdict::{compare_paths, judge, Status, Verdict};
 use crate::vm::{self, Vm, VmError};
 

@@ -7,8 +7,8 @@ use std::fmt::Write as _;
 use nestfault_protocol::{split_vmx_detail, Status as StubStatus};
 use serde::{Deserialize, Serialize};
 
+use crate::arch::{show, Expectation, Vendor};
 use crate::scenario::Case;
-use crate::vendor::{show, Expectation, Vendor};
 use crate::vm::{L2Io, Observation};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -249,9 +249,9 @@ pub mod strategy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::arch;
     use crate::layout::FaultSite;
     use crate::scenario::{built_in, expand};
-    use crate::vendor;
     use nestfault_protocol::{Executor, Mailbox};
 
     fn case(id: &str) -> Case {
@@ -279,7 +279,7 @@ mod tests {
 
     #[test]
     fn matching_exit_passes_and_wrong_stage_fails_with_names() {
-        let vendor = vendor::for_tests(crate::scenario::VendorKind::Svm);
+        let vendor = arch::for_tests(crate::scenario::VendorKind::Svm);
         let case = case("svm/pt_page_unmapped/emulated");
         let expectation = vendor.expect(&case, &SITE);
         let pass = judge(
@@ -306,7 +306,7 @@ mod tests {
 
     #[test]
     fn stopped_runs_and_stub_failures_are_errors() {
-        let vendor = vendor::for_tests(crate::scenario::VendorKind::Vmx);
+        let vendor = arch::for_tests(crate::scenario::VendorKind::Vmx);
         let case = case("vmx/pt_page_unmapped/emulated");
         let expectation = vendor.expect(&case, &SITE);
         let stopped = Observation::Stopped {
@@ -330,7 +330,7 @@ mod tests {
 
     #[test]
     fn verdicts_round_trip_through_json() {
-        let vendor = vendor::for_tests(crate::scenario::VendorKind::Vmx);
+        let vendor = arch::for_tests(crate::scenario::VendorKind::Vmx);
         let case = case("vmx/final_page_unmapped/emulated");
         let expectation = vendor.expect(&case, &SITE);
         let verdict = judge(

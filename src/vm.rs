@@ -451,10 +451,10 @@ fn spawn_watchdog<'scope>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::arch;
     use crate::elf::L1_STUB;
     use crate::layout;
     use crate::scenario::{built_in, expand};
-    use crate::vendor;
     use crate::verdict::{judge, Status as VerdictStatus};
     use nestfault_protocol::{Executor, GARBAGE_STATUS};
 
@@ -481,7 +481,7 @@ mod tests {
         timeout: Duration,
     ) -> (Observation, crate::verdict::Verdict) {
         let case = expand(&built_in().unwrap()).remove(0);
-        let vendor = vendor::for_tests(case.vendor);
+        let vendor = arch::for_tests(case.vendor);
         let mut image = layout::build(&case, vendor.as_ref(), L1_STUB).unwrap();
         // Mailbox::executor is its third u64.
         image

@@ -1,0 +1,222 @@
+//! The command line: parse once, run the selected cases here or inside a kernel under test, render
+//! the report and map the verdicts to an exit code.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+
+use crate::report::{self, exit_code, Format};
+use crate::scenario::{self, Case, VendorKind};
+use crate::selection::{self, PathChoice, VendorChoice};
+use crate::{boot, interrupt, kernel_mode, repeat, runner, verdict, vm};
+
+/// Checks that KVM reports nested page faults injected by its instruction emulator to L1 correctly
+/// (SVM #NPF exit_info_1 GUEST_PAGE/GUEST_FINAL, VMX EPT-violation GVA_IS_VALID/GVA_TRANSLATED).
+///
+/// Exit status: 0 all selected cases passed, 1 a case failed or errored, 125 nothing failed but
+/// something could not be tested, 255 usage or harness error.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Cli {
+    /// Print the case ids (`<vendor>/<scenario>/<path>`), one per line, and exit.
+    #[arg(long)]
+    pub list: bool,
+
+    /// A case id, a scenario name (all its vendors and paths) or `all`; repeatable. Default: all.
+    #[arg(long = "scenario", value_name = "ID|NAME|all")]
+    pub scenarios: Vec<String>,
+
+    /// auto: the vendors this host's KVM can nest (direct mode) or both (with --kernel).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub vendor: VendorChoice,
+
+    #[arg(long, value_enum, default_value = "all")]
+    pub path: PathChoice,
+
+    #[arg(long, value_enum, default_value = "human")]
+    pub format: Format,
+
+    /// Write the --format report to FILE instead of stdout; stdout then gets the human report.
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
+    /// Run every selected case N times. A case whose status or exit values differ between runs is
+    /// reported once, as a failure whose diagnosis starts with "flaky:". With --kernel the guest
+    /// repeats, so --timeout must cover N runs.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub repeat: u32,
+
+    /// Seconds before a case (direct mode) or a whole boot (--kernel) is stopped and reported.
+    #[arg(long, value_name = "SECONDS")]
+    pub timeout: Option<u64>,
+
+    /// Also load the scenarios in this directory (*.toml), e.g. scenarios/extra.
+    #[arg(long, value_name = "DIR")]
+    pub scenarios_dir: Option<PathBuf>,
+
+    /// Test this kernel instead of the running one: a bzImage/vmlinuz, or a Debian kernel .deb.
+    /// It is booted in an emulator as the L0 hypervisor and the suite runs inside it.
+    #[arg(long, value_name = "IMAGE")]
+    pub kernel: Option<PathBuf>,
+
+    /// With --kernel: its lib/modules/<release> directory, or the linux-modules .deb.
+    #[arg(long, value_name = "DIR|DEB", requires = "kernel")]
+    pub modules: Option<PathBuf>,
+
+    /// With --kernel: which emulator boots it (auto: QEMU with KVM where the host nests, else
+    /// QEMU TCG for SVM and Bochs for VMX).
+    #[arg(long, value_enum, default_value = "auto", requires = "kernel")]
+    pub emulator: kernel_mode::EmulatorChoice,
+
+    /// With --kernel: copy the guest's raw console to stderr.
+    #[arg(long, requires = "kernel")]
+    pub verbose: bool,
+
+    /// With --kernel: write the guest's raw console to this file.
+    #[arg(long, value_name = "FILE", requires = "kernel")]
+    pub console_log: Option<PathBuf>,
+
+    /// Set up but run no case: with --kernel, boot the kernel, load the KVM modules if --modules
+    /// names them, and power off. What `cargo xtask bench` compares a full run with.
+    #[arg(long, hide = true)]
+    pub bare_boot: bool,
+}
+
+impl Cli {
+    pub fn cases(&self) -> anyhow::Result<Vec<Case>> {
+        let scenarios = match &self.scenarios_dir {
+            Some(dir) => scenario::with_dir(dir)?,
+            None => scenario::built_in().context("a built-in scenario is broken")?,
+        };
+        Ok(scenario::expand(&scenarios))
+    }
+
+    pub fn explicit_vendors(&self) -> Option<Vec<VendorKind>> {
+        match self.vendor {
+            VendorChoice::Auto => None,
+            VendorChoice::Svm => Some(vec![VendorKind::Svm]),
+            VendorChoice::Vmx => Some(vec![VendorKind::Vmx]),
+        }
+    }
+}
+
+/// The whole program: what `main` returns.
+pub fn main() -> ExitCode {
+    if boot::running_as_init() {
+        kernel_mode::inner_main();
+    }
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            let code = if error.use_stderr() {
+                report::exit_code::HARNESS
+            } else {
+                report::exit_code::PASS
+            };
+            let _ = error.print();
+            return ExitCode::from(code);
+        }
+    };
+    interrupt::install();
+    let result = run(&cli);
+    if interrupt::requested() {
+        eprintln!("nestfault: interrupted; the report above (if any) is partial");
+        return ExitCode::from(report::exit_code::HARNESS);
+    }
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(error) => {
+            eprintln!("nestfault: error: {error:#}");
+            ExitCode::from(report::exit_code::HARNESS)
+        }
+    }
+}
+
+fn run(cli: &Cli) -> anyhow::Result<u8> {
+    let all = cli.cases()?;
+    if cli.list {
+        let vendors = cli.explicit_vendors().unwrap_or(VendorKind::ALL.to_vec());
+        let mut stdout = std::io::stdout().lock();
+        for case in selection::select(&all, &[], &vendors, cli.path)? {
+            writeln!(stdout, "{}", case.id())?;
+        }
+        return Ok(report::exit_code::PASS);
+    }
+    // Opened before the run, so that an unwritable path fails at once, not after a long boot.
+    let output = match &cli.output {
+        Some(path) => Some((
+            path,
+            File::create(path).with_context(|| format!("creating --output {}", path.display()))?,
+        )),
+        None => None,
+    };
+    let (kernel, verdicts) = match &cli.kernel {
+        Some(image) => kernel_mode::run(cli, image, &all)?,
+        None => (kernel_release(), run_here(cli, &all)?),
+    };
+    let mut stdout = std::io::stdout().lock();
+    match output {
+        None => report::render(cli.format, &kernel, &verdicts, &mut stdout)?,
+        Some((path, file)) => {
+            report::render(Format::Human, &kernel, &verdicts, &mut stdout)?;
+            let mut file = BufWriter::new(file);
+            report::render(cli.format, &kernel, &verdicts, &mut file)
+                .and_then(|()| file.flush())
+                .with_context(|| format!("writing the report to --output {}", path.display()))?;
+        }
+    }
+    Ok(exit_code(&verdicts))
+}
+
+/// Direct mode: the selected cases on this machine's KVM.
+fn run_here(cli: &Cli, all: &[Case]) -> anyhow::Result<Vec<verdict::Verdict>> {
+    let vendors = match cli.explicit_vendors() {
+        Some(vendors) => vendors,
+        None => auto_vendors()?,
+    };
+    let cases = selection::select(all, &cli.scenarios, &vendors, cli.path)?;
+    if cli.bare_boot {
+        let not_run = |case| {
+            verdict::Verdict::without_run(
+                case,
+                verdict::Status::Skip,
+                "not run (--bare-boot)".into(),
+            )
+        };
+        return Ok(cases.iter().map(not_run).collect());
+    }
+    let options = runner::RunOptions {
+        timeout: Duration::from_secs(cli.timeout.unwrap_or(10)),
+    };
+    Ok(repeat::run(&cases, &options, cli.repeat, &mut |_| {}))
+}
+
+/// The vendors this host's KVM can run nested; both when it can run neither, so that each is
+/// reported as untested with its own reason.
+fn auto_vendors() -> anyhow::Result<Vec<VendorKind>> {
+    let Ok(kvm) = vm::open_kvm() else {
+        return Ok(VendorKind::ALL.to_vec());
+    };
+    let cpuid = vm::supported_cpuid(&kvm)?;
+    let nested: Vec<VendorKind> = VendorKind::ALL
+        .into_iter()
+        .filter(|&kind| vm::missing_nested_support(&cpuid, kind).is_none())
+        .collect();
+    Ok(if nested.is_empty() {
+        VendorKind::ALL.to_vec()
+    } else {
+        nested
+    })
+}
+
+/// The running kernel's release (uname -r).
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}

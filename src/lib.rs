@@ -1,0 +1,19 @@
+//! nestfault: does this kernel's KVM tell an L1 hypervisor the truth about nested page faults?
+//! See README.md for use and docs/architecture.md for how the modules fit together.
+
+pub mod arch;
+pub mod boot;
+pub mod cli;
+pub mod elf;
+pub mod interrupt;
+pub mod kernel_mode;
+pub mod layout;
+pub mod mailbox;
+pub mod paging;
+pub mod repeat;
+pub mod report;
+pub mod runner;
+pub mod scenario;
+pub mod selection;
+pub mod verdict;
+pub mod vm;
