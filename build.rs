@@ -1,5 +1,5 @@
-//! Builds the L1 stub for x86_64-unknown-none and embeds the scenario files, so that `cargo build`
-//! from a fresh clone needs no manual step.
+//! Builds the L1 stub for x86_64-unknown-none, so that `cargo build` from a fresh clone needs no
+//! manual step.
 
 use std::env;
 use std::fs;
@@ -10,7 +10,6 @@ fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo"));
     build_stub(&manifest_dir, &out_dir);
-    embed_scenarios(&manifest_dir, &out_dir);
 }
 
 /// rustup installs the targets rust-toolchain.toml lists when it installs the toolchain, but not
@@ -88,30 +87,4 @@ fn build_stub(manifest_dir: &Path, out_dir: &Path) {
     );
     let built = target_dir.join("x86_64-unknown-none/release/nestfault-stub");
     fs::copy(&built, out_dir.join("l1-stub.elf")).expect("copy the stub image");
-}
-
-/// Writes `scenarios.rs`: an array of (file name, contents) for every scenarios/*.toml.
-fn embed_scenarios(manifest_dir: &Path, out_dir: &Path) {
-    let dir = manifest_dir.join("scenarios");
-    println!("cargo:rerun-if-changed=scenarios");
-    let mut files: Vec<PathBuf> = fs::read_dir(&dir)
-        .expect("read scenarios/")
-        .map(|entry| entry.expect("read scenarios/ entry").path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "toml"))
-        .collect();
-    files.sort();
-    let mut source = String::from("&[\n");
-    for path in files {
-        let name = path
-            .file_name()
-            .expect("a file name")
-            .to_string_lossy()
-            .into_owned();
-        source.push_str(&format!(
-            "    ({name:?}, include_str!({:?})),\n",
-            path.display().to_string()
-        ));
-    }
-    source.push(']');
-    fs::write(out_dir.join("scenarios.rs"), source).expect("write scenarios.rs");
 }

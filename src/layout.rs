@@ -13,9 +13,12 @@
 //! 0x0014_0000  page pool: tables, VMCB/VMCS, L2 code, stack and data pages
 //! ```
 //!
-//! L2 (virtual) address space: its code and stack identity-mapped; [`FAULT_GVA`] mapped to the data
-//! page, 2 MiB-aligned so that its leaf entry is entry 0 of a page-table page of its own (the
-//! emulator reports page-aligned GPAs, the CPU the entry's own address: index 0 makes them agree).
+//! L2 (virtual) address space: its code and stack identity-mapped through PML4 entry 0;
+//! [`FAULT_GVA`] mapped to the data page through PML4 entry 1, so that every L2 table page on its
+//! walk below the root is its own (a broken one cannot stop L2's code or stack), and at index 0 of
+//! each (the emulator reports page-aligned GPAs, the CPU the entry's own address: index 0 makes
+//! them agree). A data page behind a large nested leaf or a 2 MiB L2 page sits at
+//! [`DATA_GPA_BEYOND_RAM`]: every case faults before reaching it, so nothing needs to back it.
 
 use nestfault_protocol::{Mailbox, MAILBOX_GPA, MAX_WRITES};
 
@@ -23,7 +26,7 @@ use crate::arch::{ControlBlock, Vendor};
 use crate::elf;
 use crate::mailbox::GuestMailbox;
 use crate::paging::{Format, LayoutError, PageTable, Perms, PhysImage, PAGE_SIZE};
-use crate::scenario::{Access, AccessPath, Case, Fault, Target};
+use crate::scenario::{Access, AccessPath, Case, LeafSize, Target};
 
 pub const MEMORY_SIZE: u64 = 2 << 20;
 const GDT_GPA: u64 = 0x2000;
@@ -35,8 +38,10 @@ const POOL_START: u64 = 0x14_0000;
 /// prefetches shadow entries in aligned groups of 8 or 16 around a fault.
 const PREFETCH_GROUP: u64 = 0x1_0000;
 
-/// The data page L2 touches; 2 MiB-aligned (leaf PTE index 0), outside everything else.
-pub const FAULT_GVA: u64 = 0x4000_0000;
+/// The data page L2 touches: PML4 entry 1, index 0 at every level below.
+pub const FAULT_GVA: u64 = 0x80_0000_0000;
+/// The data page's GPA when a 2 MiB or 1 GiB page maps it (1 GiB-aligned, above L1's memory).
+pub const DATA_GPA_BEYOND_RAM: u64 = 0x4000_0000;
 /// Mapped through page tables of its own to L2's code page (see [`Prime`]).
 const PRIME_WALK_GVA: u64 = 0x8000_0000;
 /// I/O port L2's string I/O uses; the host answers INSB's read of it.
@@ -51,6 +56,9 @@ const CR0_PG: u64 = 1 << 31;
 const CR4_PAE: u64 = 1 << 5;
 const EFER_LME: u64 = 1 << 8;
 const EFER_LMA: u64 = 1 << 10;
+/// NX in entries is legal only with EFER.NXE, and KVM reports fetch faults (ID, ACC_INSTR) only
+/// when it is on (paging_tmpl.h); L1's EFER is what its nested walk uses.
+const EFER_NXE: u64 = 1 << 11;
 /// RFLAGS bit 1 is reserved and always set; everything else (IF included) is clear.
 pub const RFLAGS_FIXED: u64 = 1 << 1;
 
@@ -133,22 +141,26 @@ pub struct CpuState {
 }
 
 /// Where the scenario's fault is, in L2's address spaces; the oracle derives GPAs from it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FaultSite {
+    /// The linear address of the faulting access: the data page's, or for a fault on L2's CR3
+    /// page, L2's first instruction.
     pub gva: u64,
     pub data_gpa: u64,
-    /// The GPAs of the entries on the walk of `gva`: `[0]` its page-table entry, `[1]` its
-    /// page-directory entry.
-    pub entry_gpas: [u64; 2],
+    /// The GPAs of the L2 paging-structure entries on the walk of `gva`, root first, down to the
+    /// leaf (four entries for a 4 KiB page, three for 2 MiB).
+    pub walk: Vec<u64>,
 }
 
 impl FaultSite {
     /// The GPA of the L2 paging-structure entry that lives in the page `target` breaks; `None`
-    /// for the final page.
+    /// for the final page (or a level the walk does not reach).
     pub fn entry_gpa(&self, target: Target) -> Option<u64> {
-        target
-            .table_level()
-            .map(|level| self.entry_gpas[level as usize - 1])
+        let level = target.table_level()? as usize;
+        self.walk
+            .len()
+            .checked_sub(level)
+            .map(|_| self.walk[4 - level])
     }
 
     /// The GPA of the page `target` breaks.
@@ -188,7 +200,7 @@ pub fn build(case: &Case, vendor: &dyn Vendor, stub: &[u8]) -> Result<GuestImage
         cr0: CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG,
         cr3: l1_tables.root,
         cr4: CR4_PAE | vendor.required_cr4(),
-        efer: EFER_LME | EFER_LMA,
+        efer: EFER_LME | EFER_LMA | EFER_NXE,
         rip: entry,
         // A call's worth below a 16-byte boundary, as if `_start` had been called.
         rsp: L1_STACK_TOP - 8,
@@ -200,17 +212,22 @@ pub fn build(case: &Case, vendor: &dyn Vendor, stub: &[u8]) -> Result<GuestImage
     };
 
     // L2's world.
+    let point = &case.scenario;
     let l2_tables = PageTable::new(Format::X86_64, &mut memory)?;
     let code = memory.alloc_page("L2 code")?;
     let stack = memory.alloc_page("L2 stack")?;
     l2_tables.map(&mut memory, code, code, Perms::RWX)?;
     l2_tables.map(&mut memory, stack, stack, Perms::RWX)?;
     memory.align_pool(PREFETCH_GROUP);
-    let data = memory.alloc_page("the data page")?;
-    l2_tables.map(&mut memory, FAULT_GVA, data, Perms::RWX)?;
-    let prime = match case.scenario.target {
+    let data = if point.nested_leaf != LeafSize::Size4K || point.l2_leaf != LeafSize::Size4K {
+        DATA_GPA_BEYOND_RAM
+    } else {
+        memory.alloc_page("the data page")?
+    };
+    l2_tables.map_sized(&mut memory, FAULT_GVA, data, Perms::RWX, point.l2_leaf)?;
+    let prime = match point.target {
         Target::Final => Prime::Walk,
-        Target::PageTable | Target::PageDirectory => Prime::Final,
+        _ => Prime::Final,
     };
     memory.align_pool(PREFETCH_GROUP);
     let prime_gva = match prime {
@@ -226,13 +243,16 @@ pub fn build(case: &Case, vendor: &dyn Vendor, stub: &[u8]) -> Result<GuestImage
             gva
         }
     };
+    // L2's first instruction fetch is the first walk of its CR3 page.
+    let gva = if point.target == Target::Pml4 {
+        code
+    } else {
+        FAULT_GVA
+    };
     let site = FaultSite {
-        gva: FAULT_GVA,
+        gva,
         data_gpa: data,
-        entry_gpas: [
-            l2_tables.entry(&memory, FAULT_GVA, 1)?,
-            l2_tables.entry(&memory, FAULT_GVA, 2)?,
-        ],
+        walk: l2_tables.walk(&memory, gva)?,
     };
     let program = l2_program(case, prime_gva, vendor.done_instruction());
     memory.write("L2 code", code, &program)?;
@@ -241,12 +261,12 @@ pub fn build(case: &Case, vendor: &dyn Vendor, stub: &[u8]) -> Result<GuestImage
     memory.align_pool(PREFETCH_GROUP);
     let nested = PageTable::new(vendor.nested_format(), &mut memory)?;
     nested.identity_map(&mut memory, 0, MEMORY_SIZE)?;
-    let broken = site.broken_page(case.scenario.target);
-    let perms = match case.scenario.fault {
-        Fault::Unmapped => None,
-        Fault::WriteProtected => Some(Perms::READ_EXEC),
-    };
-    nested.set_leaf(&mut memory, broken, perms)?;
+    if data == DATA_GPA_BEYOND_RAM {
+        let size = point.nested_leaf;
+        nested.map_sized(&mut memory, data, data, Perms::RWX, size)?;
+    }
+    let broken = site.broken_page(point.target);
+    nested.set_leaf(&mut memory, broken, vendor.nested_edit(point.fault))?;
 
     let l2 = CpuState {
         cr3: l2_tables.root,
@@ -317,6 +337,11 @@ fn write_mailbox(
     Ok(())
 }
 
+/// KVM's forced-emulation prefix: `ud2` and "kvm". With kvm.force_emulation_prefix set, L0
+/// emulates the instruction after it (handle_ud in arch/x86/kvm/x86.c), for L2 too when L1 does not
+/// intercept #UD.
+const FORCED_EMULATION_PREFIX: [u8; 5] = [0x0f, 0x0b, b'k', b'v', b'm'];
+
 /// L2's code: the prime read, the scenario's access to [`FAULT_GVA`], then the vendor's
 /// hypercall, which L1 intercepts as "finished without a fault".
 fn l2_program(case: &Case, prime_gva: u64, done: [u8; 3]) -> Vec<u8> {
@@ -325,11 +350,12 @@ fn l2_program(case: &Case, prime_gva: u64, done: [u8; 3]) -> Vec<u8> {
     // mov al, [moffs64]
     code.push(0xa0);
     imm64(&mut code, prime_gva);
-    match (case.path, case.scenario.access) {
-        (AccessPath::Emulated, access) => {
+    let access = case.scenario.access;
+    match case.path {
+        AccessPath::Emulated => {
             let (load_index_register, string_op) = match access {
-                Access::Read => (0xbe, 0x6e),  // mov rsi, imm64; outsb
                 Access::Write => (0xbf, 0x6c), // mov rdi, imm64; insb
+                _ => (0xbe, 0x6e),             // mov rsi, imm64; outsb
             };
             code.extend_from_slice(&[0x48, load_index_register]);
             imm64(&mut code, FAULT_GVA);
@@ -337,10 +363,19 @@ fn l2_program(case: &Case, prime_gva: u64, done: [u8; 3]) -> Vec<u8> {
             code.extend_from_slice(&L2_IO_PORT.to_le_bytes());
             code.push(string_op);
         }
-        (AccessPath::Hardware, access) => {
-            // mov al, [moffs64] or mov [moffs64], al
-            code.push(if access == Access::Read { 0xa0 } else { 0xa2 });
+        AccessPath::Hardware | AccessPath::Forced => {
+            if case.path == AccessPath::Forced {
+                code.extend_from_slice(&FORCED_EMULATION_PREFIX);
+            }
+            match access {
+                Access::Read => code.push(0xa0),  // mov al, [moffs64]
+                Access::Write => code.push(0xa2), // mov [moffs64], al
+                Access::Fetch => code.extend_from_slice(&[0x48, 0xb8]), // mov rax, imm64
+            }
             imm64(&mut code, FAULT_GVA);
+            if access == Access::Fetch {
+                code.extend_from_slice(&[0xff, 0xe0]); // jmp rax
+            }
         }
     }
     code.extend_from_slice(&done);
@@ -351,14 +386,7 @@ fn l2_program(case: &Case, prime_gva: u64, done: [u8; 3]) -> Vec<u8> {
 mod tests {
     use super::*;
     use crate::arch;
-    use crate::scenario::{built_in, expand};
-
-    fn case(id: &str) -> Case {
-        expand(&built_in().unwrap())
-            .into_iter()
-            .find(|case| case.id() == id)
-            .unwrap()
-    }
+    use crate::scenario::built_in_case as case;
 
     #[test]
     fn descriptors_match_the_usual_encodings() {
@@ -383,51 +411,85 @@ mod tests {
         let insb = l2_program(&case("svm/final_page_write_protected/emulated"), 0, done);
         assert_eq!((insb[10], insb[23]), (0xbf, 0x6c));
         let store = l2_program(&case("svm/final_page_write_protected/hardware"), 0, done);
-        assert_eq!(&store[9..18], &[0xa2, 0, 0, 0, 0x40, 0, 0, 0, 0]);
+        assert_eq!(&store[9..18], &[0xa2, 0, 0, 0, 0, 0x80, 0, 0, 0]);
+        let forced = l2_program(&case("svm/final_page_write_protected/forced"), 0, done);
+        assert_eq!(&forced[9..15], &[0x0f, 0x0b, b'k', b'v', b'm', 0xa2]);
+        assert_eq!(&forced[15..23], &store[10..18]);
+        let jump = l2_program(&case("vmx/final_page_no_execute_fetch/hardware"), 0, done);
+        assert_eq!(&jump[9..11], &[0x48, 0xb8], "mov rax, imm64");
+        assert_eq!(&jump[19..21], &[0xff, 0xe0], "jmp rax");
     }
 
+    /// For every built-in case: the nested leaf of the broken page carries the vendor's edit,
+    /// the rest of L2's walk stays whole, the broken page is not L2's CR3 page (which its code
+    /// walks) unless the scenario says so, and the walk has index 0 below the root.
     #[test]
     fn nested_tables_break_exactly_the_scenarios_entry() {
-        for (id, format) in [
-            ("svm/pt_page_write_protected/emulated", Format::Npt),
-            ("vmx/final_page_unmapped/hardware", Format::Ept),
-        ] {
-            let case = case(id);
+        let stub = crate::elf::tests::tiny_stub();
+        for case in crate::scenario::expand(&crate::scenario::built_in().unwrap()) {
+            let id = case.id();
             let vendor = arch::for_tests(case.vendor);
-            let image = build(&case, vendor.as_ref(), &crate::elf::tests::tiny_stub()).unwrap();
-            let site = image.site;
-            assert_eq!(site.gva % (2 << 20), 0);
-            for entry in site.entry_gpas {
-                assert_eq!(
-                    entry % PAGE_SIZE,
-                    0,
-                    "entries of index 0, for page-aligned reports"
-                );
-            }
-            let mailbox = image.memory.read("", MAILBOX_GPA, 64).unwrap();
-            assert_eq!(&mailbox[..8], b"NFMAILBX");
+            let image = build(&case, vendor.as_ref(), &stub).unwrap();
+            let site = &image.site;
+            let point = &case.scenario;
+            let format = vendor.nested_format();
             let nested = PageTable {
                 format,
                 root: nested_root(&image, format),
             };
-            let broken = site.broken_page(case.scenario.target);
-            let expected = if case.scenario.fault == Fault::Unmapped {
-                None
-            } else {
-                Some((broken, Perms::READ_EXEC))
-            };
-            assert_eq!(nested.translate(&image.memory, broken).unwrap(), expected);
+            let broken = site.broken_page(point.target);
+            let edit = vendor.nested_edit(point.fault);
+            let leaf = nested.walk(&image.memory, broken).map(|walk| {
+                let slot = *walk.last().unwrap();
+                (walk.len(), image.memory.read_u64("", slot).unwrap())
+            });
+            let nested_levels = 5 - point.nested_leaf.level() as usize;
+            match edit.perms {
+                None => assert!(leaf.is_err(), "{id}: {leaf:?}"),
+                Some(perms) => {
+                    let (levels, entry) = leaf.unwrap();
+                    let wanted = if point.target == Target::Final {
+                        nested_levels
+                    } else {
+                        4
+                    };
+                    assert_eq!(levels, wanted, "{id}: leaf level");
+                    assert_eq!(format.perms_of(entry), perms, "{id}");
+                    assert_eq!(entry & edit.extra_bits, edit.extra_bits, "{id}");
+                }
+            }
+            let l2_levels = 5 - point.l2_leaf.level() as usize;
             assert_eq!(
-                nested
-                    .translate(&image.memory, site.data_gpa ^ broken ^ site.entry_gpas[0])
-                    .unwrap()
-                    .map(|t| t.1),
-                Some(Perms::RWX)
+                site.walk.len(),
+                if point.target == Target::Pml4 {
+                    4
+                } else {
+                    l2_levels
+                }
             );
-            assert_eq!(
-                nested.translate(&image.memory, MAILBOX_GPA).unwrap(),
-                Some((MAILBOX_GPA, Perms::RWX))
-            );
+            if point.target != Target::Pml4 {
+                for (depth, entry) in site.walk.iter().enumerate().skip(1) {
+                    assert_eq!(
+                        entry % PAGE_SIZE,
+                        0,
+                        "{id}: entry {depth} of its table is index 0"
+                    );
+                }
+            }
+            let whole = |gpa: u64| nested.translate(&image.memory, gpa).unwrap().map(|t| t.1);
+            for page in site.walk.iter().map(|entry| entry & !(PAGE_SIZE - 1)) {
+                if page != broken {
+                    assert_eq!(whole(page), Some(Perms::RWX), "{id}: table page {page:#x}");
+                }
+            }
+            if point.target != Target::Pml4 {
+                assert_ne!(
+                    broken & !(PAGE_SIZE - 1),
+                    site.walk[0] & !(PAGE_SIZE - 1),
+                    "{id}"
+                );
+            }
+            assert_eq!(whole(MAILBOX_GPA), Some(Perms::RWX), "{id}");
         }
     }
 

@@ -1,11 +1,12 @@
 //! One 4-level page-table builder for the three formats nestfault needs: L1's and L2's own x86-64
-//! tables, AMD NPT and Intel EPT. Only 4 KiB mappings: the images are a few MiB, and 4 KiB leaves
-//! give every page its own nested-table entry to break.
+//! tables, AMD NPT and Intel EPT; 4 KiB leaves, and 2 MiB / 1 GiB ones where a scenario asks.
 //!
 //! A fault is an edit of a built table, addressed by what it breaks: [`PageTable::set_leaf`] on the
-//! data page's GPA, or on the GPA of the page-table page that [`PageTable::leaf_table`] names.
+//! GPA of the data page, or of a page-table page that [`PageTable::walk`] names.
 
 use thiserror::Error;
+
+use crate::scenario::LeafSize;
 
 pub const PAGE_SIZE: u64 = 4096;
 const ADDRESS_MASK: u64 = 0x000f_ffff_ffff_f000;
@@ -15,44 +16,105 @@ const ADDRESS_MASK: u64 = 0x000f_ffff_ffff_f000;
 pub enum Format {
     /// x86-64 4-level paging: P, R/W in bit 1. Used for L1's and L2's own tables (CPL0 only).
     X86_64,
-    /// AMD nested paging: the x86-64 format, and every entry has U=1 because the walk is a user access.
+    /// AMD nested paging: the x86-64 format; the nested walk is a user access, so U=1 unless a
+    /// scenario takes it away.
     Npt,
     /// Intel EPT: R, W, X in bits 2:0, memory type WB in bits 5:3 of leaves.
     Ept,
 }
 
-/// What a mapping allows. Reads are always allowed (nothing here makes a page write-only).
+/// What a mapping allows. The x86-64 formats cannot express "not readable": `read` only matters
+/// to EPT.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Perms {
+    pub read: bool,
     pub write: bool,
+    pub exec: bool,
+    /// NPT's U/S bit; ignored by EPT and by L1's and L2's own (supervisor) tables.
+    pub user: bool,
 }
 
 impl Perms {
-    pub const RWX: Perms = Perms { write: true };
-    pub const READ_EXEC: Perms = Perms { write: false };
+    pub const RWX: Perms = Perms {
+        read: true,
+        write: true,
+        exec: true,
+        user: true,
+    };
+    pub const READ_EXEC: Perms = Perms {
+        write: false,
+        ..Perms::RWX
+    };
+    pub const READ_WRITE: Perms = Perms {
+        exec: false,
+        ..Perms::RWX
+    };
+    pub const SUPERVISOR: Perms = Perms {
+        user: false,
+        ..Perms::RWX
+    };
+    /// EPT's write-only combination, which the SDM calls a misconfiguration.
+    pub const WRITE_ONLY: Perms = Perms {
+        read: false,
+        exec: false,
+        ..Perms::RWX
+    };
+}
+
+/// How a fault rewrites a leaf: new permissions (or `None`: not present) and raw bits to set on
+/// top (a reserved bit).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeafEdit {
+    pub perms: Option<Perms>,
+    pub extra_bits: u64,
 }
 
 mod bits {
     pub const PRESENT: u64 = 1 << 0;
     pub const WRITABLE: u64 = 1 << 1;
     pub const USER: u64 = 1 << 2;
+    /// PS in a PDE/PDPTE; "this is a 2M/1G page" in EPT too (bit 7).
+    pub const LARGE: u64 = 1 << 7;
+    pub const NO_EXECUTE: u64 = 1 << 63;
     pub const EPT_READ: u64 = 1 << 0;
     pub const EPT_WRITE: u64 = 1 << 1;
     pub const EPT_EXEC: u64 = 1 << 2;
     pub const EPT_MEMTYPE_WB: u64 = 6 << 3;
 }
 
+/// Where an entry sits in a walk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum EntryKind {
+    /// Points at the next table.
+    Table,
+    /// Maps a page: 4 KiB at level 1, large above.
+    Leaf { level: u32 },
+}
+
 impl Format {
-    fn entry(self, address: u64, perms: Perms, leaf: bool) -> u64 {
+    fn entry(self, address: u64, perms: Perms, kind: EntryKind) -> u64 {
         use bits::*;
-        let write = |bit| if perms.write { bit } else { 0 };
-        let flags = match self {
-            Format::X86_64 => PRESENT | write(WRITABLE),
-            Format::Npt => PRESENT | USER | write(WRITABLE),
-            Format::Ept if leaf => EPT_READ | EPT_EXEC | write(EPT_WRITE) | EPT_MEMTYPE_WB,
-            Format::Ept => EPT_READ | EPT_EXEC | write(EPT_WRITE),
+        let set = |on: bool, bit: u64| if on { bit } else { 0 };
+        let (leaf, large) = match kind {
+            EntryKind::Table => (false, false),
+            EntryKind::Leaf { level } => (true, level > 1),
         };
-        (address & ADDRESS_MASK) | flags
+        let flags = match self {
+            Format::X86_64 => PRESENT | set(perms.write, WRITABLE) | set(!perms.exec, NO_EXECUTE),
+            Format::Npt => {
+                PRESENT
+                    | set(perms.write, WRITABLE)
+                    | set(perms.user, USER)
+                    | set(!perms.exec, NO_EXECUTE)
+            }
+            Format::Ept => {
+                set(perms.read, EPT_READ)
+                    | set(perms.write, EPT_WRITE)
+                    | set(perms.exec, EPT_EXEC)
+                    | set(leaf, EPT_MEMTYPE_WB)
+            }
+        };
+        (address & ADDRESS_MASK) | flags | set(large, LARGE)
     }
 
     fn is_present(self, entry: u64) -> bool {
@@ -62,15 +124,40 @@ impl Format {
         }
     }
 
+    /// The permissions an entry grants, as [`Perms`] spells them (for tests' checks).
     #[cfg(test)]
-    fn perms(self, entry: u64) -> Perms {
-        let write_bit = match self {
-            Format::X86_64 | Format::Npt => bits::WRITABLE,
-            Format::Ept => bits::EPT_WRITE,
-        };
-        Perms {
-            write: entry & write_bit != 0,
+    pub fn perms_of(self, entry: u64) -> Perms {
+        use bits::*;
+        match self {
+            Format::X86_64 | Format::Npt => Perms {
+                read: true,
+                write: entry & WRITABLE != 0,
+                exec: entry & NO_EXECUTE == 0,
+                // L1's and L2's own tables are supervisor tables whatever `user` says.
+                user: self == Format::X86_64 || entry & USER != 0,
+            },
+            Format::Ept => Perms {
+                read: entry & EPT_READ != 0,
+                write: entry & EPT_WRITE != 0,
+                exec: entry & EPT_EXEC != 0,
+                user: true,
+            },
         }
+    }
+}
+
+impl LeafSize {
+    /// The paging level whose entry maps a page of this size.
+    pub fn level(self) -> u32 {
+        match self {
+            LeafSize::Size4K => 1,
+            LeafSize::Size2M => 2,
+            LeafSize::Size1G => 3,
+        }
+    }
+
+    pub fn bytes(self) -> u64 {
+        PAGE_SIZE << (9 * (self.level() - 1))
     }
 }
 
@@ -207,37 +294,54 @@ impl PageTable {
         target: u64,
         perms: Perms,
     ) -> Result<(), LayoutError> {
+        self.map_sized(image, address, target, perms, LeafSize::Size4K)
+    }
+
+    /// Maps the `size` page at `address` (both aligned to it) to `target`.
+    pub fn map_sized(
+        &self,
+        image: &mut PhysImage,
+        address: u64,
+        target: u64,
+        perms: Perms,
+        size: LeafSize,
+    ) -> Result<(), LayoutError> {
+        let leaf_level = size.level();
         let mut table = self.root;
-        for level in (2..=LEVELS).rev() {
+        for level in (leaf_level + 1..=LEVELS).rev() {
             let slot = table + 8 * index(address, level);
             let entry = image.read_u64("a page-table entry", slot)?;
-            table = if self.format.is_present(entry) {
-                entry & ADDRESS_MASK
-            } else {
+            table = if !self.format.is_present(entry) {
                 let next = image.alloc_page("a page table")?;
-                image.write_u64(
-                    "a page-table entry",
-                    slot,
-                    self.format.entry(next, Perms::RWX, false),
-                )?;
+                let table_entry = self.format.entry(next, Perms::RWX, EntryKind::Table);
+                image.write_u64("a page-table entry", slot, table_entry)?;
                 next
+            } else if entry & bits::LARGE != 0 {
+                return Err(self.already_mapped(address));
+            } else {
+                entry & ADDRESS_MASK
             };
         }
-        let slot = table + 8 * index(address, 1);
+        let slot = table + 8 * index(address, leaf_level);
         if self
             .format
             .is_present(image.read_u64("a page-table entry", slot)?)
         {
-            return Err(LayoutError::AlreadyMapped {
-                format: self.format,
-                address,
-            });
+            return Err(self.already_mapped(address));
         }
+        let leaf = EntryKind::Leaf { level: leaf_level };
         image.write_u64(
             "a page-table entry",
             slot,
-            self.format.entry(target, perms, true),
+            self.format.entry(target, perms, leaf),
         )
+    }
+
+    fn already_mapped(&self, address: u64) -> LayoutError {
+        LayoutError::AlreadyMapped {
+            format: self.format,
+            address,
+        }
     }
 
     /// Identity-maps `[start, end)` read-write(-execute).
@@ -252,38 +356,43 @@ impl PageTable {
             .try_for_each(|page| self.map(image, page, page, Perms::RWX))
     }
 
-    /// The GPA of the leaf entry that maps `address`.
-    pub fn leaf_entry(&self, image: &PhysImage, address: u64) -> Result<u64, LayoutError> {
-        self.entry(image, address, 1)
-    }
-
-    /// The GPA of the entry at `level` (1: page table, 2: page directory, ...) on the walk of
-    /// `address`; the levels above it must be present.
-    pub fn entry(&self, image: &PhysImage, address: u64, level: u32) -> Result<u64, LayoutError> {
+    /// The GPAs of the entries on the walk of `address`, root first, down to its leaf: four for a
+    /// 4 KiB page, three for 2 MiB, two for 1 GiB.
+    pub fn walk(&self, image: &PhysImage, address: u64) -> Result<Vec<u64>, LayoutError> {
+        let mut entries = Vec::new();
         let mut table = self.root;
-        for upper in (level + 1..=LEVELS).rev() {
-            let entry = image.read_u64("a page-table entry", table + 8 * index(address, upper))?;
+        for level in (1..=LEVELS).rev() {
+            let slot = table + 8 * index(address, level);
+            entries.push(slot);
+            let entry = image.read_u64("a page-table entry", slot)?;
             if !self.format.is_present(entry) {
                 return Err(LayoutError::NotMapped {
                     format: self.format,
                     address,
                 });
             }
+            if level == 1 || entry & bits::LARGE != 0 {
+                return Ok(entries);
+            }
             table = entry & ADDRESS_MASK;
         }
-        Ok(table + 8 * index(address, level))
+        unreachable!("level 1 ends every walk")
     }
 
-    /// Rewrites the leaf entry of `address` with new permissions, or clears it (`None`: unmapped).
+    /// Rewrites the leaf that maps `address`, whatever its size, as `edit` says.
     pub fn set_leaf(
         &self,
         image: &mut PhysImage,
         address: u64,
-        perms: Option<Perms>,
+        edit: LeafEdit,
     ) -> Result<(), LayoutError> {
-        let slot = self.leaf_entry(image, address)?;
+        let entries = self.walk(image, address)?;
+        let slot = *entries.last().expect("a walk has a leaf");
+        let level = LEVELS + 1 - entries.len() as u32;
         let entry = image.read_u64("a page-table entry", slot)?;
-        let new = perms.map_or(0, |perms| self.format.entry(entry, perms, true));
+        let new = edit.perms.map_or(0, |perms| {
+            self.format.entry(entry, perms, EntryKind::Leaf { level }) | edit.extra_bits
+        });
         image.write_u64("a page-table entry", slot, new)
     }
 
@@ -295,17 +404,16 @@ impl PageTable {
         image: &PhysImage,
         address: u64,
     ) -> Result<Option<(u64, Perms)>, LayoutError> {
-        let leaf = match self.leaf_entry(image, address) {
-            Ok(slot) => image.read_u64("a page-table entry", slot)?,
+        let entries = match self.walk(image, address) {
+            Ok(entries) => entries,
             Err(LayoutError::NotMapped { .. }) => return Ok(None),
             Err(error) => return Err(error),
         };
-        if !self.format.is_present(leaf) {
-            return Ok(None);
-        }
+        let leaf = image.read_u64("a page-table entry", *entries.last().unwrap())?;
+        let size = PAGE_SIZE << (9 * (LEVELS - entries.len() as u32));
         Ok(Some((
-            (leaf & ADDRESS_MASK) | (address & (PAGE_SIZE - 1)),
-            self.format.perms(leaf),
+            (leaf & ADDRESS_MASK & !(size - 1)) | (address & (size - 1)),
+            self.format.perms_of(leaf),
         )))
     }
 }
@@ -323,24 +431,31 @@ mod tests {
     #[test]
     fn entries_have_each_formats_bits() {
         let address = 0x12_3000;
+        let leaf = EntryKind::Leaf { level: 1 };
+        let entry = |format: Format, perms| format.entry(address, perms, leaf);
+        assert_eq!(entry(Format::X86_64, Perms::RWX), address | 0b011);
+        assert_eq!(entry(Format::Npt, Perms::RWX), address | 0b111);
+        assert_eq!(entry(Format::Npt, Perms::READ_EXEC), address | 0b101);
+        assert_eq!(entry(Format::Npt, Perms::SUPERVISOR), address | 0b011);
         assert_eq!(
-            Format::X86_64.entry(address, Perms::RWX, true),
-            address | 0b011
+            entry(Format::Npt, Perms::READ_WRITE),
+            address | 0b111 | 1 << 63
+        );
+        assert_eq!(entry(Format::Ept, Perms::RWX), address | 0x37);
+        assert_eq!(entry(Format::Ept, Perms::READ_EXEC), address | 0x35);
+        assert_eq!(entry(Format::Ept, Perms::READ_WRITE), address | 0x33);
+        assert_eq!(entry(Format::Ept, Perms::WRITE_ONLY), address | 0x32);
+        let table = EntryKind::Table;
+        assert_eq!(Format::Ept.entry(address, Perms::RWX, table), address | 0x7);
+        let large = EntryKind::Leaf { level: 2 };
+        assert_eq!(
+            Format::Ept.entry(address, Perms::RWX, large),
+            address | 0xb7
         );
         assert_eq!(
-            Format::Npt.entry(address, Perms::RWX, true),
-            address | 0b111
+            Format::Npt.entry(address, Perms::RWX, large),
+            address | 0x87
         );
-        assert_eq!(
-            Format::Npt.entry(address, Perms::READ_EXEC, true),
-            address | 0b101
-        );
-        assert_eq!(Format::Ept.entry(address, Perms::RWX, true), address | 0x37);
-        assert_eq!(
-            Format::Ept.entry(address, Perms::READ_EXEC, true),
-            address | 0x35
-        );
-        assert_eq!(Format::Ept.entry(address, Perms::RWX, false), address | 0x7);
     }
 
     #[test]
@@ -375,9 +490,10 @@ mod tests {
         let pdpt = image.read_u64("", table.root + 8).unwrap() & ADDRESS_MASK;
         let pd = image.read_u64("", pdpt + 16).unwrap() & ADDRESS_MASK;
         let pt = image.read_u64("", pd + 24).unwrap() & ADDRESS_MASK;
-        assert_eq!(table.leaf_entry(&image, address).unwrap(), pt + 32);
-        assert_eq!(table.entry(&image, address, 2).unwrap(), pd + 24);
-        assert_eq!(table.entry(&image, address, 4).unwrap(), table.root + 8);
+        assert_eq!(
+            table.walk(&image, address).unwrap(),
+            [table.root + 8, pdpt + 16, pd + 24, pt + 32]
+        );
         assert_eq!(image.read_u64("", pt + 32).unwrap(), 0x5003);
     }
 
@@ -388,10 +504,14 @@ mod tests {
         table
             .identity_map(&mut image, 0x10_0000, 0x10_4000)
             .unwrap();
+        let edit = |perms| LeafEdit {
+            perms,
+            extra_bits: 0,
+        };
         table
-            .set_leaf(&mut image, 0x10_1000, Some(Perms::READ_EXEC))
+            .set_leaf(&mut image, 0x10_1000, edit(Some(Perms::READ_EXEC)))
             .unwrap();
-        table.set_leaf(&mut image, 0x10_2000, None).unwrap();
+        table.set_leaf(&mut image, 0x10_2000, edit(None)).unwrap();
         assert_eq!(
             table.translate(&image, 0x10_1000).unwrap(),
             Some((0x10_1000, Perms::READ_EXEC))
@@ -417,6 +537,38 @@ mod tests {
         assert!(matches!(
             image.write("x", 4 * MIB - 4, &[0; 8]),
             Err(LayoutError::OutOfRange { .. })
+        ));
+    }
+
+    #[test]
+    fn large_leaves_end_the_walk_and_take_the_edits() {
+        let mut image = image();
+        let table = PageTable::new(Format::Ept, &mut image).unwrap();
+        let (two_m, one_g) = (0x4020_0000, 0x80_4000_0000);
+        table
+            .map_sized(&mut image, two_m, two_m, Perms::RWX, LeafSize::Size2M)
+            .unwrap();
+        table
+            .map_sized(&mut image, one_g, one_g, Perms::RWX, LeafSize::Size1G)
+            .unwrap();
+        assert_eq!(table.walk(&image, two_m + 0x1234).unwrap().len(), 3);
+        assert_eq!(table.walk(&image, one_g + 0x1234).unwrap().len(), 2);
+        assert_eq!(
+            table.translate(&image, one_g + 0x12_3456).unwrap(),
+            Some((one_g + 0x12_3456, Perms::RWX))
+        );
+        let reserved = LeafEdit {
+            perms: Some(Perms::WRITE_ONLY),
+            extra_bits: 1 << 45,
+        };
+        table
+            .set_leaf(&mut image, two_m + 0x5000, reserved)
+            .unwrap();
+        let slot = *table.walk(&image, two_m).unwrap().last().unwrap();
+        assert_eq!(image.read_u64("", slot).unwrap(), two_m | 0xb2 | 1 << 45);
+        assert!(matches!(
+            table.map(&mut image, two_m + 0x1000, 0, Perms::RWX),
+            Err(LayoutError::AlreadyMapped { .. })
         ));
     }
 

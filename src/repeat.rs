@@ -161,6 +161,7 @@ mod tests {
             vendor: "svm".into(),
             scenario: "pt_page_unmapped".into(),
             path: "emulated".into(),
+            axes: Default::default(),
             status,
             expected: exit(0x2_0000_0006),
             actual: exit_info_1.map(exit),

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use kvm_bindings::CpuId;
 use kvm_ioctls::Kvm;
 
-use crate::arch::{Svm, Vendor, Vmx, VmxCapabilities};
+use crate::arch::{Svm, SvmCapabilities, Vendor, Vmx, VmxCapabilities};
 use crate::elf::L1_STUB;
 use crate::layout::{self, MEMORY_SIZE};
 use crate::scenario::{AccessPath, Case, VendorKind};
@@ -51,9 +51,15 @@ pub fn run(
         )
     });
     let mut hardware_results: HashMap<(VendorKind, String), Verdict> = HashMap::new();
+    let forced_emulation = vm::forced_emulation_prefix();
     for i in order {
         let case = &cases[i];
-        let verdict = match vm::missing_nested_support(&cpuid, case.vendor) {
+        let missing = vm::missing_nested_support(&cpuid, case.vendor).or_else(|| {
+            (case.path == AccessPath::Forced)
+                .then(|| forced_emulation.clone().err())
+                .flatten()
+        });
+        let verdict = match missing {
             _ if crate::interrupt::requested() => {
                 Verdict::without_run(case, Status::Error, "not run: interrupted".into())
             }
@@ -91,13 +97,16 @@ fn run_one(
         Err(error) => return harness_error(error.to_string()),
     };
     let vendor: Box<dyn Vendor> = match case.vendor {
-        VendorKind::Svm => Box::new(Svm),
+        VendorKind::Svm => Box::new(Svm::new(SvmCapabilities::from_cpuid(cpuid))),
         VendorKind::Vmx => match vmx_capabilities(&vm).map(Vmx::new) {
             Ok(Ok(vmx)) => Box::new(vmx),
             Ok(Err(missing)) => return Verdict::without_run(case, Status::Skip, missing),
             Err(error) => return harness_error(error.to_string()),
         },
     };
+    if let Some(reason) = vendor.unsupported(&case.scenario) {
+        return Verdict::without_run(case, Status::Skip, reason);
+    }
     let image = match layout::build(case, vendor.as_ref(), L1_STUB) {
         Ok(image) => image,
         Err(error) => return harness_error(format!("building the guest image: {error}")),
@@ -118,13 +127,13 @@ fn run_one(
         &observation,
         duration_ms,
     );
-    if case.path == AccessPath::Emulated {
+    if case.path != AccessPath::Hardware {
         if let Some(hardware) = hardware.get(&(case.vendor, case.scenario.name.clone())) {
-            // The hardware path's masked bits are the ones the CPU may legitimately report differently.
+            // The hardware path's masks are what the CPU may legitimately report differently.
             let mut hardware_case = case.clone();
             hardware_case.path = AccessPath::Hardware;
-            let mask = vendor.expect(&hardware_case, &image.site).fields[1].mask;
-            compare_paths(&mut verdict, hardware, vendor.as_ref(), mask);
+            let twin = vendor.expect(&hardware_case, &image.site);
+            compare_paths(&mut verdict, hardware, vendor.as_ref(), &twin);
         }
     }
     verdict

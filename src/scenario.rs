@@ -1,6 +1,9 @@
-//! Scenarios are data: one TOML file each under scenarios/, embedded at build time. A scenario says
-//! which nested-table entry is broken and how L2 touches memory; it expands into one [`Case`] per
-//! vendor and path.
+//! Scenarios are data. A scenario is one point of the nested-TDP fault space: which L2 page the
+//! fault is on ([`Target`]), how L1's nested entry for it is broken ([`Fault`]), what L2 does
+//! ([`Access`]) and the sizes of the nested and L2 leaves. `scenarios/matrix.toml` spans the space
+//! in blocks and excludes, with a reason each, the combinations that mean nothing; a scenario
+//! expands into one [`Case`] per vendor and path the exclusions leave. docs/oracle.md explains
+//! every axis.
 
 use std::fmt;
 use std::path::Path;
@@ -8,138 +11,184 @@ use std::path::Path;
 use serde::Deserialize;
 use thiserror::Error;
 
-/// The scenario files built into the binary: (file name, contents).
-const BUILT_IN: &[(&str, &str)] = include!(concat!(env!("OUT_DIR"), "/scenarios.rs"));
+/// The built-in fault matrix.
+const MATRIX: &str = include_str!("../scenarios/matrix.toml");
+const MATRIX_FILE: &str = "scenarios/matrix.toml";
 
-/// Which entry of L1's nested tables the scenario breaks.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum Target {
-    /// The entry mapping the GPA of the data page L2 accesses.
-    #[serde(rename = "final_page")]
-    Final,
-    /// The entry mapping the GPA of L2's leaf page-table page for that access.
-    #[serde(rename = "pt_page")]
-    PageTable,
-    /// The entry mapping the GPA of L2's page-directory page for that access.
-    #[serde(rename = "pd_page")]
-    PageDirectory,
+/// Enums whose serialized names are the contract (ids, JSON, scenario files): `name()` gives the
+/// same text serde reads, written once in the `#[serde(rename)]` of each variant.
+macro_rules! axis {
+    ($(#[$meta:meta])* pub enum $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal,)* }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub enum $name {
+            $($(#[$vmeta])* #[serde(rename = $text)] $variant,)*
+        }
+
+        impl $name {
+            pub const ALL: [$name; [$($text),*].len()] = [$($name::$variant),*];
+
+            pub fn name(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)*
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+    };
+}
+
+axis! {
+    /// The page whose entry in L1's nested tables is broken: the final (data) page of L2's access,
+    /// or one of the L2 paging-structure pages its translation walks through.
+    pub enum Target {
+        Final = "final_page",
+        PageTable = "pt_page",
+        PageDirectory = "pd_page",
+        Pdpt = "pdpt_page",
+        /// L2's CR3 page: every walk starts there, instruction fetches included.
+        Pml4 = "pml4_page",
+    }
+}
+
+axis! {
+    /// How L1's nested entry for the target is broken. What each means in NPT and EPT terms is
+    /// the architecture's business (`arch::Vendor::nested_edit`).
+    pub enum Fault {
+        /// Not present.
+        Unmapped = "unmapped",
+        /// Present, not writable.
+        WriteProtected = "write_protected",
+        /// SVM: a reserved physical-address bit set; VMX: write-only, a misconfiguration.
+        ReservedBit = "reserved_bit",
+        /// SVM only: U/S=0, so the (always user-mode) nested walk may not use it.
+        Supervisor = "supervisor",
+        /// Present, readable and writable, not executable.
+        NoExecute = "no_execute",
+    }
+}
+
+axis! {
+    /// What L2 does at the faulting address.
+    pub enum Access {
+        Read = "read",
+        Write = "write",
+        Fetch = "fetch",
+    }
+}
+
+axis! {
+    /// A leaf's size: of L1's nested entry that maps the target, or of L2's own page.
+    pub enum LeafSize {
+        Size4K = "4k",
+        Size2M = "2m",
+        Size1G = "1g",
+    }
+}
+
+axis! {
+    /// How the fault reaches L0.
+    pub enum AccessPath {
+        /// String I/O (OUTSB reads, INSB writes), which L0 emulates since L1 does not intercept I/O:
+        /// KVM's software walk hits the fault.
+        Emulated = "emulated",
+        /// A plain MOV load or store, or a jump for a fetch: the CPU faults and L0 reflects it.
+        Hardware = "hardware",
+        /// The hardware path's MOV behind KVM's forced-emulation prefix: L0's emulator runs the
+        /// very instruction the CPU runs on the hardware path.
+        Forced = "forced",
+    }
+}
+
+axis! {
+    /// The extension whose nested-paging fault report is checked.
+    pub enum VendorKind {
+        Svm = "svm",
+        Vmx = "vmx",
+    }
 }
 
 impl Target {
-    /// The L2 paging level whose table page is broken (1: page table, 2: page directory), or
-    /// `None` for the final page.
+    /// The L2 paging level whose table page is broken (1: page table ... 4: PML4), or `None` for
+    /// the final page.
     pub fn table_level(self) -> Option<u32> {
         match self {
             Target::Final => None,
             Target::PageTable => Some(1),
             Target::PageDirectory => Some(2),
+            Target::Pdpt => Some(3),
+            Target::Pml4 => Some(4),
         }
     }
 }
 
-/// How that entry is broken.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum Fault {
-    /// Not present (NPT P=0, EPT RWX=0).
-    Unmapped,
-    /// Present, readable and executable, not writable (NPT W=0, EPT R-X).
-    WriteProtected,
-}
-
-/// What L2's instruction does to the data page.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum Access {
-    Read,
-    Write,
-}
-
-/// How the fault reaches L0.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
-#[serde(rename_all = "snake_case")]
-pub enum AccessPath {
-    /// String I/O (OUTSB reads, INSB writes): L0 emulates it and its software walk hits the fault.
-    Emulated,
-    /// A plain MOV load or store: the CPU faults and L0 reflects the exit to L1.
-    Hardware,
-}
-
-/// The extension whose nested-paging fault report is checked.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[serde(rename_all = "snake_case")]
-pub enum VendorKind {
-    Svm,
-    Vmx,
-}
-
-impl AccessPath {
-    pub const ALL: [AccessPath; 2] = [AccessPath::Emulated, AccessPath::Hardware];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            AccessPath::Emulated => "emulated",
-            AccessPath::Hardware => "hardware",
-        }
-    }
-}
-
-impl VendorKind {
-    pub const ALL: [VendorKind; 2] = [VendorKind::Svm, VendorKind::Vmx];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            VendorKind::Svm => "svm",
-            VendorKind::Vmx => "vmx",
-        }
-    }
-}
-
-impl fmt::Display for VendorKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl fmt::Display for AccessPath {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// One scenario file.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-struct ScenarioFile {
-    summary: String,
-    target: Target,
-    fault: Fault,
-    access: Access,
-    #[serde(default = "all_paths")]
-    paths: Vec<AccessPath>,
-    #[serde(default = "all_vendors")]
-    vendors: Vec<VendorKind>,
-}
-
-fn all_paths() -> Vec<AccessPath> {
-    AccessPath::ALL.to_vec()
-}
-
-fn all_vendors() -> Vec<VendorKind> {
-    VendorKind::ALL.to_vec()
-}
-
+/// One point of the fault space with the vendors and paths it runs on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Scenario {
-    /// The file name without `.toml`; the middle part of a case id.
+    /// The middle part of a case id: derived from the axes, or a seed scenario's old name.
     pub name: String,
     pub summary: String,
     pub target: Target,
     pub fault: Fault,
     pub access: Access,
-    pub paths: Vec<AccessPath>,
-    pub vendors: Vec<VendorKind>,
+    pub nested_leaf: LeafSize,
+    pub l2_leaf: LeafSize,
+    /// The (vendor, path) pairs left after the matrix's exclusions, vendor-major.
+    pub runs: Vec<(VendorKind, AccessPath)>,
+}
+
+impl Scenario {
+    /// `<target>_<fault>_<access>`, then `_nested_<size>` and `_l2_<size>` for leaves that are
+    /// not 4 KiB.
+    fn derived_name(point: &Point) -> String {
+        let mut name = format!("{}_{}_{}", point.target, point.fault, point.access);
+        if point.nested_leaf != LeafSize::Size4K {
+            name += &format!("_nested_{}", point.nested_leaf);
+        }
+        if point.l2_leaf != LeafSize::Size4K {
+            name += &format!("_l2_{}", point.l2_leaf);
+        }
+        name
+    }
+
+    fn describe(point: &Point) -> String {
+        let does = match point.access {
+            Access::Read => "reads",
+            Access::Write => "writes",
+            Access::Fetch => "executes",
+        };
+        let page = match point.target {
+            Target::Final => "the page".to_string(),
+            Target::Pml4 => "anything (every walk starts at its CR3 page)".to_string(),
+            table => format!("through its {}", table.name().replace('_', " ")),
+        };
+        let broken = match point.fault {
+            Fault::Unmapped => "not present",
+            Fault::WriteProtected => "read-only",
+            Fault::ReservedBit => "reserved-bit / misconfigured",
+            Fault::Supervisor => "supervisor-only",
+            Fault::NoExecute => "execute-disabled",
+        };
+        let mut text = format!("L2 {does} {page}; L1's nested entry for it is {broken}");
+        if point.nested_leaf != LeafSize::Size4K {
+            text += &format!(
+                ", a {} nested leaf",
+                point.nested_leaf.name().to_uppercase()
+            );
+        }
+        if point.l2_leaf != LeafSize::Size4K {
+            text += &format!(
+                ", through a {} L2 page",
+                point.l2_leaf.name().to_uppercase()
+            );
+        }
+        text
+    }
 }
 
 /// A scenario on one vendor and one path: the unit that runs and gets a verdict.
@@ -157,6 +206,133 @@ impl Case {
     }
 }
 
+/// The axes of a scenario without its name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Point {
+    target: Target,
+    fault: Fault,
+    access: Access,
+    nested_leaf: LeafSize,
+    l2_leaf: LeafSize,
+}
+
+/// Seeds and scenario files spell a point out field by field (serde's `flatten` would not
+/// reject unknown keys).
+macro_rules! point_of {
+    ($spelled:expr) => {
+        Point {
+            target: $spelled.target,
+            fault: $spelled.fault,
+            access: $spelled.access,
+            nested_leaf: $spelled.nested_leaf,
+            l2_leaf: $spelled.l2_leaf,
+        }
+    };
+}
+
+fn size_4k() -> LeafSize {
+    LeafSize::Size4K
+}
+
+fn all_paths() -> Vec<AccessPath> {
+    AccessPath::ALL.to_vec()
+}
+
+fn all_vendors() -> Vec<VendorKind> {
+    VendorKind::ALL.to_vec()
+}
+
+fn only_4k() -> Vec<LeafSize> {
+    vec![LeafSize::Size4K]
+}
+
+/// A product of axis values; every point of it is a scenario.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Block {
+    /// What the block covers: for the reader of the file, and to name it in errors.
+    why: String,
+    target: Vec<Target>,
+    fault: Vec<Fault>,
+    access: Vec<Access>,
+    #[serde(default = "only_4k")]
+    nested_leaf: Vec<LeafSize>,
+    #[serde(default = "only_4k")]
+    l2_leaf: Vec<LeafSize>,
+}
+
+/// Combinations that make no sense; a case matches when every axis the rule names holds its
+/// value.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Exclusion {
+    why: String,
+    target: Option<Vec<Target>>,
+    fault: Option<Vec<Fault>>,
+    access: Option<Vec<Access>>,
+    nested_leaf: Option<Vec<LeafSize>>,
+    l2_leaf: Option<Vec<LeafSize>>,
+    path: Option<Vec<AccessPath>>,
+    vendor: Option<Vec<VendorKind>>,
+}
+
+impl Exclusion {
+    fn excludes(&self, point: &Point, vendor: VendorKind, path: AccessPath) -> bool {
+        fn holds<T: PartialEq>(axis: &Option<Vec<T>>, value: T) -> bool {
+            axis.as_ref().is_none_or(|values| values.contains(&value))
+        }
+        holds(&self.target, point.target)
+            && holds(&self.fault, point.fault)
+            && holds(&self.access, point.access)
+            && holds(&self.nested_leaf, point.nested_leaf)
+            && holds(&self.l2_leaf, point.l2_leaf)
+            && holds(&self.path, path)
+            && holds(&self.vendor, vendor)
+    }
+}
+
+/// A scenario that keeps the name it had before the matrix.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Seed {
+    name: String,
+    target: Target,
+    fault: Fault,
+    access: Access,
+    #[serde(default = "size_4k")]
+    nested_leaf: LeafSize,
+    #[serde(default = "size_4k")]
+    l2_leaf: LeafSize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MatrixFile {
+    #[serde(default)]
+    seed: Vec<Seed>,
+    block: Vec<Block>,
+    #[serde(default)]
+    exclude: Vec<Exclusion>,
+}
+
+/// One scenario file of a `--scenarios-dir`: a single point, named by its file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScenarioFile {
+    summary: String,
+    target: Target,
+    fault: Fault,
+    access: Access,
+    #[serde(default = "size_4k")]
+    nested_leaf: LeafSize,
+    #[serde(default = "size_4k")]
+    l2_leaf: LeafSize,
+    #[serde(default = "all_paths")]
+    paths: Vec<AccessPath>,
+    #[serde(default = "all_vendors")]
+    vendors: Vec<VendorKind>,
+}
+
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ScenarioError {
     #[error("{file}:{line}: {message}")]
@@ -169,56 +345,15 @@ pub enum ScenarioError {
     BadName { file: String },
     #[error("{file}: {message}")]
     Invalid { file: String, message: String },
-    #[error("cannot read scenarios from {dir}: {message}")]
-    Unreadable { dir: String, message: String },
+    #[error("{path}: {message}")]
+    Unreadable { path: String, message: String },
 }
 
-/// Parses one scenario file; `file` is used for the name and in error messages.
-pub fn parse(file: &str, text: &str) -> Result<Scenario, ScenarioError> {
-    let name = Path::new(file)
-        .file_name()
-        .and_then(|name| name.to_str())
-        .and_then(|name| name.strip_suffix(".toml"))
-        .filter(|name| {
-            !name.is_empty()
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-        })
-        .ok_or_else(|| ScenarioError::BadName {
-            file: file.to_string(),
-        })?;
-    let parsed: ScenarioFile = toml::from_str(text).map_err(|error| ScenarioError::Malformed {
+fn parse_toml<T: serde::de::DeserializeOwned>(file: &str, text: &str) -> Result<T, ScenarioError> {
+    toml::from_str(text).map_err(|error| ScenarioError::Malformed {
         file: file.to_string(),
         line: error.span().map_or(1, |span| line_of(text, span.start)),
         message: error.message().trim_end().to_string(),
-    })?;
-    let invalid = |message: &str| ScenarioError::Invalid {
-        file: file.to_string(),
-        message: message.to_string(),
-    };
-    if parsed.paths.is_empty() || parsed.vendors.is_empty() {
-        return Err(invalid(
-            "`paths` and `vendors` must not be empty (leave them out for all)",
-        ));
-    }
-    if parsed.summary.trim().is_empty() {
-        return Err(invalid("`summary` must say what L2 does"));
-    }
-    let mut paths = parsed.paths;
-    paths.sort();
-    paths.dedup();
-    let mut vendors = parsed.vendors;
-    vendors.sort();
-    vendors.dedup();
-    Ok(Scenario {
-        name: name.to_string(),
-        summary: parsed.summary,
-        target: parsed.target,
-        fault: parsed.fault,
-        access: parsed.access,
-        paths,
-        vendors,
     })
 }
 
@@ -229,23 +364,202 @@ fn line_of(text: &str, offset: usize) -> usize {
         .count()
 }
 
-/// The scenarios built into the binary, in file-name order.
+/// The built-in matrix and its exclusions: what every scenario, built-in or from a file, obeys.
+pub struct Matrix {
+    scenarios: Vec<Scenario>,
+    exclusions: Vec<Exclusion>,
+}
+
+impl Matrix {
+    pub fn parse(file: &str, text: &str) -> Result<Self, ScenarioError> {
+        let parsed: MatrixFile = parse_toml(file, text)?;
+        let invalid = |message: String| ScenarioError::Invalid {
+            file: file.to_string(),
+            message,
+        };
+        let mut points: Vec<(Point, &str)> = Vec::new();
+        for block in &parsed.block {
+            for &target in &block.target {
+                for &fault in &block.fault {
+                    for &access in &block.access {
+                        for &nested_leaf in &block.nested_leaf {
+                            for &l2_leaf in &block.l2_leaf {
+                                let point = Point {
+                                    target,
+                                    fault,
+                                    access,
+                                    nested_leaf,
+                                    l2_leaf,
+                                };
+                                points.push((point, &block.why));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let mut matrix = Matrix {
+            scenarios: Vec::new(),
+            exclusions: parsed.exclude,
+        };
+        let mut seen: std::collections::HashMap<Point, &str> = Default::default();
+        for (point, why) in points {
+            if let Some(first) = seen.insert(point, why) {
+                return Err(invalid(format!(
+                    "{} is spanned by two blocks (\"{first}\" and \"{why}\")",
+                    Scenario::derived_name(&point)
+                )));
+            }
+            let runs = matrix.runs(&point, &all_vendors(), &all_paths());
+            if runs.is_empty() {
+                continue;
+            }
+            let seed = parsed.seed.iter().find(|seed| point_of!(seed) == point);
+            matrix.scenarios.push(Scenario {
+                name: seed.map_or_else(|| Scenario::derived_name(&point), |s| s.name.clone()),
+                summary: Scenario::describe(&point),
+                target: point.target,
+                fault: point.fault,
+                access: point.access,
+                nested_leaf: point.nested_leaf,
+                l2_leaf: point.l2_leaf,
+                runs,
+            });
+        }
+        for seed in &parsed.seed {
+            if !matrix.scenarios.iter().any(|s| s.name == seed.name) {
+                return Err(invalid(format!(
+                    "seed {} is not a point any block spans (or every run of it is excluded)",
+                    seed.name
+                )));
+            }
+        }
+        for (index, rule) in matrix.exclusions.iter().enumerate() {
+            let used = seen.keys().any(|point| {
+                VendorKind::ALL.iter().any(|&vendor| {
+                    AccessPath::ALL
+                        .iter()
+                        .any(|&path| rule.excludes(point, vendor, path))
+                })
+            });
+            if !used {
+                return Err(invalid(format!(
+                    "exclusion #{} (\"{}\") excludes nothing any block spans",
+                    index + 1,
+                    rule.why
+                )));
+            }
+        }
+        Ok(matrix)
+    }
+
+    /// The (vendor, path) pairs of `point` no exclusion removes, vendor-major.
+    fn runs(
+        &self,
+        point: &Point,
+        vendors: &[VendorKind],
+        paths: &[AccessPath],
+    ) -> Vec<(VendorKind, AccessPath)> {
+        let mut runs = Vec::new();
+        for vendor in VendorKind::ALL.into_iter().filter(|v| vendors.contains(v)) {
+            for path in AccessPath::ALL.into_iter().filter(|p| paths.contains(p)) {
+                if self.exclusion(point, vendor, path).is_none() {
+                    runs.push((vendor, path));
+                }
+            }
+        }
+        runs
+    }
+
+    fn exclusion(&self, point: &Point, vendor: VendorKind, path: AccessPath) -> Option<&str> {
+        self.exclusions
+            .iter()
+            .find(|rule| rule.excludes(point, vendor, path))
+            .map(|rule| rule.why.as_str())
+    }
+
+    pub fn scenarios(&self) -> &[Scenario] {
+        &self.scenarios
+    }
+
+    /// Parses one scenario file; `file` gives the name and is used in error messages. The
+    /// matrix's exclusions apply: a file whose every run is excluded is an error that says why.
+    pub fn parse_file(&self, file: &str, text: &str) -> Result<Scenario, ScenarioError> {
+        let name = Path::new(file)
+            .file_name()
+            .and_then(|name| name.to_str())
+            .and_then(|name| name.strip_suffix(".toml"))
+            .filter(|name| {
+                !name.is_empty()
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            })
+            .ok_or_else(|| ScenarioError::BadName {
+                file: file.to_string(),
+            })?;
+        let parsed: ScenarioFile = parse_toml(file, text)?;
+        let point = point_of!(parsed);
+        let invalid = |message: String| ScenarioError::Invalid {
+            file: file.to_string(),
+            message,
+        };
+        if parsed.paths.is_empty() || parsed.vendors.is_empty() {
+            return Err(invalid(
+                "`paths` and `vendors` must not be empty (leave them out for all)".into(),
+            ));
+        }
+        if parsed.summary.trim().is_empty() {
+            return Err(invalid("`summary` must say what L2 does".into()));
+        }
+        let runs = self.runs(&point, &parsed.vendors, &parsed.paths);
+        if runs.is_empty() {
+            let reasons: Vec<String> = parsed
+                .vendors
+                .iter()
+                .flat_map(|&vendor| parsed.paths.iter().map(move |&path| (vendor, path)))
+                .filter_map(|(vendor, path)| {
+                    self.exclusion(&point, vendor, path)
+                        .map(|why| format!("{vendor}/{path}: {why}"))
+                })
+                .collect();
+            return Err(invalid(format!(
+                "every run is excluded by {MATRIX_FILE}:\n  {}",
+                reasons.join("\n  ")
+            )));
+        }
+        Ok(Scenario {
+            name: name.to_string(),
+            summary: parsed.summary,
+            target: point.target,
+            fault: point.fault,
+            access: point.access,
+            nested_leaf: point.nested_leaf,
+            l2_leaf: point.l2_leaf,
+            runs,
+        })
+    }
+}
+
+/// The built-in matrix.
+pub fn matrix() -> Result<Matrix, ScenarioError> {
+    Matrix::parse(MATRIX_FILE, MATRIX)
+}
+
+/// The built-in scenarios, in matrix order.
 pub fn built_in() -> Result<Vec<Scenario>, ScenarioError> {
-    BUILT_IN
-        .iter()
-        .map(|(file, text)| parse(&format!("scenarios/{file}"), text))
-        .collect()
+    Ok(matrix()?.scenarios)
 }
 
 /// The `*.toml` files in `dir` as (file name, contents), in name order.
 pub fn read_dir(dir: &Path) -> Result<Vec<(String, String)>, ScenarioError> {
-    let unreadable = |error: std::io::Error| ScenarioError::Unreadable {
-        dir: dir.display().to_string(),
+    let unreadable = |path: &Path, error: std::io::Error| ScenarioError::Unreadable {
+        path: path.display().to_string(),
         message: error.to_string(),
     };
     let mut paths = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(unreadable)? {
-        let path = entry.map_err(unreadable)?.path();
+    for entry in std::fs::read_dir(dir).map_err(|e| unreadable(dir, e))? {
+        let path = entry.map_err(|e| unreadable(dir, e))?.path();
         if path.extension().is_some_and(|ext| ext == "toml") {
             paths.push(path);
         }
@@ -253,7 +567,7 @@ pub fn read_dir(dir: &Path) -> Result<Vec<(String, String)>, ScenarioError> {
     paths.sort();
     if paths.is_empty() {
         return Err(ScenarioError::Unreadable {
-            dir: dir.display().to_string(),
+            path: dir.display().to_string(),
             message: "no *.toml files".into(),
         });
     }
@@ -265,7 +579,10 @@ pub fn read_dir(dir: &Path) -> Result<Vec<(String, String)>, ScenarioError> {
                 .unwrap_or_default()
                 .to_string_lossy()
                 .into_owned();
-            Ok((name, std::fs::read_to_string(path).map_err(unreadable)?))
+            Ok((
+                name,
+                std::fs::read_to_string(path).map_err(|e| unreadable(path, e))?,
+            ))
         })
         .collect()
 }
@@ -273,10 +590,11 @@ pub fn read_dir(dir: &Path) -> Result<Vec<(String, String)>, ScenarioError> {
 /// The built-in scenarios, then those in `dir` (for trying new ones without rebuilding); a name
 /// may occur once.
 pub fn with_dir(dir: &Path) -> Result<Vec<Scenario>, ScenarioError> {
-    let mut scenarios = built_in()?;
+    let matrix = matrix()?;
+    let mut scenarios = matrix.scenarios().to_vec();
     for (name, text) in read_dir(dir)? {
         let file = dir.join(&name).display().to_string();
-        let scenario = parse(&file, &text)?;
+        let scenario = matrix.parse_file(&file, &text)?;
         if scenarios.iter().any(|known| known.name == scenario.name) {
             return Err(ScenarioError::Invalid {
                 file,
@@ -292,8 +610,8 @@ pub fn with_dir(dir: &Path) -> Result<Vec<Scenario>, ScenarioError> {
 pub fn expand(scenarios: &[Scenario]) -> Vec<Case> {
     let mut cases = Vec::new();
     for vendor in VendorKind::ALL {
-        for scenario in scenarios.iter().filter(|s| s.vendors.contains(&vendor)) {
-            for &path in &scenario.paths {
+        for scenario in scenarios {
+            for &(_, path) in scenario.runs.iter().filter(|(v, _)| *v == vendor) {
                 cases.push(Case {
                     scenario: scenario.clone(),
                     vendor,
@@ -305,54 +623,141 @@ pub fn expand(scenarios: &[Scenario]) -> Vec<Case> {
     cases
 }
 
+/// The built-in case with this id, for tests across the crate.
+#[cfg(test)]
+pub fn built_in_case(id: &str) -> Case {
+    expand(&built_in().unwrap())
+        .into_iter()
+        .find(|case| case.id() == id)
+        .unwrap_or_else(|| panic!("no built-in case {id}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn built_in_scenarios_expand_to_sixteen_ids() {
-        let cases = expand(&built_in().unwrap());
-        let ids: Vec<String> = cases.iter().map(Case::id).collect();
-        assert_eq!(ids.len(), 16, "{ids:?}");
-        assert!(ids.contains(&"svm/pt_page_unmapped/emulated".to_string()));
-        assert!(ids.contains(&"vmx/final_page_write_protected/hardware".to_string()));
+    fn ids() -> Vec<String> {
+        expand(&built_in().unwrap()).iter().map(Case::id).collect()
     }
 
     #[test]
-    fn good_file_parses_with_defaults() {
-        let scenario = parse(
-            "scenarios/x.toml",
-            "summary = \"s\"\ntarget = \"pt_page\"\nfault = \"unmapped\"\naccess = \"read\"\n",
-        )
-        .unwrap();
-        assert_eq!(scenario.name, "x");
-        assert_eq!(scenario.target, Target::PageTable);
-        assert_eq!(scenario.paths, AccessPath::ALL);
-        assert_eq!(scenario.vendors, VendorKind::ALL);
+    fn the_matrix_keeps_the_seed_ids_and_spans_well_over_a_hundred() {
+        let ids = ids();
+        assert!(ids.len() > 140, "{}", ids.len());
+        for seed in [
+            "final_page_unmapped",
+            "pt_page_unmapped",
+            "final_page_write_protected",
+            "pt_page_write_protected",
+        ] {
+            for vendor in ["svm", "vmx"] {
+                for path in ["emulated", "hardware", "forced"] {
+                    let id = format!("{vendor}/{seed}/{path}");
+                    assert!(ids.contains(&id), "{id} missing");
+                }
+            }
+        }
+        let unique: std::collections::HashSet<&String> = ids.iter().collect();
+        assert_eq!(unique.len(), ids.len(), "ids are unique");
     }
 
     #[test]
-    fn restricted_paths_and_vendors_are_kept() {
-        let scenario = parse(
-            "y.toml",
-            "summary = \"s\"\ntarget = \"final_page\"\nfault = \"unmapped\"\naccess = \"write\"\n\
-             paths = [\"hardware\"]\nvendors = [\"vmx\", \"vmx\"]\n",
-        )
-        .unwrap();
-        assert_eq!(scenario.paths, [AccessPath::Hardware]);
-        assert_eq!(scenario.vendors, [VendorKind::Vmx]);
-        assert_eq!(expand(&[scenario]).len(), 1);
+    fn seeds_are_the_points_they_always_were() {
+        let case = built_in_case("svm/final_page_write_protected/emulated");
+        let s = &case.scenario;
+        assert_eq!(
+            (s.target, s.fault, s.access),
+            (Target::Final, Fault::WriteProtected, Access::Write)
+        );
+        let case = built_in_case("vmx/pt_page_write_protected/hardware");
+        assert_eq!(case.scenario.access, Access::Read);
+    }
+
+    #[test]
+    fn names_derive_from_the_axes() {
+        let ids = ids();
+        for id in [
+            "svm/pdpt_page_unmapped_read/forced",
+            "vmx/final_page_unmapped_read_nested_1g/hardware",
+            "svm/pd_page_unmapped_read_l2_2m/emulated",
+            "svm/final_page_supervisor_read/hardware",
+            "vmx/final_page_reserved_bit_read/emulated",
+            "vmx/final_page_no_execute_fetch/hardware",
+        ] {
+            assert!(ids.contains(&id.to_string()), "{id} missing");
+        }
+    }
+
+    #[test]
+    fn exclusions_remove_what_makes_no_sense() {
+        let ids = ids();
+        let absent = |fragment: &str| !ids.iter().any(|id| id.contains(fragment));
+        assert!(absent("vmx/final_page_supervisor"), "no U/S bit in EPT");
+        assert!(absent("fetch/emulated"), "no string-I/O fetch");
+        assert!(
+            absent("pt_page_unmapped_read_l2_2m"),
+            "a 2M L2 page has no PT"
+        );
+        assert!(
+            absent("final_page_write_protected_read"),
+            "a read of a read-only page works"
+        );
+        assert!(ids
+            .iter()
+            .all(|id| !id.contains("pml4_page") || id.ends_with("/hardware")));
+    }
+
+    #[test]
+    fn files_obey_the_matrix_exclusions_and_say_why() {
+        let matrix = matrix().unwrap();
+        let error = matrix
+            .parse_file(
+                "x.toml",
+                "summary = \"s\"\ntarget = \"final_page\"\nfault = \"supervisor\"\n\
+                 access = \"read\"\nvendors = [\"vmx\"]\n",
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("every run is excluded") && error.contains("vmx/"),
+            "{error}"
+        );
+        let scenario = matrix
+            .parse_file(
+                "y.toml",
+                "summary = \"s\"\ntarget = \"pd_page\"\nfault = \"supervisor\"\naccess = \"read\"\n\
+                 paths = [\"hardware\"]\n",
+            )
+            .unwrap();
+        assert_eq!(scenario.runs, [(VendorKind::Svm, AccessPath::Hardware)]);
+    }
+
+    #[test]
+    fn the_matrix_file_is_checked() {
+        let block = "[[block]]\nwhy = \"w\"\ntarget = [\"final_page\"]\nfault = [\"unmapped\"]\naccess = [\"read\"]\n";
+        let twice = Matrix::parse("m.toml", &format!("{block}{block}"))
+            .err()
+            .unwrap();
+        assert!(twice.to_string().contains("two blocks"), "{twice}");
+        let dead = format!("{block}[[exclude]]\nwhy = \"never\"\nfault = [\"supervisor\"]\n");
+        let dead = Matrix::parse("m.toml", &dead).err().unwrap();
+        assert!(dead.to_string().contains("excludes nothing"), "{dead}");
+        let seed = format!("[[seed]]\nname = \"old\"\ntarget = \"pt_page\"\nfault = \"unmapped\"\naccess = \"read\"\n{block}");
+        let seed = Matrix::parse("m.toml", &seed).err().unwrap();
+        assert!(seed.to_string().contains("seed old"), "{seed}");
     }
 
     #[test]
     fn bad_value_names_file_and_line() {
-        let error = parse(
-            "scenarios/bad.toml",
-            "summary = \"s\"\ntarget = \"pt_page\"\nfault = \"sideways\"\naccess = \"read\"\n",
-        )
-        .unwrap_err();
+        let error = matrix()
+            .unwrap()
+            .parse_file(
+                "scenarios/bad.toml",
+                "summary = \"s\"\ntarget = \"pt_page\"\nfault = \"sideways\"\naccess = \"read\"\n",
+            )
+            .unwrap_err();
         let text = error.to_string();
-        assert!(text.starts_with("scenarios/bad.toml:3: "), "{text}");
+        assert!(text.starts_with("scenarios/bad.toml:"), "{text}");
         assert!(
             text.contains("sideways") && text.contains("write_protected"),
             "{text}"
@@ -360,31 +765,19 @@ mod tests {
     }
 
     #[test]
-    fn unknown_and_missing_keys_are_errors() {
-        let unknown = parse("a.toml", "summary = \"s\"\ntarget = \"pt_page\"\nfault = \"unmapped\"\naccess = \"read\"\ncolour = 1\n");
-        assert!(unknown.unwrap_err().to_string().contains("colour"));
-        let missing = parse("a.toml", "summary = \"s\"\ntarget = \"pt_page\"\n").unwrap_err();
-        assert!(missing.to_string().contains("fault"), "{missing}");
-        let syntax = parse("a.toml", "summary = \"s\ntarget = 1").unwrap_err();
-        assert!(
-            matches!(syntax, ScenarioError::Malformed { line: 1, .. }),
-            "{syntax}"
-        );
-    }
-
-    #[test]
-    fn bad_file_names_and_empty_lists_are_errors() {
+    fn unknown_and_missing_keys_and_bad_names_are_errors() {
+        let matrix = matrix().unwrap();
         let body =
             "summary = \"s\"\ntarget = \"pt_page\"\nfault = \"unmapped\"\naccess = \"read\"\n";
+        let unknown = matrix.parse_file("a.toml", &format!("{body}colour = 1\n"));
+        assert!(unknown.unwrap_err().to_string().contains("colour"));
+        let missing = matrix.parse_file("a.toml", "summary = \"s\"\ntarget = \"pt_page\"\n");
+        assert!(missing.unwrap_err().to_string().contains("fault"));
         assert!(matches!(
-            parse("Bad-Name.toml", body),
+            matrix.parse_file("Bad-Name.toml", body),
             Err(ScenarioError::BadName { .. })
         ));
-        assert!(matches!(
-            parse("a.txt", body),
-            Err(ScenarioError::BadName { .. })
-        ));
-        let empty = parse("a.toml", &format!("{body}paths = []\n")).unwrap_err();
-        assert!(empty.to_string().contains("must not be empty"));
+        let empty = matrix.parse_file("a.toml", &format!("{body}paths = []\n"));
+        assert!(empty.unwrap_err().to_string().contains("must not be empty"));
     }
 }

@@ -1,4 +1,5 @@
-//! Which cases a command line selects: `--scenario` (ids, names or `all`), `--vendor`, `--path`.
+//! Which cases a command line selects: `--scenario` (ids, names, globs over ids or `all`),
+//! `--vendor`, `--path`.
 
 use thiserror::Error;
 
@@ -16,6 +17,7 @@ pub enum VendorChoice {
 pub enum PathChoice {
     Emulated,
     Hardware,
+    Forced,
     All,
 }
 
@@ -39,6 +41,7 @@ pub fn select(
         PathChoice::All => true,
         PathChoice::Emulated => case.path == AccessPath::Emulated,
         PathChoice::Hardware => case.path == AccessPath::Hardware,
+        PathChoice::Forced => case.path == AccessPath::Forced,
     };
     for pattern in patterns {
         if !all.iter().any(|case| matches(case, pattern)) {
@@ -64,7 +67,20 @@ pub fn select(
 }
 
 fn matches(case: &Case, pattern: &str) -> bool {
-    pattern == "all" || pattern == case.scenario.name || pattern == case.id()
+    pattern == "all"
+        || pattern == case.scenario.name
+        || glob(pattern.as_bytes(), case.id().as_bytes())
+}
+
+/// Shell-style matching of a whole id: `*` any run of characters (slashes included), `?` one.
+fn glob(pattern: &[u8], text: &[u8]) -> bool {
+    match pattern.split_first() {
+        None => text.is_empty(),
+        Some((b'*', rest)) => (0..=text.len()).any(|skip| glob(rest, &text[skip..])),
+        Some((&p, rest)) => text
+            .split_first()
+            .is_some_and(|(&t, tail)| (p == b'?' || p == t) && glob(rest, tail)),
+    }
 }
 
 #[cfg(test)]
@@ -74,6 +90,30 @@ mod tests {
 
     fn all() -> Vec<Case> {
         expand(&built_in().unwrap())
+    }
+
+    #[test]
+    fn globs_match_whole_ids() {
+        let forced = ids(&["svm/*/forced"], &VendorKind::ALL, PathChoice::All);
+        assert!(
+            forced.len() > 20
+                && forced
+                    .iter()
+                    .all(|id| id.starts_with("svm/") && id.ends_with("/forced"))
+        );
+        let nested = ids(&["*nested_1g*"], &[VendorKind::Vmx], PathChoice::Hardware);
+        assert_eq!(nested.len(), 3, "{nested:?}");
+        assert_eq!(
+            ids(
+                &["vmx/final_page_unmapped/hardwar?"],
+                &VendorKind::ALL,
+                PathChoice::All
+            )
+            .len(),
+            1
+        );
+        assert!(!glob(b"svm/*", b"vmx/x"));
+        assert!(glob(b"*", b""));
     }
 
     fn ids(patterns: &[&str], vendors: &[VendorKind], path: PathChoice) -> Vec<String> {
@@ -87,8 +127,10 @@ mod tests {
 
     #[test]
     fn names_ids_and_all_select() {
-        assert_eq!(ids(&[], &VendorKind::ALL, PathChoice::All).len(), 16);
-        assert_eq!(ids(&["all"], &[VendorKind::Svm], PathChoice::All).len(), 8);
+        let every = ids(&[], &VendorKind::ALL, PathChoice::All);
+        assert_eq!(ids(&["all"], &VendorKind::ALL, PathChoice::All), every);
+        let svm = ids(&["all"], &[VendorKind::Svm], PathChoice::All);
+        assert!(!svm.is_empty() && svm.iter().all(|id| id.starts_with("svm/")));
         assert_eq!(
             ids(
                 &["pt_page_unmapped"],
@@ -99,6 +141,14 @@ mod tests {
                 "svm/pt_page_unmapped/emulated",
                 "vmx/pt_page_unmapped/emulated"
             ]
+        );
+        assert_eq!(
+            ids(
+                &["pt_page_unmapped"],
+                &[VendorKind::Vmx],
+                PathChoice::Forced
+            ),
+            ["vmx/pt_page_unmapped/forced"]
         );
         assert_eq!(
             ids(
@@ -128,6 +178,10 @@ mod tests {
         let text = error.to_string();
         assert!(text.contains("\"pt_page_unmaped\""), "{text}");
         assert!(text.contains("  svm/pt_page_unmapped/emulated\n"), "{text}");
-        assert_eq!(text.matches("  vmx/").count(), 8, "{text}");
+        assert_eq!(
+            text.matches("  vmx/").count(),
+            ids(&["vmx/*"], &VendorKind::ALL, PathChoice::All).len(),
+            "{text}"
+        );
     }
 }

@@ -8,6 +8,7 @@ use nestfault_protocol::{split_vmx_detail, Status as StubStatus};
 use serde::{Deserialize, Serialize};
 
 use crate::arch::{show, Expectation, Vendor};
+use crate::paging::PAGE_SIZE;
 use crate::scenario::Case;
 use crate::vm::{L2Io, Observation};
 
@@ -82,12 +83,25 @@ impl<'de> Deserialize<'de> for ExitValues {
     }
 }
 
+/// A scenario's point in the fault space, by the names scenarios/matrix.toml uses.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Axes {
+    pub target: String,
+    pub fault: String,
+    pub access: String,
+    pub nested_leaf: String,
+    pub l2_leaf: String,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Verdict {
     pub id: String,
     pub vendor: String,
     pub scenario: String,
     pub path: String,
+    /// The scenario's axes, so that scripts can filter without parsing names.
+    #[serde(flatten)]
+    pub axes: Axes,
     pub status: Status,
     pub expected: ExitValues,
     pub actual: Option<ExitValues>,
@@ -103,6 +117,13 @@ impl Verdict {
             vendor: case.vendor.name().to_string(),
             scenario: case.scenario.name.clone(),
             path: case.path.name().to_string(),
+            axes: Axes {
+                target: case.scenario.target.name().to_string(),
+                fault: case.scenario.fault.name().to_string(),
+                access: case.scenario.access.name().to_string(),
+                nested_leaf: case.scenario.nested_leaf.name().to_string(),
+                l2_leaf: case.scenario.l2_leaf.name().to_string(),
+            },
             status,
             expected: ExitValues::default(),
             actual: None,
@@ -191,40 +212,56 @@ fn l2_io_finding(io: L2Io) -> Option<String> {
     })
 }
 
-/// Adds to the emulated verdict how it compares with the hardware path of the same scenario:
-/// the emulator should report what the CPU reports (oracle.md 4), up to the masked bits.
+/// What a disagreement between the paths that no known signature explains is called.
+pub const UNEXPLAINED_DISAGREEMENT: &str = "emulator and CPU disagree; no known fix explains it";
+
+/// Adds to an emulated or forced verdict how it compares with its hardware twin (same scenario
+/// and vendor): the emulator should report what the CPU reports, after the only normalisations
+/// docs/oracle.md allows: the twin's masks (bits the CPU may report differently, such as Bochs'
+/// ACC_READ on paging-structure accesses) and a page-aligned GPA (the emulator reports the page,
+/// the CPU the byte or entry). A disagreement that the diagnosis does not already pin on a known
+/// fix is said to be unexplained.
 pub fn compare_paths(
     emulated: &mut Verdict,
     hardware: &Verdict,
     vendor: &dyn Vendor,
-    field_mask: u64,
+    twin: &Expectation,
 ) {
-    let (Some(emulated_actual), Some(hardware_actual)) = (&emulated.actual, &hardware.actual)
-    else {
+    let (Some(from_emulator), Some(from_cpu)) = (&emulated.actual, &hardware.actual) else {
         return;
     };
-    let name = vendor.exit_fields()[1];
-    let (Some(from_emulator), Some(from_cpu)) =
-        (emulated_actual.get(name), hardware_actual.get(name))
-    else {
-        return;
-    };
+    let names = vendor.exit_fields();
+    let mut differences = Vec::new();
+    for (i, (name, expected)) in names.iter().zip(&twin.fields).enumerate() {
+        let (Some(emulator), Some(cpu)) = (from_emulator.get(name), from_cpu.get(name)) else {
+            continue;
+        };
+        // The GPA is the third field on both vendors; only its page is compared.
+        let mask = if i == 2 {
+            expected.mask & !(PAGE_SIZE - 1)
+        } else {
+            expected.mask
+        };
+        if (emulator ^ cpu) & mask != 0 {
+            differences.push(format!(
+                "{name} {} from the emulator, {} from the hardware path",
+                show(vendor, i, emulator),
+                show(vendor, i, cpu)
+            ));
+        }
+    }
     let mut text = emulated.diagnosis.take().unwrap_or_default();
     if !text.is_empty() {
         text.push('\n');
     }
-    if (from_emulator ^ from_cpu) & field_mask == 0 {
-        let _ = write!(
-            text,
-            "paths agree: the hardware path reported the same {name}"
-        );
+    if differences.is_empty() {
+        text.push_str("paths agree: the hardware path reported the same exit");
     } else {
-        let _ = write!(
-            text,
-            "paths disagree: {name} {} from the emulator, {} from the hardware path",
-            show(vendor, 1, from_emulator),
-            show(vendor, 1, from_cpu)
-        );
+        let explained = text.contains("the signature of");
+        let _ = write!(text, "paths disagree: {}", differences.join("; "));
+        if !explained {
+            let _ = write!(text, "\n{UNEXPLAINED_DISAGREEMENT}");
+        }
     }
     emulated.diagnosis = Some(text);
 }
@@ -251,21 +288,16 @@ mod tests {
     use super::*;
     use crate::arch;
     use crate::layout::FaultSite;
-    use crate::scenario::{built_in, expand};
+    use crate::scenario::built_in_case as case;
     use nestfault_protocol::{Executor, Mailbox};
 
-    fn case(id: &str) -> Case {
-        expand(&built_in().unwrap())
-            .into_iter()
-            .find(|case| case.id() == id)
-            .unwrap()
+    fn site() -> FaultSite {
+        FaultSite {
+            gva: 0x80_0000_0000,
+            data_gpa: 0x21_0000,
+            walk: vec![0x14_0008, 0x20_3000, 0x20_4000, 0x20_5000],
+        }
     }
-
-    const SITE: FaultSite = FaultSite {
-        gva: 0x4000_0000,
-        data_gpa: 0x21_0000,
-        entry_gpas: [0x20_5000, 0x20_4000],
-    };
 
     fn observed(exit: [u64; 4]) -> Observation {
         let mut mailbox = Mailbox::new(Executor::Svm);
@@ -281,7 +313,7 @@ mod tests {
     fn matching_exit_passes_and_wrong_stage_fails_with_names() {
         let vendor = arch::for_tests(crate::scenario::VendorKind::Svm);
         let case = case("svm/pt_page_unmapped/emulated");
-        let expectation = vendor.expect(&case, &SITE);
+        let expectation = vendor.expect(&case, &site());
         let pass = judge(
             vendor.as_ref(),
             &case,
@@ -308,7 +340,7 @@ mod tests {
     fn stopped_runs_and_stub_failures_are_errors() {
         let vendor = arch::for_tests(crate::scenario::VendorKind::Vmx);
         let case = case("vmx/pt_page_unmapped/emulated");
-        let expectation = vendor.expect(&case, &SITE);
+        let expectation = vendor.expect(&case, &site());
         let stopped = Observation::Stopped {
             reason: "timeout".into(),
             registers: "rip=0x1".into(),
@@ -332,18 +364,71 @@ mod tests {
     fn verdicts_round_trip_through_json() {
         let vendor = arch::for_tests(crate::scenario::VendorKind::Vmx);
         let case = case("vmx/final_page_unmapped/emulated");
-        let expectation = vendor.expect(&case, &SITE);
+        let expectation = vendor.expect(&case, &site());
         let verdict = judge(
             vendor.as_ref(),
             &case,
             &expectation,
-            &observed([48, 0x81, 0x21_0000, 0x4000_0000]),
+            &observed([48, 0x81, 0x21_0000, 0x80_0000_0000]),
             9,
         );
         let json = serde_json::to_string(&verdict).unwrap();
         assert!(json.contains("\"exit_qualification\":\"0x181\""), "{json}");
         assert!(json.contains("\"status\":\"fail\""), "{json}");
         assert_eq!(serde_json::from_str::<Verdict>(&json).unwrap(), verdict);
+        assert!(
+            json.contains("\"target\":\"final_page\",\"fault\":\"unmapped\""),
+            "{json}"
+        );
         assert!(serde_json::from_str::<Verdict>(&json.replace("0x181", "181")).is_err());
+    }
+
+    /// The differential verdict: the same exit up to the page offset of the GPA agrees; a
+    /// different stage with a known signature is pinned on it; anything else is unexplained.
+    #[test]
+    fn paths_are_compared_after_the_documented_normalisations_only() {
+        let vendor = arch::for_tests(crate::scenario::VendorKind::Svm);
+        let run = |id: &str, exit: [u64; 4]| {
+            let case = case(id);
+            let expectation = vendor.expect(&case, &site());
+            judge(vendor.as_ref(), &case, &expectation, &observed(exit), 1)
+        };
+        let twin = vendor.expect(&case("svm/final_page_unmapped/hardware"), &site());
+        let hardware = run(
+            "svm/final_page_unmapped/hardware",
+            [0x400, 0x1_0000_0004, 0x21_0000, 0],
+        );
+        let mut agreeing = run(
+            "svm/final_page_unmapped/forced",
+            [0x400, 0x1_0000_0004, 0x21_0000, 0],
+        );
+        compare_paths(&mut agreeing, &hardware, vendor.as_ref(), &twin);
+        assert!(agreeing.diagnosis.unwrap().contains("paths agree"));
+
+        let twin = vendor.expect(&case("svm/pt_page_unmapped/hardware"), &site());
+        let hardware = run(
+            "svm/pt_page_unmapped/hardware",
+            [0x400, 0x2_0000_0006, 0x20_5000, 0],
+        );
+        let mut known = run(
+            "svm/pt_page_unmapped/emulated",
+            [0x400, 0x1_0000_0006, 0x20_5000, 0],
+        );
+        compare_paths(&mut known, &hardware, vendor.as_ref(), &twin);
+        let known = known.diagnosis.unwrap();
+        assert!(known.contains("paths disagree: exit_info_1") && known.contains("297c2fe249db"));
+        assert!(!known.contains(UNEXPLAINED_DISAGREEMENT), "{known}");
+
+        let mut odd = run(
+            "svm/pt_page_unmapped/emulated",
+            [0x400, 0x2_0000_0006, 0x20_6000, 0],
+        );
+        compare_paths(&mut odd, &hardware, vendor.as_ref(), &twin);
+        let odd = odd.diagnosis.unwrap();
+        assert!(
+            odd.contains("exit_info_2 0x206000 from the emulator"),
+            "{odd}"
+        );
+        assert!(odd.contains(UNEXPLAINED_DISAGREEMENT), "{odd}");
     }
 }

@@ -113,6 +113,25 @@ pub fn missing_nested_support(cpuid: &CpuId, kind: VendorKind) -> Option<String>
 
 /// What KVM can offer a vCPU (KVM_GET_SUPPORTED_CPUID); on a nested-capable host this includes
 /// SVM and NP or VMX.
+/// Whether L0's KVM emulates instructions behind its forced-emulation prefix (kvm.ko's
+/// `force_emulation_prefix`: Y/N on older kernels, a bit mask on newer ones); the reason a
+/// forced case cannot run, if not.
+pub fn forced_emulation_prefix() -> Result<(), String> {
+    const PARAMETER: &str = "/sys/module/kvm/parameters/force_emulation_prefix";
+    match std::fs::read_to_string(PARAMETER) {
+        Ok(value) if matches!(value.trim(), "Y" | "1" | "2" | "3") => Ok(()),
+        Ok(value) => Err(format!(
+            "kvm's force_emulation_prefix is {} ({PARAMETER}): reload kvm with \
+             force_emulation_prefix=1 to run forced cases",
+            value.trim()
+        )),
+        Err(error) => Err(format!(
+            "cannot read {PARAMETER} ({error}): forced cases need kvm loaded with \
+             force_emulation_prefix=1"
+        )),
+    }
+}
+
 pub fn supported_cpuid(kvm: &Kvm) -> Result<CpuId, VmError> {
     kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(ioctl("KVM_GET_SUPPORTED_CPUID"))

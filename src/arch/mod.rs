@@ -8,11 +8,43 @@ mod vmx;
 use nestfault_protocol::{Executor, FieldWrite, EXIT_FIELDS};
 
 use crate::layout::{BuildError, CpuState, FaultSite};
-use crate::paging::{Format, PAGE_SIZE};
-use crate::scenario::{AccessPath, Case};
+use crate::paging::{Format, LeafEdit, PAGE_SIZE};
+use crate::scenario::{AccessPath, Case, Fault, Scenario, VendorKind};
 
-pub use svm::Svm;
+pub use svm::{Svm, SvmCapabilities};
 pub use vmx::{Vmx, VmxCapabilities};
+
+/// An upstream fix that a kernel must carry for some cases to pass.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Fix {
+    pub commit: &'static str,
+    pub title: &'static str,
+    pub release: &'static str,
+}
+
+impl Fix {
+    /// `<commit> ("<title>", Linux <release>)`, the way diagnoses name it.
+    pub fn cite(&self) -> String {
+        format!(
+            "{} (\"{}\", Linux {})",
+            self.commit, self.title, self.release
+        )
+    }
+}
+
+/// The fix without which `case` fails: the oracle's own account of which rows a kernel that
+/// lacks it gets wrong (the e2e holds known kernels to it). `None` when no known fix matters.
+pub fn fix_checked_by(case: &Case) -> Option<&'static Fix> {
+    match case.vendor {
+        VendorKind::Svm => svm::fix_checked_by(case),
+        VendorKind::Vmx => vmx::fix_checked_by(case),
+    }
+}
+
+/// Whether L0's instruction emulator, not the CPU, meets the fault.
+pub fn emulator_walks(path: AccessPath) -> bool {
+    path != AccessPath::Hardware
+}
 
 /// What the stub needs to run L2: its writes to the VMCB/VMCS, the exit fields to read back, and
 /// (VMX) the revision identifier the VMXON region and VMCS must carry.
@@ -53,6 +85,10 @@ pub struct Expectation {
 pub trait Vendor {
     /// The format of L1's nested tables.
     fn nested_format(&self) -> Format;
+    /// How `fault` rewrites L1's nested leaf for the target page.
+    fn nested_edit(&self, fault: Fault) -> LeafEdit;
+    /// Why this vCPU cannot run `scenario` (a leaf size or bit KVM does not offer L1), if so.
+    fn unsupported(&self, scenario: &Scenario) -> Option<String>;
     /// CR4 bits L1 must have from the start (VMX: CR4.VMXE, per IA32_VMX_CR4_FIXED0).
     fn required_cr4(&self) -> u64;
     /// MSRs the VMM sets before L1 runs.
@@ -76,14 +112,14 @@ pub trait Vendor {
     fn diagnose(&self, case: &Case, expected: &Expectation, actual: &[u64]) -> Vec<String>;
 }
 
-/// The emulator reports the page-aligned GPA of the page it failed to reach (data page or leaf
-/// PT page); the CPU the exact byte, or the address of the page-table entry it was reading.
+/// The emulator reports the page-aligned GPA of the page it failed to reach (data page or L2
+/// table page); the CPU the exact byte, or the address of the table entry it was reading.
 pub fn faulting_gpa(case: &Case, site: &FaultSite) -> u64 {
     let target = case.scenario.target;
-    match (case.path, site.entry_gpa(target)) {
-        (AccessPath::Emulated, _) => site.broken_page(target),
-        (AccessPath::Hardware, None) => site.data_gpa | (site.gva & (PAGE_SIZE - 1)),
-        (AccessPath::Hardware, Some(entry)) => entry,
+    match site.entry_gpa(target) {
+        _ if emulator_walks(case.path) => site.broken_page(target),
+        None => site.data_gpa | (site.gva & (PAGE_SIZE - 1)),
+        Some(entry) => entry,
     }
 }
 
@@ -132,10 +168,9 @@ pub fn bit_diff(wanted: u64, got: u64, mask: u64, names: &[(u32, &str)]) -> Stri
 }
 
 #[cfg(test)]
-pub fn for_tests(kind: crate::scenario::VendorKind) -> Box<dyn Vendor> {
-    use crate::scenario::VendorKind;
+pub fn for_tests(kind: VendorKind) -> Box<dyn Vendor> {
     match kind {
-        VendorKind::Svm => Box::new(Svm),
+        VendorKind::Svm => Box::new(Svm::new(SvmCapabilities::QEMU_TCG)),
         VendorKind::Vmx => Box::new(Vmx::new(VmxCapabilities::KVM_UNDER_BOCHS).unwrap()),
     }
 }

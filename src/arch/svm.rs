@@ -2,10 +2,28 @@
 
 use nestfault_protocol::{Executor, FieldWrite};
 
-use super::{bit_diff, bit_names, faulting_gpa, ControlBlock, Expectation, Expected, Vendor};
+use kvm_bindings::CpuId;
+
+use super::{
+    bit_diff, bit_names, emulator_walks, faulting_gpa, ControlBlock, Expectation, Expected, Fix,
+    Vendor,
+};
 use crate::layout::{BuildError, CpuState, FaultSite, Segment, RFLAGS_FIXED};
-use crate::paging::Format;
-use crate::scenario::{Access, AccessPath, Case, Fault, Target};
+use crate::paging::{Format, LeafEdit, Perms};
+use crate::scenario::{Access, Case, Fault, LeafSize, Scenario, Target};
+
+/// Before it, KVM gave every NPF it injected from the emulator GUEST_FINAL, whatever the stage.
+pub const STAGE_FIX: Fix = Fix {
+    commit: "297c2fe249db",
+    title: "KVM: SVM: Fix nested NPF injection of PFERR_GUEST_{PAGE,FINAL}_MASK bits",
+    release: "7.2",
+};
+
+/// The emulator's NPFs on L2's table pages need [`STAGE_FIX`]; final-page ones were right anyway
+/// (GUEST_FINAL is what the old code always set).
+pub fn fix_checked_by(case: &Case) -> Option<&'static Fix> {
+    (emulator_walks(case.path) && case.scenario.target != Target::Final).then_some(&STAGE_FIX)
+}
 
 /// #VMEXIT codes (APM appendix C).
 const VMEXIT_NPF: u64 = 0x400;
@@ -19,6 +37,8 @@ const VMEXIT_INVALID: u64 = u64::MAX;
 const PFERR_PRESENT: u64 = 1 << 0;
 const PFERR_WRITE: u64 = 1 << 1;
 const PFERR_USER: u64 = 1 << 2;
+const PFERR_RSVD: u64 = 1 << 3;
+const PFERR_FETCH: u64 = 1 << 4;
 const PFERR_GUEST_FINAL: u64 = 1 << 32;
 const PFERR_GUEST_PAGE: u64 = 1 << 33;
 const EXIT_INFO_1_BITS: &[(u32, &str)] = &[
@@ -75,12 +95,85 @@ const EFER_SVME: u64 = 1 << 12;
 /// The power-on PAT; KVM's VMRUN checks reject an invalid g_pat when nested paging is on.
 const DEFAULT_PAT: u64 = 0x0007_0406_0007_0406;
 
+/// What the vCPU's CPUID offers L1 that the matrix depends on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SvmCapabilities {
+    /// CPUID 0x80000008 EAX[7:0]: bits from here to 51 are reserved in NPT entries.
+    pub maxphyaddr: u32,
+    /// CPUID 0x80000001 EDX bit 26: 1 GiB pages, in NPT as in L1's own tables.
+    pub gbpages: bool,
+}
+
+impl SvmCapabilities {
+    /// What QEMU's `-cpu max` offers under TCG, through KVM, as measured.
+    #[cfg(test)]
+    pub const QEMU_TCG: SvmCapabilities = SvmCapabilities {
+        maxphyaddr: 40,
+        gbpages: true,
+    };
+
+    pub fn from_cpuid(cpuid: &CpuId) -> Self {
+        let leaf = |function| {
+            cpuid
+                .as_slice()
+                .iter()
+                .find(|entry| entry.function == function && entry.index == 0)
+        };
+        Self {
+            // Without the leaf the architectural default for long mode is 36 bits.
+            maxphyaddr: leaf(0x8000_0008).map_or(36, |entry| entry.eax & 0xff),
+            gbpages: leaf(0x8000_0001).is_some_and(|entry| entry.edx & (1 << 26) != 0),
+        }
+    }
+}
+
 #[derive(Debug)]
-pub struct Svm;
+pub struct Svm {
+    capabilities: SvmCapabilities,
+}
+
+impl Svm {
+    pub fn new(capabilities: SvmCapabilities) -> Self {
+        Self { capabilities }
+    }
+}
 
 impl Vendor for Svm {
     fn nested_format(&self) -> Format {
         Format::Npt
+    }
+
+    /// APM vol. 2 15.25.5: NPT entries have the x86-64 long-mode format, so "reserved" is the
+    /// lowest physical-address bit at or above MAXPHYADDR, and U/S and NX keep their meaning.
+    fn nested_edit(&self, fault: Fault) -> LeafEdit {
+        let perms = |perms| LeafEdit {
+            perms: Some(perms),
+            extra_bits: 0,
+        };
+        match fault {
+            Fault::Unmapped => LeafEdit {
+                perms: None,
+                extra_bits: 0,
+            },
+            Fault::WriteProtected => perms(Perms::READ_EXEC),
+            Fault::ReservedBit => LeafEdit {
+                perms: Some(Perms::RWX),
+                extra_bits: 1 << self.capabilities.maxphyaddr,
+            },
+            Fault::Supervisor => perms(Perms::SUPERVISOR),
+            Fault::NoExecute => perms(Perms::READ_WRITE),
+        }
+    }
+
+    fn unsupported(&self, scenario: &Scenario) -> Option<String> {
+        let caps = self.capabilities;
+        if scenario.nested_leaf == LeafSize::Size1G && !caps.gbpages {
+            return Some("the vCPU offers no 1 GiB pages (CPUID 0x80000001 EDX bit 26)".into());
+        }
+        if scenario.fault == Fault::ReservedBit && caps.maxphyaddr >= 52 {
+            return Some("MAXPHYADDR is 52: NPT entries have no reserved address bit".into());
+        }
+        None
     }
 
     fn required_cr4(&self) -> u64 {
@@ -225,16 +318,24 @@ impl Vendor for Svm {
 
     /// APM 15.25.6 and Linux's PFERR_GUEST_{FINAL,PAGE}_MASK: the #PF error code of the failing
     /// nested access plus the stage. Every nested walk is a user access; an access to a guest
-    /// page-table page asks for write (A/D updates), in KVM's walker as in AMD's.
+    /// page-table page asks for write (A/D updates), in KVM's walker as in AMD's, and is never a
+    /// fetch. P means the entry was present (a protection or reserved-bit fault); RSVD comes with
+    /// P; ID marks a fetch from the final page (L1 runs with EFER.NXE).
     fn expect(&self, case: &Case, site: &FaultSite) -> Expectation {
         let scenario = &case.scenario;
         let final_page = scenario.target == Target::Final;
         let mut error_code = PFERR_USER;
-        if scenario.fault == Fault::WriteProtected {
+        if scenario.fault != Fault::Unmapped {
             error_code |= PFERR_PRESENT;
+        }
+        if scenario.fault == Fault::ReservedBit {
+            error_code |= PFERR_RSVD;
         }
         if scenario.access == Access::Write || !final_page {
             error_code |= PFERR_WRITE;
+        }
+        if scenario.access == Access::Fetch && final_page {
+            error_code |= PFERR_FETCH;
         }
         error_code |= if final_page {
             PFERR_GUEST_FINAL
@@ -271,19 +372,20 @@ impl Vendor for Svm {
                 bit_diff(wanted.value, got, wanted.mask, EXIT_INFO_1_BITS)
             ));
         }
-        let stage = PFERR_GUEST_FINAL | PFERR_GUEST_PAGE;
-        let final_instead_of_page = wanted.value & stage == PFERR_GUEST_PAGE
-            && got == (wanted.value & !stage) | PFERR_GUEST_FINAL;
-        if final_instead_of_page && case.path == AccessPath::Emulated {
-            findings.push(
-                "the signature of a kernel without 297c2fe249db (\"KVM: SVM: Fix nested NPF injection of \
-                 PFERR_GUEST_{PAGE,FINAL}_MASK bits\", Linux 7.2): before it, NPFs injected from the \
-                 emulator always carried GUEST_FINAL"
-                    .to_string(),
-            );
+        if fix_checked_by(case).is_some() && got == stage_flipped(wanted.value) {
+            findings.push(format!(
+                "the signature of a kernel without {}: before it, NPFs injected from the emulator \
+                 always carried GUEST_FINAL",
+                STAGE_FIX.cite()
+            ));
         }
         findings
     }
+}
+
+/// What a kernel without [`STAGE_FIX`] reports for an expected GUEST_PAGE exit_info_1.
+pub fn stage_flipped(exit_info_1: u64) -> u64 {
+    (exit_info_1 & !PFERR_GUEST_PAGE) | PFERR_GUEST_FINAL
 }
 
 fn exit_code_name(code: u64) -> String {
@@ -314,129 +416,171 @@ fn unexpected_exit(code: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scenario::{built_in, expand};
+    use crate::scenario::built_in_case;
 
-    pub(crate) fn site() -> FaultSite {
-        FaultSite {
-            gva: 0x4000_0000,
-            data_gpa: 0x21_0000,
-            entry_gpas: [0x20_5000, 0x20_4000],
-        }
+    fn svm() -> Svm {
+        Svm::new(SvmCapabilities::QEMU_TCG)
     }
 
-    fn case(id: &str) -> Case {
-        expand(&built_in().unwrap())
-            .into_iter()
-            .find(|case| case.id() == id)
-            .unwrap()
+    /// A walk as the layout builds it: PML4E, PDPTE, PDE, PTE, each at index 0 but the root's.
+    pub(crate) fn site() -> FaultSite {
+        FaultSite {
+            gva: 0x80_0000_0000,
+            data_gpa: 0x21_0000,
+            walk: vec![0x14_0008, 0x20_3000, 0x20_4000, 0x20_5000],
+        }
     }
 
     fn exit_info_1(id: &str) -> u64 {
-        Svm.expect(&case(id), &site()).fields[1].value
+        svm().expect(&built_in_case(id), &site()).fields[1].value
     }
 
-    /// The upstream selftest's values for the four emulated scenarios (oracle.md 3).
+    /// The upstream selftest's values for the four emulated seed scenarios (docs/oracle.md).
     #[test]
-    fn emulated_rows_match_the_selftest() {
-        assert_eq!(
-            exit_info_1("svm/final_page_unmapped/emulated"),
-            0x1_0000_0004
-        );
-        assert_eq!(exit_info_1("svm/pt_page_unmapped/emulated"), 0x2_0000_0006);
-        assert_eq!(
-            exit_info_1("svm/final_page_write_protected/emulated"),
-            0x1_0000_0007
-        );
-        assert_eq!(
-            exit_info_1("svm/pt_page_write_protected/emulated"),
-            0x2_0000_0007
-        );
-    }
-
-    #[test]
-    fn hardware_rows_match_the_apm() {
-        assert_eq!(
-            exit_info_1("svm/final_page_unmapped/hardware"),
-            0x1_0000_0004
-        );
-        assert_eq!(
-            exit_info_1("svm/final_page_write_protected/hardware"),
-            0x1_0000_0007
-        );
-        assert_eq!(exit_info_1("svm/pt_page_unmapped/hardware"), 0x2_0000_0006);
-    }
-
-    /// A page-directory page is a guest page-table page like any other: GUEST_PAGE, and the
-    /// emulator reports the page while the CPU reports the entry.
-    #[test]
-    fn page_directory_faults_are_guest_page_faults() {
-        let text =
-            "summary = \"s\"\ntarget = \"pd_page\"\nfault = \"unmapped\"\naccess = \"read\"\n";
-        let scenario = crate::scenario::parse("pd_page_unmapped.toml", text).unwrap();
-        let site = FaultSite {
-            entry_gpas: [0x20_5000, 0x20_4008],
-            ..site()
-        };
-        for case in expand(&[scenario])
-            .iter()
-            .filter(|case| case.id().starts_with("svm/"))
-        {
-            let expectation = Svm.expect(case, &site);
-            assert_eq!(
-                expectation.fields[1],
-                Expected::exact(0x2_0000_0006),
-                "{}",
-                case.id()
-            );
-            let gpa = if case.path == AccessPath::Emulated {
-                0x20_4000
-            } else {
-                0x20_4008
-            };
-            assert_eq!(expectation.fields[2], Expected::exact(gpa), "{}", case.id());
+    fn emulated_seed_rows_match_the_selftest() {
+        for (id, value) in [
+            ("svm/final_page_unmapped/emulated", 0x1_0000_0004),
+            ("svm/pt_page_unmapped/emulated", 0x2_0000_0006),
+            ("svm/final_page_write_protected/emulated", 0x1_0000_0007),
+            ("svm/pt_page_write_protected/emulated", 0x2_0000_0007),
+        ] {
+            assert_eq!(exit_info_1(id), value, "{id}");
         }
+    }
+
+    /// kvm-unit-tests' x86/svm_npt.c, measured on AMD hardware: npt_np, npt_nx, npt_us, npt_rw,
+    /// npt_rw_pfwalk, npt_rsvd, npt_rsvd_pfwalk (docs/oracle.md, peer anchors).
+    #[test]
+    fn hardware_rows_match_kvm_unit_tests() {
+        for (id, value) in [
+            ("svm/final_page_unmapped/hardware", 0x1_0000_0004),
+            ("svm/final_page_no_execute_fetch/hardware", 0x1_0000_0015),
+            ("svm/final_page_supervisor_read/hardware", 0x1_0000_0005),
+            ("svm/final_page_write_protected/hardware", 0x1_0000_0007),
+            ("svm/pt_page_write_protected/hardware", 0x2_0000_0007),
+            ("svm/final_page_reserved_bit_read/hardware", 0x1_0000_000d),
+            ("svm/pt_page_reserved_bit_read/hardware", 0x2_0000_000f),
+        ] {
+            assert_eq!(exit_info_1(id), value, "{id}");
+        }
+    }
+
+    /// Every L2 table level is a guest page-table page: GUEST_PAGE with W, whatever L2 does;
+    /// the emulator reports the page, the CPU the entry. A fetch is ID only on the final page.
+    #[test]
+    fn upper_levels_and_fetches_follow_the_same_rules() {
+        for (id, value, gpa) in [
+            (
+                "svm/pd_page_unmapped_read/emulated",
+                0x2_0000_0006,
+                0x20_4000,
+            ),
+            (
+                "svm/pdpt_page_write_protected_read/forced",
+                0x2_0000_0007,
+                0x20_3000,
+            ),
+            (
+                "svm/pdpt_page_unmapped_write/hardware",
+                0x2_0000_0006,
+                0x20_3000,
+            ),
+            (
+                "svm/pml4_page_unmapped_fetch/hardware",
+                0x2_0000_0006,
+                0x14_0008,
+            ),
+            (
+                "svm/final_page_unmapped_fetch/hardware",
+                0x1_0000_0014,
+                0x21_0000,
+            ),
+        ] {
+            let expectation = svm().expect(&built_in_case(id), &site());
+            assert_eq!(expectation.fields[1], Expected::exact(value), "{id}");
+            assert_eq!(expectation.fields[2], Expected::exact(gpa), "{id}");
+        }
+    }
+
+    #[test]
+    fn faults_edit_the_npt_leaf_as_the_apm_defines_them() {
+        let edit = svm().nested_edit(Fault::ReservedBit);
+        assert_eq!(edit.extra_bits, 1 << 40);
+        assert_eq!(svm().nested_edit(Fault::Unmapped).perms, None);
+        assert_eq!(
+            svm().nested_edit(Fault::Supervisor).perms,
+            Some(Perms::SUPERVISOR)
+        );
+        assert_eq!(
+            svm().nested_edit(Fault::NoExecute).perms,
+            Some(Perms::READ_WRITE)
+        );
+        let no_gbpages = Svm::new(SvmCapabilities {
+            gbpages: false,
+            ..SvmCapabilities::QEMU_TCG
+        });
+        let one_g = built_in_case("svm/final_page_unmapped_read_nested_1g/hardware");
+        assert!(no_gbpages
+            .unsupported(&one_g.scenario)
+            .unwrap()
+            .contains("1 GiB"));
+        assert_eq!(svm().unsupported(&one_g.scenario), None);
     }
 
     #[test]
     fn exit_code_and_gpa_come_first() {
-        let expectation = Svm.expect(&case("svm/pt_page_unmapped/emulated"), &site());
+        let expectation = svm().expect(&built_in_case("svm/pt_page_unmapped/emulated"), &site());
         assert_eq!(expectation.fields[0], Expected::exact(0x400));
         assert_eq!(expectation.fields[2], Expected::exact(0x20_5000));
-        let expectation = Svm.expect(&case("svm/final_page_unmapped/emulated"), &site());
+        let expectation = svm().expect(&built_in_case("svm/final_page_unmapped/emulated"), &site());
         assert_eq!(expectation.fields[2], Expected::exact(0x21_0000));
     }
 
     #[test]
-    fn unfixed_kernel_signature_names_the_commit() {
-        let case = case("svm/pt_page_unmapped/emulated");
-        let expected = Svm.expect(&case, &site());
-        let findings = Svm.diagnose(&case, &expected, &[0x400, 0x1_0000_0006, 0x20_5000]);
-        assert_eq!(
-            findings[0],
-            "exit_info_1: GUEST_FINAL set, GUEST_PAGE expected"
-        );
-        assert!(findings[1].contains("297c2fe249db"), "{findings:?}");
-        // The same bits on the hardware path are not that bug.
-        let hardware = self::case("svm/pt_page_unmapped/hardware");
-        let findings = Svm.diagnose(&hardware, &expected, &[0x400, 0x1_0000_0006, 0x20_5000]);
+    fn unfixed_kernel_signature_names_the_commit_on_every_level() {
+        for id in [
+            "svm/pt_page_unmapped/emulated",
+            "svm/pd_page_write_protected_read/forced",
+            "svm/pt_page_reserved_bit_read/emulated",
+        ] {
+            let case = built_in_case(id);
+            let expected = svm().expect(&case, &site());
+            let got = stage_flipped(expected.fields[1].value);
+            let findings = svm().diagnose(&case, &expected, &[0x400, got, 0x20_5000]);
+            assert_eq!(
+                findings[0],
+                "exit_info_1: GUEST_FINAL set, GUEST_PAGE expected"
+            );
+            assert!(findings[1].contains("297c2fe249db"), "{id}: {findings:?}");
+            assert_eq!(fix_checked_by(&case), Some(&STAGE_FIX), "{id}");
+        }
+        // The same bits on the hardware path are not that bug, nor a final-page row.
+        let hardware = built_in_case("svm/pt_page_unmapped/hardware");
+        let expected = svm().expect(&hardware, &site());
+        let findings = svm().diagnose(&hardware, &expected, &[0x400, 0x1_0000_0006, 0x20_5000]);
         assert!(
             !findings.iter().any(|f| f.contains("297c2fe249db")),
             "{findings:?}"
+        );
+        assert_eq!(fix_checked_by(&hardware), None);
+        assert_eq!(
+            fix_checked_by(&built_in_case("svm/final_page_unmapped/forced")),
+            None
         );
     }
 
     #[test]
     fn other_exits_are_explained() {
-        let case = case("svm/pt_page_unmapped/emulated");
-        let expected = Svm.expect(&case, &site());
-        let findings = Svm.diagnose(&case, &expected, &[0x81, 0, 0]);
+        let case = built_in_case("svm/pt_page_unmapped/emulated");
+        let expected = svm().expect(&case, &site());
+        let findings = svm().diagnose(&case, &expected, &[0x81, 0, 0]);
         assert_eq!(
             findings,
             ["exit_code 0x81 (VMMCALL): L2 ran to its VMMCALL: no nested page fault reached L1"]
         );
-        assert_eq!(Svm.decode(0, u64::MAX).unwrap(), "INVALID");
-        assert_eq!(Svm.decode(0, 0x4e).unwrap(), "EXCP14");
-        assert_eq!(Svm.decode(1, 0x2_0000_0007).unwrap(), "P|W|U|GUEST_PAGE");
-        assert_eq!(Svm.decode(2, 0x1000), None);
+        assert_eq!(svm().decode(0, u64::MAX).unwrap(), "INVALID");
+        assert_eq!(svm().decode(0, 0x4e).unwrap(), "EXCP14");
+        assert_eq!(svm().decode(1, 0x2_0000_0007).unwrap(), "P|W|U|GUEST_PAGE");
+        assert_eq!(svm().decode(2, 0x1000), None);
     }
 }

@@ -2,10 +2,28 @@
 
 use nestfault_protocol::{Executor, FieldWrite};
 
-use super::{bit_diff, bit_names, faulting_gpa, ControlBlock, Expectation, Expected, Vendor};
+use super::{
+    bit_diff, bit_names, emulator_walks, faulting_gpa, ControlBlock, Expectation, Expected, Fix,
+    Vendor,
+};
 use crate::layout::{BuildError, CpuState, FaultSite, Segment, RFLAGS_FIXED};
-use crate::paging::Format;
-use crate::scenario::{Access, AccessPath, Case, Fault, Target};
+use crate::paging::{Format, LeafEdit, Perms};
+use crate::scenario::{Access, Case, Fault, LeafSize, Scenario, Target};
+
+/// Before it, KVM took bits 8:7 of an emulator-injected EPT violation from another exit.
+pub const GVA_BITS_FIX: Fix = Fix {
+    commit: "96b067b59ad9",
+    title: "KVM: VMX: Synthesize nested EPT violation GVA_IS_VALID/GVA_TRANSLATED bits",
+    release: "7.2",
+};
+
+/// Every EPT violation the emulator injects needs [`GVA_BITS_FIX`]: the bits came from the exit
+/// that started emulation (zero for I/O and #UD exits) or were stale. Misconfigurations carry no
+/// such bits.
+pub fn fix_checked_by(case: &Case) -> Option<&'static Fix> {
+    (emulator_walks(case.path) && case.scenario.fault != Fault::ReservedBit)
+        .then_some(&GVA_BITS_FIX)
+}
 
 /// Basic exit reasons (SDM appendix C).
 const EXIT_REASON_EPT_VIOLATION: u64 = 48;
@@ -19,7 +37,9 @@ const EXIT_REASON_ENTRY_FAILURE: u64 = 1 << 31;
 /// EPT-violation exit qualification (SDM table 28-7).
 const QUAL_READ: u64 = 1 << 0;
 const QUAL_WRITE: u64 = 1 << 1;
+const QUAL_FETCH: u64 = 1 << 2;
 const QUAL_READABLE: u64 = 1 << 3;
+const QUAL_WRITABLE: u64 = 1 << 4;
 const QUAL_EXECUTABLE: u64 = 1 << 5;
 const QUAL_GVA_IS_VALID: u64 = 1 << 7;
 const QUAL_GVA_TRANSLATED: u64 = 1 << 8;
@@ -97,6 +117,8 @@ const EPTP_MEMTYPE_WB: u64 = 6;
 const EPTP_WALK_LENGTH_4: u64 = 3 << 3;
 const EPTP_ACCESSED_DIRTY: u64 = 1 << 6;
 const EPT_CAP_WALK_LENGTH_4: u64 = 1 << 6;
+const EPT_CAP_2M_PAGES: u64 = 1 << 16;
+const EPT_CAP_1G_PAGES: u64 = 1 << 17;
 const EPT_CAP_WB: u64 = 1 << 14;
 const EPT_CAP_ACCESSED_DIRTY: u64 = 1 << 21;
 const BASIC_TRUE_CONTROLS: u64 = 1 << 55;
@@ -207,6 +229,38 @@ impl Vmx {
 impl Vendor for Vmx {
     fn nested_format(&self) -> Format {
         Format::Ept
+    }
+
+    /// SDM 29.3.2: R, W and X are separate bits; write-only (W=1, R=0) is a misconfiguration
+    /// (29.3.3.1), which is what `reserved_bit` means for EPT.
+    fn nested_edit(&self, fault: Fault) -> LeafEdit {
+        let perms = match fault {
+            Fault::Unmapped => None,
+            Fault::WriteProtected => Some(Perms::READ_EXEC),
+            Fault::ReservedBit => Some(Perms::WRITE_ONLY),
+            Fault::NoExecute => Some(Perms::READ_WRITE),
+            // No EPT meaning (see `unsupported`); the matrix excludes it.
+            Fault::Supervisor => Some(Perms::RWX),
+        };
+        LeafEdit {
+            perms,
+            extra_bits: 0,
+        }
+    }
+
+    fn unsupported(&self, scenario: &Scenario) -> Option<String> {
+        let ept = self.capabilities.ept_vpid;
+        let (bit, size) = match scenario.nested_leaf {
+            LeafSize::Size4K => (0, ""),
+            LeafSize::Size2M => (EPT_CAP_2M_PAGES, "2 MiB (bit 16)"),
+            LeafSize::Size1G => (EPT_CAP_1G_PAGES, "1 GiB (bit 17)"),
+        };
+        if ept & bit != bit {
+            return Some(format!(
+                "KVM offers L1 no {size} EPT pages in IA32_VMX_EPT_VPID_CAP {ept:#x}"
+            ));
+        }
+        (scenario.fault == Fault::Supervisor).then(|| "EPT has no user/supervisor bit".to_string())
     }
 
     fn required_cr4(&self) -> u64 {
@@ -331,19 +385,37 @@ impl Vendor for Vmx {
 
     /// SDM 28.2.1 table 28-7, as KVM synthesizes it since 7.2: the access (a page-table access
     /// asks for read and write, since EPT A/D makes it a write), the permissions of the failing
-    /// entry (R-X when write-protected, none when not present), GVA_IS_VALID for a linear access,
-    /// and GVA_TRANSLATED when the fault is on the final translation.
+    /// entry, GVA_IS_VALID for a linear access, and GVA_TRANSLATED when the fault is on the final
+    /// translation. A misconfiguration (SDM 29.3.3.1) is exit 49 with only the GPA: KVM's
+    /// nested_ept_inject_page_fault injects a zero qualification.
     fn expect(&self, case: &Case, site: &FaultSite) -> Expectation {
         let scenario = &case.scenario;
+        let gpa = Expected::exact(faulting_gpa(case, site));
+        if scenario.fault == Fault::ReservedBit {
+            return Expectation {
+                fields: vec![
+                    Expected::exact(EXIT_REASON_EPT_MISCONFIG),
+                    Expected::exact(0),
+                    gpa,
+                    Expected { value: 0, mask: 0 },
+                ],
+                notes: vec![
+                    "guest_linear_address not compared: an EPT misconfiguration does not save it"
+                        .to_string(),
+                ],
+            };
+        }
         let final_page = scenario.target == Target::Final;
         let access = match (final_page, scenario.access) {
             (true, Access::Read) => QUAL_READ,
             (true, Access::Write) => QUAL_WRITE,
+            (true, Access::Fetch) => QUAL_FETCH,
             (false, _) => QUAL_READ | QUAL_WRITE,
         };
         let permissions = match scenario.fault {
-            Fault::Unmapped => 0,
             Fault::WriteProtected => QUAL_READABLE | QUAL_EXECUTABLE,
+            Fault::NoExecute => QUAL_READABLE | QUAL_WRITABLE,
+            Fault::Unmapped | Fault::ReservedBit | Fault::Supervisor => 0,
         };
         let stage = if final_page {
             QUAL_GVA_IS_VALID | QUAL_GVA_TRANSLATED
@@ -352,7 +424,7 @@ impl Vendor for Vmx {
         };
         let mut mask = !QUAL_ADVANCED_INFO;
         let mut notes = Vec::new();
-        if !final_page && case.path == AccessPath::Hardware {
+        if !final_page && !emulator_walks(case.path) {
             mask &= !QUAL_READ;
             notes.push(
                 "ACC_READ not compared: on a paging-structure access it is the CPU's business \
@@ -367,7 +439,7 @@ impl Vendor for Vmx {
                     value: access | permissions | stage,
                     mask,
                 },
-                Expected::exact(faulting_gpa(case, site)),
+                gpa,
                 Expected::exact(site.gva),
             ],
             notes,
@@ -383,7 +455,7 @@ impl Vendor for Vmx {
     }
 
     fn diagnose(&self, case: &Case, expected: &Expectation, actual: &[u64]) -> Vec<String> {
-        if actual[0] != EXIT_REASON_EPT_VIOLATION {
+        if actual[0] != expected.fields[0].value {
             return vec![unexpected_exit(actual[0])];
         }
         let (wanted, got) = (expected.fields[1], actual[1]);
@@ -394,15 +466,15 @@ impl Vendor for Vmx {
                 bit_diff(wanted.value, got, wanted.mask, QUALIFICATION_BITS)
             ));
         }
-        if case.path != AccessPath::Emulated {
+        if fix_checked_by(case).is_none() {
             return findings;
         }
-        let fix = "96b067b59ad9 (\"KVM: VMX: Synthesize nested EPT violation GVA_IS_VALID/GVA_TRANSLATED bits\", Linux 7.2)";
+        let fix = GVA_BITS_FIX.cite();
         match got & QUAL_STAGE {
             stage if stage == wanted.value & QUAL_STAGE => {}
             0 => findings.push(format!(
                 "GVA_IS_VALID and GVA_TRANSLATED both clear: the signature of a 6.10-7.1 kernel without {fix}, \
-                 which took bits 8:7 from the I/O exit that started emulation"
+                 which took bits 8:7 from the exit that started emulation (I/O or #UD)"
             )),
             stale => findings.push(format!(
                 "bits 8:7 are {:02b} where {:02b} belongs: stale bits from the last hardware EPT violation \
@@ -452,6 +524,7 @@ fn unexpected_exit(reason: u64) -> String {
         EXIT_REASON_VMCALL => "L2 ran to its VMCALL: no EPT violation reached L1",
         EXIT_REASON_TRIPLE_FAULT => "L2 triple-faulted",
         EXIT_REASON_EPT_MISCONFIG => "KVM found L1's EPT misconfigured",
+        EXIT_REASON_EPT_VIOLATION => "an EPT violation where the oracle expects another exit",
         EXIT_REASON_IO => "L1 got L2's I/O exit, though it does not ask for I/O exiting",
         _ => "not the EPT violation L1 should have received",
     };
@@ -465,21 +538,14 @@ fn unexpected_exit(reason: u64) -> String {
 mod tests {
     use super::*;
     use crate::layout::Segment;
-    use crate::scenario::{built_in, expand};
+    use crate::scenario::built_in_case;
 
     fn site() -> FaultSite {
         FaultSite {
-            gva: 0x4000_0000,
+            gva: 0x80_0000_0000,
             data_gpa: 0x21_0000,
-            entry_gpas: [0x20_5000, 0x20_4000],
+            walk: vec![0x14_0008, 0x20_3000, 0x20_4000, 0x20_5000],
         }
-    }
-
-    fn case(id: &str) -> Case {
-        expand(&built_in().unwrap())
-            .into_iter()
-            .find(|case| case.id() == id)
-            .unwrap()
     }
 
     fn vmx() -> Vmx {
@@ -487,44 +553,42 @@ mod tests {
     }
 
     fn qualification(id: &str) -> Expected {
-        vmx().expect(&case(id), &site()).fields[1]
+        vmx().expect(&built_in_case(id), &site()).fields[1]
     }
 
-    /// The upstream selftest's values for the four emulated scenarios (oracle.md 3).
+    /// The upstream selftest's values for the four emulated seed scenarios (docs/oracle.md).
     #[test]
-    fn emulated_rows_match_the_selftest() {
-        assert_eq!(
-            qualification("vmx/final_page_unmapped/emulated").value,
-            0x181
-        );
-        assert_eq!(qualification("vmx/pt_page_unmapped/emulated").value, 0x083);
-        assert_eq!(
-            qualification("vmx/final_page_write_protected/emulated").value,
-            0x1aa
-        );
-        assert_eq!(
-            qualification("vmx/pt_page_write_protected/emulated").value,
-            0x0ab
-        );
+    fn emulated_seed_rows_match_the_selftest() {
+        for (id, value) in [
+            ("vmx/final_page_unmapped/emulated", 0x181),
+            ("vmx/pt_page_unmapped/emulated", 0x083),
+            ("vmx/final_page_write_protected/emulated", 0x1aa),
+            ("vmx/pt_page_write_protected/emulated", 0x0ab),
+        ] {
+            assert_eq!(qualification(id).value, value, "{id}");
+        }
         assert_eq!(
             qualification("vmx/pt_page_write_protected/emulated").mask,
             !0xe00
         );
     }
 
-    /// kvm-unit-tests' ept_access_test_not_present and paddr tests (oracle.md 6).
+    /// kvm-unit-tests' EPT access tests (x86/vmx_tests.c): not present 0x181/0x182/0x184, R-X
+    /// written 0x1AA, RW- fetched 0x19C, paging structure not present / R-X 0x083 / 0x0AB.
     #[test]
     fn hardware_rows_match_kvm_unit_tests() {
-        assert_eq!(
-            qualification("vmx/final_page_unmapped/hardware").value,
-            0x181
-        );
-        assert_eq!(
-            qualification("vmx/final_page_write_protected/hardware").value,
-            0x1aa
-        );
+        for (id, value) in [
+            ("vmx/final_page_unmapped/hardware", 0x181),
+            ("vmx/final_page_unmapped_write/hardware", 0x182),
+            ("vmx/final_page_unmapped_fetch/hardware", 0x184),
+            ("vmx/final_page_write_protected/hardware", 0x1aa),
+            ("vmx/final_page_no_execute_fetch/hardware", 0x19c),
+            ("vmx/pd_page_write_protected_read/hardware", 0x0ab),
+            ("vmx/pml4_page_unmapped_fetch/hardware", 0x083),
+        ] {
+            assert_eq!(qualification(id).value, value, "{id}");
+        }
         let pt = qualification("vmx/pt_page_unmapped/hardware");
-        assert_eq!(pt.value, 0x083);
         assert!(
             pt.matches(0x082),
             "Bochs' write-only paging-structure report is accepted"
@@ -533,30 +597,64 @@ mod tests {
     }
 
     #[test]
-    fn linear_and_physical_addresses_are_expected_exactly() {
-        let expectation = vmx().expect(&case("vmx/pt_page_unmapped/emulated"), &site());
+    fn a_write_only_entry_is_a_misconfiguration_with_only_a_gpa() {
+        let case = built_in_case("vmx/pt_page_reserved_bit_read/hardware");
+        let expectation = vmx().expect(&case, &site());
+        assert_eq!(expectation.fields[0], Expected::exact(49));
+        assert_eq!(expectation.fields[1], Expected::exact(0));
         assert_eq!(expectation.fields[2], Expected::exact(0x20_5000));
-        assert_eq!(expectation.fields[3], Expected::exact(0x4000_0000));
+        assert!(
+            expectation.fields[3].matches(0x1234),
+            "no linear address to compare"
+        );
+        assert_eq!(
+            vmx().nested_edit(Fault::ReservedBit).perms,
+            Some(Perms::WRITE_ONLY)
+        );
+        assert_eq!(fix_checked_by(&case), None);
+    }
+
+    #[test]
+    fn linear_and_physical_addresses_are_expected_exactly() {
+        let case = built_in_case("vmx/pt_page_unmapped/emulated");
+        let expectation = vmx().expect(&case, &site());
+        assert_eq!(expectation.fields[2], Expected::exact(0x20_5000));
+        assert_eq!(expectation.fields[3], Expected::exact(0x80_0000_0000));
+    }
+
+    #[test]
+    fn large_pages_need_the_capability() {
+        let mut caps = VmxCapabilities::KVM_UNDER_BOCHS;
+        caps.ept_vpid &= !EPT_CAP_1G_PAGES;
+        let one_g = built_in_case("vmx/final_page_unmapped_read_nested_1g/emulated");
+        let reason = Vmx::new(caps)
+            .unwrap()
+            .unsupported(&one_g.scenario)
+            .unwrap();
+        assert!(reason.contains("1 GiB"), "{reason}");
+        assert_eq!(vmx().unsupported(&one_g.scenario), None);
     }
 
     #[test]
     fn unfixed_signatures_name_the_commit() {
         let findings = |id: &str, qualification| {
-            let case = case(id);
+            let case = built_in_case(id);
             let expected = vmx().expect(&case, &site());
             vmx().diagnose(
                 &case,
                 &expected,
-                &[48, qualification, 0x20_5000, 0x4000_0000],
+                &[48, qualification, 0x20_5000, 0x80_0000_0000],
             )
         };
-        // 6.10-7.1: bits 8:7 from the I/O exit.
+        // 6.10-7.1: bits 8:7 from the I/O (or #UD) exit.
         let cleared = findings("vmx/pt_page_unmapped/emulated", 0x003);
         assert!(cleared[0].contains("GVA_IS_VALID expected"), "{cleared:?}");
         assert!(
             cleared[1].contains("6.10-7.1") && cleared[1].contains("96b067b59ad9"),
             "{cleared:?}"
         );
+        let forced = findings("vmx/pdpt_page_unmapped_read/forced", 0x003);
+        assert!(forced[1].contains("96b067b59ad9"), "{forced:?}");
         // <= 6.9: stale bits, primed to the opposite stage.
         let stale = findings("vmx/final_page_unmapped/emulated", 0x081);
         assert!(

@@ -65,12 +65,7 @@ pub fn build_initramfs(
         }
         let mut load_order = String::new();
         for module in &modules {
-            // Only the vendor module gets parameters; its dependencies load plain.
-            let params = if module.name == vendor.module_name() {
-                vendor.module_parameters(&module.info.params)
-            } else {
-                String::new()
-            };
+            let params = vendor.module_parameters(&module.name, &module.info.params);
             load_order.push_str(&format!("{}\t{}\n", module.name, params));
             let path = format!("{}/{}.ko", paths::MODULES_DIR, module.name);
             cpio.file(path.trim_start_matches('/'), 0o644, &module.image)?;

@@ -60,7 +60,10 @@ pub use tempdir::PrivateDir;
 /// decompressor and early boot report on the serial console too, so a
 /// kernel that dies early leaves a trace. `quiet` comes first: the early
 /// console replays the log so far when it starts, at the level then in force.
-const KERNEL_CMDLINE: &str = "console=ttyS0,115200 quiet earlyprintk=serial,ttyS0,115200 panic=-1";
+/// `kvm.force_emulation_prefix=1` enables the forced path when KVM is built in (a modular kvm.ko
+/// gets it as a load parameter instead, see [`KvmVendor::module_parameters`]).
+const KERNEL_CMDLINE: &str = "console=ttyS0,115200 quiet earlyprintk=serial,ttyS0,115200 panic=-1 \
+                              kvm.force_emulation_prefix=1";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Emulator {
@@ -111,10 +114,13 @@ impl KvmVendor {
         }
     }
 
-    /// The module parameters wanted, as far as the module declares them
-    /// (eptad, for one, is missing from some kernels); `nested=1` always.
-    pub(crate) fn module_parameters(self, declared: &[String]) -> String {
+    /// The parameters wanted for `module`, as far as it declares them (eptad, for one, is
+    /// missing from some kernels); `nested=1` for the vendor module always, and kvm.ko's
+    /// forced-emulation prefix for the forced path.
+    pub(crate) fn module_parameters(self, module: &str, declared: &[String]) -> String {
         let wanted: &[(&str, &str)] = match self {
+            _ if module == "kvm" => &[("force_emulation_prefix", "1")],
+            _ if module != self.module_name() => &[],
             KvmVendor::Amd => &[("nested", "1"), ("npt", "1")],
             KvmVendor::Intel => &[("nested", "1"), ("ept", "1"), ("eptad", "1")],
         };
@@ -241,17 +247,23 @@ mod tests {
     fn parameters_follow_what_the_module_declares() {
         let declared = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
         assert_eq!(
-            KvmVendor::Amd.module_parameters(&declared(&["nested", "npt", "avic"])),
+            KvmVendor::Amd.module_parameters("kvm_amd", &declared(&["nested", "npt", "avic"])),
             "nested=1 npt=1"
         );
         assert_eq!(
-            KvmVendor::Intel.module_parameters(&declared(&["nested", "ept", "eptad"])),
+            KvmVendor::Intel.module_parameters("kvm_intel", &declared(&["nested", "ept", "eptad"])),
             "nested=1 ept=1 eptad=1"
         );
         assert_eq!(
-            KvmVendor::Intel.module_parameters(&declared(&["ept"])),
+            KvmVendor::Intel.module_parameters("kvm_intel", &declared(&["ept"])),
             "nested=1 ept=1"
         );
+        let kvm = declared(&["force_emulation_prefix", "tdp_mmu"]);
+        assert_eq!(
+            KvmVendor::Amd.module_parameters("kvm", &kvm),
+            "force_emulation_prefix=1"
+        );
+        assert_eq!(KvmVendor::Amd.module_parameters("irqbypass", &kvm), "");
     }
 
     #[test]

@@ -128,6 +128,7 @@ pub(crate) mod sample {
             vendor: parts[0].into(),
             scenario: parts[1].into(),
             path: parts[2].into(),
+            axes: Default::default(),
             status,
             expected: ExitValues::default(),
             actual: None,
