@@ -2,8 +2,8 @@
 //! KVM set-up needs, the control block that describes L2 to L1's stub, and the oracle's rules
 //! (expected exit fields, bit decoders, known-bug signatures). Everything else is vendor-neutral.
 
-mod svm;
-mod vmx;
+pub mod svm;
+pub mod vmx;
 
 use nestfault_protocol::{Executor, FieldWrite, EXIT_FIELDS};
 

@@ -11,6 +11,9 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
+use nestfault::arch::{self, svm, vmx, Fix};
+use nestfault::scenario::{self, AccessPath, Case, VendorKind};
+
 use crate::kernels::{self, FetchedKernel, KernelsArgs};
 
 #[derive(clap::Args)]
@@ -25,37 +28,31 @@ pub struct E2eArgs {
     pub jobs: usize,
 }
 
-/// What a kernel is known to do.
-struct Known {
-    /// The SVM fix, 297c2fe249db.
-    svm_fixed: bool,
-    /// The VMX fix, 96b067b59ad9.
-    vmx_fixed: bool,
-}
-
-fn known(label: &str) -> Result<Known> {
+/// The upstream fixes a known kernel lacks: which rows it fails is then the oracle's answer
+/// (`arch::fix_checked_by`), not a guess from scenario names.
+fn missing_fixes(label: &str) -> Result<&'static [&'static Fix]> {
     match label {
-        "6.1" => Ok(Known {
-            svm_fixed: false,
-            vmx_fixed: false,
-        }),
-        "7.2" => Ok(Known {
-            svm_fixed: true,
-            vmx_fixed: true,
-        }),
+        "6.1" => Ok(&[&svm::STAGE_FIX, &vmx::GVA_BITS_FIX]),
+        "7.2" => Ok(&[]),
         _ => bail!("no known results for kernel {label}: add them to xtask/src/e2e.rs"),
     }
 }
 
-/// The problems with one run's report, if any.
+fn hex(value: &Value) -> Option<u64> {
+    u64::from_str_radix(value.as_str()?.strip_prefix("0x")?, 16).ok()
+}
+
+/// The problems with one run's report, if any: every selected case reported, each with its
+/// axes; a row fails exactly when the kernel lacks the fix the oracle says it checks, naming
+/// that fix (and on SVM with exactly the old GUEST_FINAL value); every other emulated or forced
+/// row agrees with its hardware twin; the exit code follows.
 fn check(
     label: &str,
-    vendor: &str,
     exit_code: Option<i32>,
     report: &Value,
-    cases: usize,
+    cases: &[Case],
 ) -> Result<Vec<String>> {
-    let known = known(label)?;
+    let missing = missing_fixes(label)?;
     let mut problems = Vec::new();
     let mut expect = |ok: bool, what: String| {
         if !ok {
@@ -72,48 +69,61 @@ fn check(
         .as_array()
         .map(Vec::as_slice)
         .unwrap_or(&[]);
-    expect(
-        results.len() == cases,
-        format!("{} results, not {cases}", results.len()),
-    );
+    let ids: Vec<&str> = results.iter().filter_map(|r| r["id"].as_str()).collect();
+    for case in cases {
+        expect(
+            ids.contains(&case.id().as_str()),
+            format!("{}: no result", case.id()),
+        );
+    }
     let mut any_failed = false;
     for result in results {
         let field = |name: &str| result[name].as_str().unwrap_or("");
         let (id, status, diagnosis) = (field("id"), field("status"), field("diagnosis"));
-        let emulated = field("path") == "emulated";
-        // Scenario names say what breaks: final_page_* the final page, the rest a page-table page.
-        let table_walk = !field("scenario").starts_with("final_page");
-        // Only the emulator's injection was broken; the hardware path is right everywhere.
-        let should_fail = emulated
-            && match vendor {
-                "svm" => !known.svm_fixed && table_walk,
-                _ => !known.vmx_fixed,
-            };
-        any_failed |= should_fail;
-        let wanted = if should_fail { "fail" } else { "pass" };
+        let Some(case) = cases.iter().find(|case| case.id() == id) else {
+            expect(
+                false,
+                format!("{id}: a result for a case that was not selected"),
+            );
+            continue;
+        };
+        let point = &case.scenario;
+        for (axis, value) in [
+            ("target", point.target.name()),
+            ("fault", point.fault.name()),
+            ("access", point.access.name()),
+            ("nested_leaf", point.nested_leaf.name()),
+            ("l2_leaf", point.l2_leaf.name()),
+        ] {
+            expect(
+                field(axis) == value,
+                format!("{id}: JSON {axis} {:?}, not {value:?}", field(axis)),
+            );
+        }
+        let fix = arch::fix_checked_by(case).filter(|fix| missing.contains(fix));
+        any_failed |= fix.is_some();
+        let wanted = if fix.is_some() { "fail" } else { "pass" };
         expect(
             status == wanted,
             format!("{id}: {status}, wanted {wanted}; diagnosis: {diagnosis}"),
         );
-        if should_fail {
-            let commit = if vendor == "svm" {
-                "297c2fe249db"
-            } else {
-                "96b067b59ad9"
-            };
-            expect(
-                diagnosis.contains(commit),
-                format!("{id}: the diagnosis does not name {commit}: {diagnosis}"),
-            );
+        match fix {
+            Some(fix) => expect(
+                diagnosis.contains(fix.commit),
+                format!(
+                    "{id}: the diagnosis does not name {}: {diagnosis}",
+                    fix.commit
+                ),
+            ),
+            None if case.path != AccessPath::Hardware => expect(
+                diagnosis.contains("paths agree"),
+                format!("{id}: does not agree with its hardware twin: {diagnosis}"),
+            ),
+            None => {}
         }
-        if should_fail && vendor == "svm" {
-            // GUEST_FINAL where GUEST_PAGE belongs (the seed rows: 0x1_0000_0006, 0x1_0000_0007).
-            let hex = |value: &Value| {
-                let text = value.as_str().unwrap_or("").trim_start_matches("0x");
-                u64::from_str_radix(text, 16).ok()
-            };
+        if fix == Some(&svm::STAGE_FIX) {
             let expected = hex(&result["expected"]["exit_info_1"]).unwrap_or(0);
-            let wanted = (expected & !(1 << 33)) | (1 << 32);
+            let wanted = svm::stage_flipped(expected);
             let got = hex(&result["actual"]["exit_info_1"]);
             expect(
                 got == Some(wanted),
@@ -162,9 +172,9 @@ pub fn run(args: &E2eArgs) -> Result<()> {
     let nestfault = build_nestfault(&workspace)?;
     let logs = workspace.join("target/e2e");
     std::fs::create_dir_all(&logs).context("creating target/e2e")?;
-    // The built-in scenarios and the extra ones, so that every scenario file is proven on real
-    // kernels.
-    let extra = workspace.join("scenarios/extra");
+    // The built-in matrix and the example scenario file, so that --scenarios-dir is proven on
+    // real kernels too.
+    let extra = workspace.join("scenarios/examples");
     let vendors: Vec<&'static str> = ["vmx", "svm"]
         .into_iter()
         .filter(|v| args.vendors.is_empty() || args.vendors.iter().any(|a| a == v))
@@ -279,24 +289,21 @@ fn interruption(nestfault: &Path, kernel: &FetchedKernel) -> Result<f64> {
     Ok(seconds)
 }
 
-/// How many cases `nestfault --list` selects for `vendor` with the extra scenarios.
-fn case_count(nestfault: &Path, extra: &Path, vendor: &str) -> Result<usize> {
-    let output = Command::new(nestfault)
-        .args(["--list", "--vendor", vendor, "--scenarios-dir"])
-        .arg(extra)
-        .output()
-        .context("running nestfault --list")?;
-    if !output.status.success() {
-        bail!(
-            "nestfault --list failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).lines().count())
+/// The cases a run of `vendor` with the example scenarios selects.
+fn selected_cases(extra: &Path, vendor: &str) -> Result<Vec<Case>> {
+    let vendor = match vendor {
+        "svm" => VendorKind::Svm,
+        _ => VendorKind::Vmx,
+    };
+    let scenarios = scenario::with_dir(extra).context("loading the scenarios")?;
+    Ok(scenario::expand(&scenarios)
+        .into_iter()
+        .filter(|case| case.vendor == vendor)
+        .collect())
 }
 
 fn run_one(nestfault: &Path, extra: &Path, logs: &Path, run: &Run) -> Result<(Vec<String>, f64)> {
-    let cases = case_count(nestfault, extra, run.vendor)?;
+    let cases = selected_cases(extra, run.vendor)?;
     // Not Path::with_extension: the label's dot ("6.1") would be taken for one.
     let log =
         |extension: &str| logs.join(format!("{}-{}.{extension}", run.kernel.label, run.vendor));
@@ -320,13 +327,7 @@ fn run_one(nestfault: &Path, extra: &Path, logs: &Path, run: &Run) -> Result<(Ve
         )
     })?;
     Ok((
-        check(
-            &run.kernel.label,
-            run.vendor,
-            output.status.code(),
-            &report,
-            cases,
-        )?,
+        check(&run.kernel.label, output.status.code(), &report, &cases)?,
         seconds,
     ))
 }
@@ -336,67 +337,95 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn result(scenario: &str, path: &str, status: &str, info1: &str, diagnosis: &str) -> Value {
-        let expected = info1.replace("0x1", "0x2");
-        json!({"id": format!("svm/{scenario}/{path}"), "scenario": scenario, "path": path, "status": status,
-               "expected": {"exit_info_1": expected}, "actual": {"exit_info_1": info1}, "diagnosis": diagnosis})
+    fn svm_cases() -> Vec<Case> {
+        scenario::expand(&scenario::built_in().unwrap())
+            .into_iter()
+            .filter(|case| case.vendor == VendorKind::Svm)
+            .collect()
     }
 
-    fn svm_61_report() -> Value {
-        let mut results = Vec::new();
-        for scenario in [
-            "final_page_unmapped",
-            "final_page_write_protected",
-            "pt_page_unmapped",
-            "pt_page_write_protected",
-        ] {
-            for path in ["emulated", "hardware"] {
-                let broken = path == "emulated" && scenario.starts_with("pt_page");
-                let info1 = if scenario == "pt_page_unmapped" {
-                    "0x100000006"
+    /// What a 6.1 kernel reports for every SVM case, as measured: the emulator's NPFs on L2's
+    /// table pages carry GUEST_FINAL, everything else is right.
+    fn svm_61_report(cases: &[Case]) -> Value {
+        let results: Vec<Value> = cases
+            .iter()
+            .map(|case| {
+                let point = &case.scenario;
+                let stage: u64 = if point.target == scenario::Target::Final {
+                    1 << 32
                 } else {
-                    "0x100000007"
+                    1 << 33
                 };
-                results.push(result(
-                    scenario,
-                    path,
-                    if broken { "fail" } else { "pass" },
-                    info1,
-                    "without 297c2fe249db",
-                ));
-            }
-        }
-        json!({"kernel": "6.1.0-56-amd64", "vendor": "svm", "results": results})
+                let expected = stage | 6;
+                let broken = arch::fix_checked_by(case).is_some();
+                let actual = if broken {
+                    svm::stage_flipped(expected)
+                } else {
+                    expected
+                };
+                json!({
+                    "id": case.id(), "status": if broken { "fail" } else { "pass" },
+                    "target": point.target.name(), "fault": point.fault.name(),
+                    "access": point.access.name(), "nested_leaf": point.nested_leaf.name(),
+                    "l2_leaf": point.l2_leaf.name(),
+                    "expected": {"exit_info_1": format!("{expected:#x}")},
+                    "actual": {"exit_info_1": format!("{actual:#x}")},
+                    "diagnosis": if broken { "without 297c2fe249db" } else { "paths agree" },
+                })
+            })
+            .collect();
+        json!({"kernel": "6.1.0-56-amd64", "vendor": ["svm"], "results": results})
     }
 
     #[test]
     fn a_correct_61_report_passes_and_a_wrong_one_does_not() {
+        let cases = svm_cases();
+        let report = svm_61_report(&cases);
+        let row = |id: &str| {
+            report["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .position(|r| r["id"] == id)
+                .unwrap()
+        };
         assert_eq!(
-            check("6.1", "svm", Some(1), &svm_61_report(), 8).unwrap(),
+            check("6.1", Some(1), &report, &cases).unwrap(),
             Vec::<String>::new()
         );
-        assert_eq!(
-            check("6.1", "svm", Some(0), &svm_61_report(), 8)
-                .unwrap()
-                .len(),
-            1
-        );
-        let mut passing = svm_61_report();
-        passing["results"][4]["status"] = json!("pass");
-        assert!(!check("6.1", "svm", Some(1), &passing, 8)
-            .unwrap()
-            .is_empty());
+        assert_eq!(check("6.1", Some(0), &report, &cases).unwrap().len(), 1);
+        // 7.2 must pass everything.
+        assert!(!check("7.2", Some(1), &report, &cases).unwrap().is_empty());
+        let pd = row("svm/pd_page_unmapped_read/forced");
+        let mut passing = report.clone();
+        passing["results"][pd]["status"] = json!("pass");
+        assert!(!check("6.1", Some(1), &passing, &cases).unwrap().is_empty());
         // Failing for another reason than the known bug is not the known result.
-        let mut other_bits = svm_61_report();
-        other_bits["results"][4]["actual"]["exit_info_1"] = json!("0x100000004");
-        assert!(!check("6.1", "svm", Some(1), &other_bits, 8)
+        let mut other_bits = report.clone();
+        other_bits["results"][pd]["actual"]["exit_info_1"] = json!("0x100000004");
+        assert!(!check("6.1", Some(1), &other_bits, &cases)
             .unwrap()
             .is_empty());
-        let mut wrong_kernel = svm_61_report();
+        // A passing emulated row must agree with the CPU.
+        let mut disagreeing = report.clone();
+        disagreeing["results"][row("svm/final_page_unmapped/emulated")]["diagnosis"] =
+            json!("paths disagree");
+        assert!(!check("6.1", Some(1), &disagreeing, &cases)
+            .unwrap()
+            .is_empty());
+        let mut no_axes = report.clone();
+        no_axes["results"][0]["target"] = json!(null);
+        assert!(!check("6.1", Some(1), &no_axes, &cases).unwrap().is_empty());
+        let mut missing_row = report.clone();
+        missing_row["results"].as_array_mut().unwrap().pop();
+        assert!(!check("6.1", Some(1), &missing_row, &cases)
+            .unwrap()
+            .is_empty());
+        let mut wrong_kernel = report.clone();
         wrong_kernel["kernel"] = json!("7.2.13+deb14-amd64");
-        assert!(!check("6.1", "svm", Some(1), &wrong_kernel, 8)
+        assert!(!check("6.1", Some(1), &wrong_kernel, &cases)
             .unwrap()
             .is_empty());
-        assert!(check("5.4", "svm", Some(1), &svm_61_report(), 8).is_err());
+        assert!(check("5.4", Some(1), &report, &cases).is_err());
     }
 }
