@@ -32,6 +32,22 @@ impl Fix {
     }
 }
 
+/// A KVM defect nestfault found that no upstream fix addresses yet: the rows it affects fail on
+/// every kernel, with `name` in the diagnosis, until one does (docs/oracle.md, "Findings").
+#[derive(Debug, PartialEq, Eq)]
+pub struct Finding {
+    pub name: &'static str,
+    pub summary: &'static str,
+}
+
+/// The open finding that makes `case` fail on every kernel known so far, if any.
+pub fn open_finding(case: &Case) -> Option<&'static Finding> {
+    match case.vendor {
+        VendorKind::Svm => None,
+        VendorKind::Vmx => vmx::open_finding(case),
+    }
+}
+
 /// The fix without which `case` fails: the oracle's own account of which rows a kernel that
 /// lacks it gets wrong (the e2e holds known kernels to it). `None` when no known fix matters.
 pub fn fix_checked_by(case: &Case) -> Option<&'static Fix> {

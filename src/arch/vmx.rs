@@ -3,12 +3,12 @@
 use nestfault_protocol::{Executor, FieldWrite};
 
 use super::{
-    bit_diff, bit_names, emulator_walks, faulting_gpa, ControlBlock, Expectation, Expected, Fix,
-    Vendor,
+    bit_diff, bit_names, emulator_walks, faulting_gpa, ControlBlock, Expectation, Expected,
+    Finding, Fix, Vendor,
 };
 use crate::layout::{BuildError, CpuState, FaultSite, Segment, RFLAGS_FIXED};
 use crate::paging::{Format, LeafEdit, Perms};
-use crate::scenario::{Access, Case, Fault, LeafSize, Scenario, Target};
+use crate::scenario::{Access, AccessPath, Case, Fault, LeafSize, Scenario, Target};
 
 /// Before it, KVM took bits 8:7 of an emulator-injected EPT violation from another exit.
 pub const GVA_BITS_FIX: Fix = Fix {
@@ -16,6 +16,26 @@ pub const GVA_BITS_FIX: Fix = Fix {
     title: "KVM: VMX: Synthesize nested EPT violation GVA_IS_VALID/GVA_TRANSLATED bits",
     release: "7.2",
 };
+
+/// KVM (7.2 as 6.1) sets GVA_IS_VALID on EPT violations it synthesizes but fills vmcs12's
+/// guest-linear address from vmcs02 (sync_vmcs02_to_vmcs12_rare), that is from whatever the CPU
+/// last saved there. A string-I/O exit saves the memory operand's address, so the emulated path
+/// is right by coincidence; the #UD exit that starts forced emulation saves none, and L1 reads
+/// the address of an earlier access (nestfault's prime read).
+pub const STALE_LINEAR_ADDRESS: Finding = Finding {
+    name: "stale guest-linear address",
+    summary:
+        "KVM sets GVA_IS_VALID on an EPT violation it synthesizes after a #UD exit but leaves \
+              vmcs12's guest-linear address as the CPU last saved it (sync_vmcs02_to_vmcs12_rare; \
+              nested_ept_inject_page_fault sets only the GPA); no upstream fix known",
+};
+
+/// Forced emulation starts at a #UD exit, which saves no linear address: every EPT violation it
+/// injects shows [`STALE_LINEAR_ADDRESS`]. Misconfigurations carry no linear address.
+pub fn open_finding(case: &Case) -> Option<&'static Finding> {
+    (case.path == AccessPath::Forced && case.scenario.fault != Fault::ReservedBit)
+        .then_some(&STALE_LINEAR_ADDRESS)
+}
 
 /// Every EPT violation the emulator injects needs [`GVA_BITS_FIX`]: the bits came from the exit
 /// that started emulation (zero for I/O and #UD exits) or were stale. Misconfigurations carry no
@@ -466,6 +486,12 @@ impl Vendor for Vmx {
                 bit_diff(wanted.value, got, wanted.mask, QUALIFICATION_BITS)
             ));
         }
+        if !expected.fields[3].matches(actual[3]) && open_finding(case).is_some() {
+            findings.push(format!(
+                "guest_linear_address {:#x} is not this access's: the signature of the {}: {}",
+                actual[3], STALE_LINEAR_ADDRESS.name, STALE_LINEAR_ADDRESS.summary
+            ));
+        }
         if fix_checked_by(case).is_none() {
             return findings;
         }
@@ -671,6 +697,29 @@ mod tests {
         // The hardware path has no emulator signature.
         let hardware = findings("vmx/pt_page_unmapped/hardware", 0x003);
         assert_eq!(hardware.len(), 1, "{hardware:?}");
+    }
+
+    /// Measured on 7.2 under Bochs: forced emulation's EPT violations carry the prime read's
+    /// linear address.
+    #[test]
+    fn a_stale_linear_address_after_forced_emulation_is_named() {
+        let case = built_in_case("vmx/pd_page_unmapped_read/forced");
+        let expected = vmx().expect(&case, &site());
+        let findings = vmx().diagnose(&case, &expected, &[48, 0x83, 0x20_4000, 0x14_7000]);
+        assert_eq!(findings.len(), 1, "{findings:?}");
+        assert!(
+            findings[0].contains("stale guest-linear address"),
+            "{findings:?}"
+        );
+        assert_eq!(open_finding(&case), Some(&STALE_LINEAR_ADDRESS));
+        let right = vmx().diagnose(&case, &expected, &[48, 0x83, 0x20_4000, 0x80_0000_0000]);
+        assert!(right.is_empty(), "{right:?}");
+        for id in [
+            "vmx/pd_page_unmapped_read/emulated",
+            "vmx/pt_page_reserved_bit_read/forced",
+        ] {
+            assert_eq!(open_finding(&built_in_case(id)), None, "{id}");
+        }
     }
 
     #[test]

@@ -43,9 +43,10 @@ fn hex(value: &Value) -> Option<u64> {
 }
 
 /// The problems with one run's report, if any: every selected case reported, each with its
-/// axes; a row fails exactly when the kernel lacks the fix the oracle says it checks, naming
-/// that fix (and on SVM with exactly the old GUEST_FINAL value); every other emulated or forced
-/// row agrees with its hardware twin; the exit code follows.
+/// axes; a row fails exactly when the kernel lacks the fix the oracle says it checks (naming it,
+/// and on SVM with exactly the old GUEST_FINAL value) or an open finding affects it (naming the
+/// finding); every other emulated or forced row agrees with its hardware twin; the exit code
+/// follows.
 fn check(
     label: &str,
     exit_code: Option<i32>,
