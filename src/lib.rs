@@ -1,5 +1,6 @@
 //! nestfault: does this kernel's KVM tell an L1 hypervisor the truth about nested page faults?
 //! See README.md for use and docs/architecture.md for how the modules fit together.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod arch;
 pub mod boot;

@@ -1,4 +1,5 @@
 //! Developer tasks for nestfault, run as `cargo xtask <task>`.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 mod apt;
 mod bench;

@@ -5,6 +5,7 @@
 //! or VMX, applies the writes, enters L2 once, copies the requested exit fields back, and reports.
 #![no_std]
 #![no_main]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 mod cpu;
 mod svm;
