@@ -17,18 +17,28 @@ pub use vmx::{Vmx, VmxCapabilities};
 /// An upstream fix that a kernel must carry for some cases to pass.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Fix {
-    pub commit: &'static str,
+    /// `None` while the change is known only by its effect, not by its commit.
+    pub commit: Option<&'static str>,
     pub title: &'static str,
+    /// The first release whose behaviour shows it.
     pub release: &'static str,
 }
 
 impl Fix {
+    /// What a diagnosis always contains when it names this fix: the commit id, or the title.
+    pub fn label(&self) -> &'static str {
+        self.commit.unwrap_or(self.title)
+    }
+
     /// `<commit> ("<title>", Linux <release>)`, the way diagnoses name it.
     pub fn cite(&self) -> String {
-        format!(
-            "{} (\"{}\", Linux {})",
-            self.commit, self.title, self.release
-        )
+        match self.commit {
+            Some(commit) => format!("{commit} (\"{}\", Linux {})", self.title, self.release),
+            None => format!(
+                "the change \"{}\" (seen in Linux {}; commit not identified)",
+                self.title, self.release
+            ),
+        }
     }
 }
 

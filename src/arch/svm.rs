@@ -14,7 +14,7 @@ use crate::scenario::{Access, Case, Fault, LeafSize, Scenario, Target};
 
 /// Before it, KVM gave every NPF it injected from the emulator GUEST_FINAL, whatever the stage.
 pub const STAGE_FIX: Fix = Fix {
-    commit: "297c2fe249db",
+    commit: Some("297c2fe249db"),
     title: "KVM: SVM: Fix nested NPF injection of PFERR_GUEST_{PAGE,FINAL}_MASK bits",
     release: "7.2",
 };

@@ -12,7 +12,7 @@ use crate::scenario::{Access, AccessPath, Case, Fault, LeafSize, Scenario, Targe
 
 /// Before it, KVM took bits 8:7 of an emulator-injected EPT violation from another exit.
 pub const GVA_BITS_FIX: Fix = Fix {
-    commit: "96b067b59ad9",
+    commit: Some("96b067b59ad9"),
     title: "KVM: VMX: Synthesize nested EPT violation GVA_IS_VALID/GVA_TRANSLATED bits",
     release: "7.2",
 };
@@ -37,12 +37,25 @@ pub fn open_finding(case: &Case) -> Option<&'static Finding> {
         .then_some(&STALE_LINEAR_ADDRESS)
 }
 
+/// Measured on 6.1 (all paths): an EPT misconfiguration reached L1 with the qualification of
+/// the last EPT violation L0 handled, where the SDM (28.2.1) clears the field for this exit. The
+/// old nested_ept_inject_page_fault passed on vcpu->arch.exit_qualification, which KVM's walker
+/// does not rewrite for a reserved-bit fault; 7.2's injects 0.
+pub const MISCONFIG_QUALIFICATION_FIX: Fix = Fix {
+    commit: None,
+    title: "KVM: nVMX: inject EPT misconfigurations with a zero exit qualification",
+    release: "7.2",
+};
+
 /// Every EPT violation the emulator injects needs [`GVA_BITS_FIX`]: the bits came from the exit
-/// that started emulation (zero for I/O and #UD exits) or were stale. Misconfigurations carry no
-/// such bits.
+/// that started emulation (zero for I/O and #UD exits) or were stale. Every misconfiguration,
+/// on any path, needs [`MISCONFIG_QUALIFICATION_FIX`].
 pub fn fix_checked_by(case: &Case) -> Option<&'static Fix> {
-    (emulator_walks(case.path) && case.scenario.fault != Fault::ReservedBit)
-        .then_some(&GVA_BITS_FIX)
+    if case.scenario.fault == Fault::ReservedBit {
+        Some(&MISCONFIG_QUALIFICATION_FIX)
+    } else {
+        emulator_walks(case.path).then_some(&GVA_BITS_FIX)
+    }
 }
 
 /// Basic exit reasons (SDM appendix C).
@@ -486,13 +499,23 @@ impl Vendor for Vmx {
                 bit_diff(wanted.value, got, wanted.mask, QUALIFICATION_BITS)
             ));
         }
+        if fix_checked_by(case) == Some(&MISCONFIG_QUALIFICATION_FIX) {
+            if got != 0 {
+                findings.push(format!(
+                    "a misconfiguration with qualification {got:#x}: the signature of a kernel \
+                     without {}: it passed on the qualification of the last EPT violation",
+                    MISCONFIG_QUALIFICATION_FIX.cite()
+                ));
+            }
+            return findings;
+        }
         if !expected.fields[3].matches(actual[3]) && open_finding(case).is_some() {
             findings.push(format!(
                 "guest_linear_address {:#x} is not this access's: the signature of the {}: {}",
                 actual[3], STALE_LINEAR_ADDRESS.name, STALE_LINEAR_ADDRESS.summary
             ));
         }
-        if fix_checked_by(case).is_none() {
+        if fix_checked_by(case) != Some(&GVA_BITS_FIX) {
             return findings;
         }
         let fix = GVA_BITS_FIX.cite();
@@ -637,7 +660,12 @@ mod tests {
             vmx().nested_edit(Fault::ReservedBit).perms,
             Some(Perms::WRITE_ONLY)
         );
-        assert_eq!(fix_checked_by(&case), None);
+        assert_eq!(fix_checked_by(&case), Some(&MISCONFIG_QUALIFICATION_FIX));
+        // 6.1, measured: the hardware EPT violation's qualification passed on.
+        let findings = vmx().diagnose(&case, &expectation, &[49, 0x82, 0x20_5000, 0]);
+        assert_eq!(findings.len(), 2, "{findings:?}");
+        let label = MISCONFIG_QUALIFICATION_FIX.label();
+        assert!(findings[1].contains(label), "{findings:?}");
     }
 
     #[test]
