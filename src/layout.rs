@@ -179,7 +179,7 @@ pub struct GuestImage {
 
 /// A read L2 does before the faulting instruction, so that the last hardware nested fault L0
 /// handled is of the opposite stage to the expected one. Kernels up to 6.9 copied stale VMX
-/// qualification bits 8:7 from that fault into emulator-injected EPT violations (oracle.md 3);
+/// qualification bits 8:7 from that fault into emulator-injected EPT violations (docs/oracle.md, section 3);
 /// without the prime one row could pass by coincidence.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Prime {

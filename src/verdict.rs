@@ -133,8 +133,8 @@ impl Verdict {
     }
 }
 
-/// Compares what L1 saw with the oracle, field by field in the oracle's order (exit code, then
-/// GPA, then the bits), and explains every difference.
+/// Compares what L1 saw with the oracle, every field in the vendor's order (exit code, the bits,
+/// the GPA, VMX's linear address), and explains every difference.
 pub fn judge(
     vendor: &dyn Vendor,
     case: &Case,

@@ -194,7 +194,7 @@ impl VmxCapabilities {
         }
     }
 
-    /// What nested KVM 6.1 reported to L1 under Bochs' corei7_haswell_4770 (emulators.md).
+    /// What nested KVM 6.1 reported to L1 under Bochs' corei7_haswell_4770 (docs/emulators.md).
     #[cfg(test)]
     pub const KVM_UNDER_BOCHS: VmxCapabilities = VmxCapabilities {
         basic: 0xd8_1000_11e5_7ed0,

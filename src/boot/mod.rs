@@ -166,7 +166,7 @@ pub struct BootOptions {
 
 impl BootOptions {
     /// Settings measured to work: Bochs boots in about a minute and is given
-    /// 512 MiB as in emulators.md; QEMU boots in about 5 s.
+    /// 512 MiB as in docs/emulators.md; QEMU boots in about 5 s.
     pub fn for_emulator(emulator: Emulator) -> Self {
         let (timeout_secs, memory_mib) = match emulator {
             Emulator::Bochs => (600, 512),

@@ -168,7 +168,7 @@ fn unpack(kernel: &FetchedKernel, dir: &Path) -> Result<Unpacked> {
         }
         std::fs::write(dir.join(".unpacked"), "")?;
     }
-    // Either layout (emulators.md): boot/vmlinuz-<abi> + lib/modules/<abi>, or
+    // Either layout (docs/emulators.md): boot/vmlinuz-<abi> + lib/modules/<abi>, or
     // usr/lib/modules/<abi>/vmlinuz.unsigned beside its kernel/ tree.
     for modules_root in [dir.join("lib/modules"), dir.join("usr/lib/modules")] {
         let Ok(entries) = std::fs::read_dir(&modules_root) else {

@@ -1,6 +1,6 @@
 //! `cargo xtask e2e`: the real proof. Boots each cached Debian kernel as the L0 hypervisor (QEMU
 //! TCG for SVM, Bochs for VMX), runs every scenario inside it through `nestfault --kernel`, and
-//! checks the verdicts against what that kernel is known to do (oracle.md 3): 6.1 predates the
+//! checks the verdicts against what that kernel is known to do (docs/oracle.md, section 3): 6.1 predates the
 //! fix on both vendors, 7.2 has it.
 
 use std::path::{Path, PathBuf};
