@@ -22,15 +22,15 @@
 
 use nestfault_protocol::{Mailbox, MAILBOX_GPA, MAX_WRITES};
 
-use crate::arch::{ControlBlock, Vendor};
+use crate::arch::{ArchError, ControlBlock, Vendor};
 use crate::elf;
+use crate::machine::{CpuState, FaultSite, Segment, TSS_GPA};
 use crate::mailbox::GuestMailbox;
 use crate::paging::{Format, LayoutError, PageTable, Perms, PhysImage, PAGE_SIZE};
 use crate::scenario::{Access, AccessPath, Case, LeafSize, Target};
 
 pub const MEMORY_SIZE: u64 = 2 << 20;
 const GDT_GPA: u64 = 0x2000;
-const TSS_GPA: u64 = 0x3000;
 const L1_STACK_TOP: u64 = 0x1_0000;
 const STUB_START: u64 = 0x10_0000;
 const POOL_START: u64 = 0x14_0000;
@@ -59,117 +59,6 @@ const EFER_LMA: u64 = 1 << 10;
 /// NX in entries is legal only with EFER.NXE, and KVM reports fetch faults (ID, ACC_INSTR) only
 /// when it is on (paging_tmpl.h); L1's EFER is what its nested walk uses.
 const EFER_NXE: u64 = 1 << 11;
-/// RFLAGS bit 1 is reserved and always set; everything else (IF included) is clear.
-pub const RFLAGS_FIXED: u64 = 1 << 1;
-
-/// A segment in the VMX access-rights format (SDM 25.4.1); other formats derive from it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Segment {
-    pub selector: u16,
-    pub base: u64,
-    pub limit: u32,
-    pub access_rights: u32,
-}
-
-impl Segment {
-    pub const CODE64: Segment = Segment {
-        selector: 0x08,
-        base: 0,
-        limit: 0xffff_ffff,
-        access_rights: 0xa09b,
-    };
-    pub const DATA: Segment = Segment {
-        selector: 0x10,
-        base: 0,
-        limit: 0xffff_ffff,
-        access_rights: 0xc093,
-    };
-    pub const TSS: Segment = Segment {
-        selector: 0x18,
-        base: TSS_GPA,
-        limit: 0x67,
-        access_rights: 0x008b,
-    };
-    /// VMX's "unusable" bit (16), for LDTR.
-    pub const UNUSABLE: Segment = Segment {
-        selector: 0,
-        base: 0,
-        limit: 0,
-        access_rights: 1 << 16,
-    };
-
-    /// The SVM VMCB attribute format: access byte in 7:0, AVL/L/DB/G in 11:8 (APM 15.5.1).
-    pub fn svm_attributes(&self) -> u16 {
-        ((self.access_rights & 0xff) | ((self.access_rights >> 4) & 0xf00)) as u16
-    }
-
-    /// The 8-byte GDT descriptor (the low half, for the 16-byte TSS descriptor).
-    fn descriptor(&self) -> u64 {
-        let (base, limit, ar) = (
-            self.base,
-            u64::from(self.limit),
-            u64::from(self.access_rights),
-        );
-        let (limit, granular) = if limit > 0xf_ffff {
-            (limit >> 12, 1 << 15)
-        } else {
-            (limit, 0)
-        };
-        (limit & 0xffff)
-            | ((base & 0xff_ffff) << 16)
-            | ((ar & 0xff) << 40)
-            | (((limit >> 16) & 0xf) << 48)
-            | (((ar & 0x7000) | granular) << 40)
-            | (((base >> 24) & 0xff) << 56)
-    }
-}
-
-/// A 64-bit CPL0 context: L1's (set through KVM) and L2's (described to L1's VMCB/VMCS).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CpuState {
-    pub cr0: u64,
-    pub cr3: u64,
-    pub cr4: u64,
-    pub efer: u64,
-    pub rip: u64,
-    pub rsp: u64,
-    pub gdt_base: u64,
-    pub gdt_limit: u16,
-    pub code: Segment,
-    pub data: Segment,
-    pub tr: Segment,
-}
-
-/// Where the scenario's fault is, in L2's address spaces; the oracle derives GPAs from it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FaultSite {
-    /// The linear address of the faulting access: the data page's, or for a fault on L2's CR3
-    /// page, L2's first instruction.
-    pub gva: u64,
-    pub data_gpa: u64,
-    /// The GPAs of the L2 paging-structure entries on the walk of `gva`, root first, down to the
-    /// leaf (four entries for a 4 KiB page, three for 2 MiB).
-    pub walk: Vec<u64>,
-}
-
-impl FaultSite {
-    /// The GPA of the L2 paging-structure entry that lives in the page `target` breaks; `None`
-    /// for the final page (or a level the walk does not reach).
-    pub fn entry_gpa(&self, target: Target) -> Option<u64> {
-        let level = target.table_level()? as usize;
-        self.walk
-            .len()
-            .checked_sub(level)
-            .map(|_| self.walk[4 - level])
-    }
-
-    /// The GPA of the page `target` breaks.
-    pub fn broken_page(&self, target: Target) -> u64 {
-        self.entry_gpa(target)
-            .map_or(self.data_gpa, |entry| entry & !(PAGE_SIZE - 1))
-    }
-}
-
 /// Everything the VM needs to start L1 on a case.
 pub struct GuestImage {
     pub memory: PhysImage,
@@ -291,8 +180,10 @@ pub enum BuildError {
     Layout(#[from] LayoutError),
     #[error("the L1 stub image is unusable: {0}")]
     Stub(#[from] elf::ElfError),
-    #[error("{0}")]
-    Vendor(String),
+    #[error(transparent)]
+    Arch(#[from] ArchError),
+    #[error("{writes} control-block writes exceed the mailbox's {MAX_WRITES}")]
+    MailboxFull { writes: usize },
 }
 
 fn write_gdt(memory: &mut PhysImage) -> Result<(), LayoutError> {
@@ -318,10 +209,9 @@ fn write_mailbox(
     control: u64,
 ) -> Result<(), BuildError> {
     if block.writes.len() > MAX_WRITES {
-        return Err(BuildError::Vendor(format!(
-            "{} control-block writes exceed the mailbox's {MAX_WRITES}",
-            block.writes.len()
-        )));
+        return Err(BuildError::MailboxFull {
+            writes: block.writes.len(),
+        });
     }
     if let Some(revision) = block.revision {
         memory.write("the VMXON region", host_save, &revision.to_le_bytes())?;

@@ -8,9 +8,9 @@ use nestfault_protocol::{split_vmx_detail, Status as StubStatus};
 use serde::{Deserialize, Serialize};
 
 use crate::arch::{show, Expectation, Vendor};
+use crate::observation::{L2Io, Observation};
 use crate::paging::PAGE_SIZE;
 use crate::scenario::Case;
-use crate::vm::{L2Io, Observation};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -287,7 +287,7 @@ pub mod strategy {
 mod tests {
     use super::*;
     use crate::arch;
-    use crate::layout::FaultSite;
+    use crate::machine::FaultSite;
     use crate::scenario::built_in_case as case;
     use nestfault_protocol::{Executor, Mailbox};
 

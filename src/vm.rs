@@ -14,8 +14,10 @@ use nestfault_protocol::{Mailbox, Status, DONE_PORT, MAILBOX_GPA};
 use thiserror::Error;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
-use crate::layout::{GuestImage, Segment, L2_IO_PORT, RFLAGS_FIXED};
+use crate::layout::{GuestImage, L2_IO_PORT};
+use crate::machine::{Segment, RFLAGS_FIXED};
 use crate::mailbox::GuestMailbox;
+use crate::observation::{L2Io, Observation};
 use crate::paging::PAGE_SIZE;
 use crate::scenario::VendorKind;
 
@@ -135,28 +137,6 @@ pub fn forced_emulation_prefix() -> Result<(), String> {
 pub fn supported_cpuid(kvm: &Kvm) -> Result<CpuId, VmError> {
     kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(ioctl("KVM_GET_SUPPORTED_CPUID"))
-}
-
-/// How a run ended.
-#[derive(Debug)]
-pub enum Observation {
-    /// The stub reported through the done port (a [`Status`], or the raw value if it is none);
-    /// the mailbox holds its outputs.
-    Reported {
-        status: Result<Status, u32>,
-        mailbox: Box<Mailbox>,
-        l2_io: L2Io,
-    },
-    /// The vCPU stopped some other way: not a verdict on the kernel, a harness error.
-    Stopped { reason: String, registers: String },
-}
-
-/// L2's string I/O that reached userspace: INSB's port read is expected before its write faults;
-/// an OUTSB port write means the read that should have faulted went through.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct L2Io {
-    pub port_reads: u32,
-    pub port_writes: u32,
 }
 
 /// A VM with L1's memory and one vCPU.

@@ -7,12 +7,20 @@ pub mod vmx;
 
 use nestfault_protocol::{Executor, FieldWrite, EXIT_FIELDS};
 
-use crate::layout::{BuildError, CpuState, FaultSite};
+use crate::machine::{CpuState, FaultSite};
 use crate::paging::{Format, LeafEdit, PAGE_SIZE};
 use crate::scenario::{AccessPath, Case, Fault, Scenario, VendorKind};
 
 pub use svm::{Svm, SvmCapabilities};
 pub use vmx::{Vmx, VmxCapabilities};
+
+/// What the architecture code refuses to build.
+#[derive(Debug, thiserror::Error)]
+pub enum ArchError {
+    /// KVM does not offer L1 what the control block needs.
+    #[error("{0}")]
+    Refused(String),
+}
 
 /// An upstream fix that a kernel must carry for some cases to pass.
 #[derive(Debug, PartialEq, Eq)]
@@ -126,7 +134,7 @@ pub trait Vendor {
         l1: &CpuState,
         l2: &CpuState,
         nested_root: u64,
-    ) -> Result<ControlBlock, BuildError>;
+    ) -> Result<ControlBlock, ArchError>;
     /// Names of the exit fields reported, in the order the oracle compares them.
     fn exit_fields(&self) -> &'static [&'static str];
     fn expect(&self, case: &Case, site: &FaultSite) -> Expectation;

@@ -5,10 +5,10 @@ use nestfault_protocol::{Executor, FieldWrite};
 use kvm_bindings::CpuId;
 
 use super::{
-    bit_diff, bit_names, emulator_walks, faulting_gpa, ControlBlock, Expectation, Expected, Fix,
-    Vendor,
+    bit_diff, bit_names, emulator_walks, faulting_gpa, ArchError, ControlBlock, Expectation,
+    Expected, Fix, Vendor,
 };
-use crate::layout::{BuildError, CpuState, FaultSite, Segment, RFLAGS_FIXED};
+use crate::machine::{CpuState, FaultSite, Segment, RFLAGS_FIXED};
 use crate::paging::{Format, LeafEdit, Perms};
 use crate::scenario::{Access, Case, Fault, LeafSize, Scenario, Target};
 
@@ -194,7 +194,7 @@ impl Vendor for Svm {
         _l1: &CpuState,
         l2: &CpuState,
         nested_root: u64,
-    ) -> Result<ControlBlock, BuildError> {
+    ) -> Result<ControlBlock, ArchError> {
         use vmcb::*;
         let segment = |offset: u64, s: Segment| {
             let packed = u64::from(s.selector)

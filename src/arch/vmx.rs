@@ -3,10 +3,10 @@
 use nestfault_protocol::{Executor, FieldWrite};
 
 use super::{
-    bit_diff, bit_names, emulator_walks, faulting_gpa, ControlBlock, Expectation, Expected,
-    Finding, Fix, Vendor,
+    bit_diff, bit_names, emulator_walks, faulting_gpa, ArchError, ControlBlock, Expectation,
+    Expected, Finding, Fix, Vendor,
 };
-use crate::layout::{BuildError, CpuState, FaultSite, Segment, RFLAGS_FIXED};
+use crate::machine::{CpuState, FaultSite, Segment, RFLAGS_FIXED};
 use crate::paging::{Format, LeafEdit, Perms};
 use crate::scenario::{Access, AccessPath, Case, Fault, LeafSize, Scenario, Target};
 
@@ -213,11 +213,11 @@ impl VmxCapabilities {
 
 /// `wanted` bits adjusted to a control capability MSR: must-be-one bits (low half) added; a
 /// wanted bit the high half does not allow is an error.
-fn adjust(name: &str, capability: u64, wanted: u32) -> Result<u64, BuildError> {
+fn adjust(name: &str, capability: u64, wanted: u32) -> Result<u64, ArchError> {
     let (must_be_one, may_be_one) = (capability as u32, (capability >> 32) as u32);
     let refused = wanted & !may_be_one;
     if refused != 0 {
-        return Err(BuildError::Vendor(format!(
+        return Err(ArchError::Refused(format!(
             "KVM does not let L1 set {name} controls {refused:#x} (capability MSR {capability:#x})"
         )));
     }
@@ -317,7 +317,7 @@ impl Vendor for Vmx {
         l1: &CpuState,
         l2: &CpuState,
         nested_root: u64,
-    ) -> Result<ControlBlock, BuildError> {
+    ) -> Result<ControlBlock, ArchError> {
         use control::*;
         use field::*;
         let caps = &self.capabilities;
@@ -586,7 +586,7 @@ fn unexpected_exit(reason: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layout::Segment;
+    use crate::machine::Segment;
     use crate::scenario::built_in_case;
 
     fn site() -> FaultSite {
