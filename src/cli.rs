@@ -1,25 +1,33 @@
 //! The command line: parse once, run the selected cases here or inside a kernel under test, render
 //! the report and map the verdicts to an exit code.
 
-use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use clap::Parser;
 
-use crate::report::{self, exit_code, Format};
+use crate::exit::{Ending, ExitClass};
+use crate::output::{self, NamedPath, ReportFile};
+use crate::report::{self, Format};
 use crate::scenario::{self, Case, VendorKind};
 use crate::selection::{self, PathChoice, VendorChoice};
 use crate::{boot, interrupt, kernel_mode, repeat, runner, verdict, vm};
 
+/// `--timeout` at most a day: longer is a typo, not a plan (a Bochs boot takes about a minute).
+const MAX_TIMEOUT_SECS: u64 = 24 * 60 * 60;
+/// `--repeat` at most this: enough to catch a flaky kernel, short of a run that never ends.
+const MAX_REPEAT: u32 = 1000;
+
 /// Checks that KVM reports nested page faults injected by its instruction emulator to L1 correctly
 /// (SVM #NPF exit_info_1 GUEST_PAGE/GUEST_FINAL, VMX EPT-violation GVA_IS_VALID/GVA_TRANSLATED).
 ///
-/// Exit status: 0 all selected cases passed, 1 a case failed or errored, 125 nothing failed but
-/// something could not be tested, 255 usage or harness error.
+/// Exit status: 0 every selected case ran --repeat times and passed; 1 a case failed or errored;
+/// 125 this kernel cannot be judged (no nested support in it, KVM refused nesting, it did not
+/// boot); 255 something must be fixed first (a flag, a path, a missing emulator, an empty
+/// selection) or the run was interrupted.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 pub struct Cli {
@@ -48,11 +56,14 @@ pub struct Cli {
     /// Run every selected case N times. A case whose status or exit values differ between runs is
     /// reported once, as a failure whose diagnosis starts with "flaky:". With --kernel the guest
     /// repeats, so --timeout must cover N runs.
-    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_REPEAT)))]
     pub repeat: u32,
 
-    /// Seconds before a case (direct mode) or a whole boot (--kernel) is stopped and reported.
-    #[arg(long, value_name = "SECONDS")]
+    /// Seconds (1 to 86400) before a case (direct mode) or a whole boot (--kernel) is stopped and
+    /// reported. Default: 10 a case; 120 a QEMU boot, 600 a Bochs boot.
+    #[arg(long, value_name = "SECONDS",
+          value_parser = clap::value_parser!(u64).range(1..=MAX_TIMEOUT_SECS))]
     pub timeout: Option<u64>,
 
     /// Also load the scenarios in this directory (*.toml), e.g. scenarios/extra.
@@ -77,7 +88,8 @@ pub struct Cli {
     #[arg(long, requires = "kernel")]
     pub verbose: bool,
 
-    /// With --kernel: write the guest's raw console to this file.
+    /// With --kernel: write the guest's raw console to FILE. When both vendors run (two boots),
+    /// to FILE.svm and FILE.vmx instead.
     #[arg(long, value_name = "FILE", requires = "kernel")]
     pub console_log: Option<PathBuf>,
 
@@ -103,6 +115,52 @@ impl Cli {
             VendorChoice::Vmx => Some(vec![VendorKind::Vmx]),
         }
     }
+
+    /// The cases of `all` that `--scenario` and `--path` select for `vendors`; an empty selection
+    /// is an error, as a run of nothing would look like a run that found nothing wrong.
+    pub fn select(&self, all: &[Case], vendors: &[VendorKind]) -> anyhow::Result<Vec<Case>> {
+        let cases = selection::select(all, &self.scenarios, vendors, self.path)?;
+        if cases.is_empty() {
+            let scenarios = if self.scenarios.is_empty() {
+                "all".to_string()
+            } else {
+                self.scenarios.join(" ")
+            };
+            let vendors: Vec<&str> = vendors.iter().map(|kind| kind.name()).collect();
+            let path = clap::ValueEnum::to_possible_value(&self.path)
+                .map(|value| value.get_name().to_string())
+                .unwrap_or_default();
+            bail!(
+                "no case to run: --scenario {scenarios} selects none for vendor {} and --path \
+                 {path}; `--list` without --vendor and --path shows every case",
+                vendors.join(",")
+            );
+        }
+        Ok(cases)
+    }
+
+    /// What the run reads from the user's files: an output must be none of these.
+    pub fn inputs(&self) -> anyhow::Result<Vec<NamedPath>> {
+        let mut inputs = Vec::new();
+        let mut add = |flag, path: &PathBuf| {
+            inputs.push(NamedPath {
+                flag,
+                path: path.clone(),
+            })
+        };
+        if let Some(kernel) = &self.kernel {
+            add("--kernel", kernel);
+        }
+        if let Some(modules) = &self.modules {
+            add("--modules", modules);
+        }
+        if let Some(dir) = &self.scenarios_dir {
+            for (name, _) in scenario::read_dir(dir)? {
+                add("--scenarios-dir", &dir.join(name));
+            }
+        }
+        Ok(inputs)
+    }
 }
 
 /// The whole program: what `main` returns.
@@ -113,46 +171,54 @@ pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(error) => {
-            let code = if error.use_stderr() {
-                report::exit_code::HARNESS
-            } else {
-                report::exit_code::PASS
-            };
             let _ = error.print();
-            return ExitCode::from(code);
+            let ending = if error.use_stderr() {
+                Ending::MustFix
+            } else {
+                Ending::Informed
+            };
+            return ExitClass::of(&ending).into();
         }
     };
     interrupt::install();
+    // A run killed without a chance to clean up (SIGKILL) left its temporary directories.
+    boot::remove_stale_dirs();
     let result = run(&cli);
-    if interrupt::requested() {
-        eprintln!("nestfault: interrupted; the report above (if any) is partial");
-        return ExitCode::from(report::exit_code::HARNESS);
-    }
-    match result {
-        Ok(code) => ExitCode::from(code),
+    let ending = match &result {
+        _ if interrupt::requested() => {
+            eprintln!(
+                "nestfault: {}; the report above (if any) is partial",
+                interrupt::reason()
+            );
+            Ending::Interrupted
+        }
+        Ok(Some(verdicts)) => Ending::Judged(verdicts),
+        Ok(None) => Ending::Informed,
         Err(error) => {
             eprintln!("nestfault: error: {error:#}");
-            ExitCode::from(report::exit_code::HARNESS)
+            Ending::MustFix
         }
-    }
+    };
+    ExitClass::of(&ending).into()
 }
 
-fn run(cli: &Cli) -> anyhow::Result<u8> {
+/// The verdicts, or None when there was only something to print (--list).
+fn run(cli: &Cli) -> anyhow::Result<Option<Vec<verdict::Verdict>>> {
     let all = cli.cases()?;
     if cli.list {
         let vendors = cli.explicit_vendors().unwrap_or(VendorKind::ALL.to_vec());
         let mut stdout = std::io::stdout().lock();
-        for case in selection::select(&all, &[], &vendors, cli.path)? {
+        for case in cli.select(&all, &vendors)? {
             writeln!(stdout, "{}", case.id())?;
         }
-        return Ok(report::exit_code::PASS);
+        return Ok(None);
     }
-    // Opened before the run, so that an unwritable path fails at once, not after a long boot.
-    let output = match &cli.output {
-        Some(path) => Some((
-            path,
-            File::create(path).with_context(|| format!("creating --output {}", path.display()))?,
-        )),
+    // Made before the run, so that an unusable path fails at once, not after a long boot.
+    let mut output = match &cli.output {
+        Some(path) => {
+            output::check("--output", path, &cli.inputs()?)?;
+            Some(ReportFile::create(path)?)
+        }
         None => None,
     };
     let (kernel, verdicts) = match &cli.kernel {
@@ -160,17 +226,20 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
         None => (kernel_release(), run_here(cli, &all)?),
     };
     let mut stdout = std::io::stdout().lock();
-    match output {
+    match output.as_mut() {
         None => report::render(cli.format, &kernel, &verdicts, &mut stdout)?,
-        Some((path, file)) => {
+        Some(file) => {
             report::render(Format::Human, &kernel, &verdicts, &mut stdout)?;
-            let mut file = BufWriter::new(file);
-            report::render(cli.format, &kernel, &verdicts, &mut file)
-                .and_then(|()| file.flush())
-                .with_context(|| format!("writing the report to --output {}", path.display()))?;
+            let mut writer = BufWriter::new(file.file());
+            report::render(cli.format, &kernel, &verdicts, &mut writer)
+                .and_then(|()| writer.flush())
+                .context("writing the report to --output")?;
         }
     }
-    Ok(exit_code(&verdicts))
+    if let Some(file) = output {
+        file.finish()?;
+    }
+    Ok(Some(verdicts))
 }
 
 /// Direct mode: the selected cases on this machine's KVM.
@@ -179,7 +248,7 @@ fn run_here(cli: &Cli, all: &[Case]) -> anyhow::Result<Vec<verdict::Verdict>> {
         Some(vendors) => vendors,
         None => auto_vendors()?,
     };
-    let cases = selection::select(all, &cli.scenarios, &vendors, cli.path)?;
+    let cases = cli.select(all, &vendors)?;
     if cli.bare_boot {
         let not_run = |case| {
             verdict::Verdict::without_run(

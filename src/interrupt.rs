@@ -1,19 +1,27 @@
-//! SIGINT and SIGTERM end a run cleanly: the vCPU loop and the emulator wait notice, stop what
-//! runs, and the temporary directories are removed on the way out; main then exits 255 (a
-//! harness error, so `git bisect run` stops rather than judging the commit).
+//! SIGINT, SIGTERM and SIGHUP (a closed terminal, a dropped ssh session) end a run cleanly: the
+//! vCPU loop and the emulator wait notice, stop what runs, the cases not finished are reported as
+//! interrupted, and the temporary directories are removed on the way out; main then exits 255 (the
+//! user must rerun, so `git bisect run` stops rather than judging the commit).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicI32, Ordering};
 
-static REQUESTED: AtomicBool = AtomicBool::new(false);
+/// The signal that arrived, or 0.
+static RECEIVED: AtomicI32 = AtomicI32::new(0);
 
-extern "C" fn on_signal(_: libc::c_int) {
+const SIGNALS: [(libc::c_int, &str); 3] = [
+    (libc::SIGINT, "SIGINT"),
+    (libc::SIGTERM, "SIGTERM"),
+    (libc::SIGHUP, "SIGHUP"),
+];
+
+extern "C" fn on_signal(signal: libc::c_int) {
     // An atomic store is async-signal-safe.
-    REQUESTED.store(true, Ordering::SeqCst);
+    RECEIVED.store(signal, Ordering::SeqCst);
 }
 
-/// Catches SIGINT and SIGTERM from now on.
+/// Catches SIGINT, SIGTERM and SIGHUP from now on.
 pub fn install() {
-    for signal in [libc::SIGINT, libc::SIGTERM] {
+    for (signal, _) in SIGNALS {
         // SAFETY: the handler only stores to an atomic. No SA_RESTART: a blocking KVM_RUN or
         // wait returns EINTR, so the loops get to look at the flag.
         unsafe {
@@ -25,7 +33,17 @@ pub fn install() {
     }
 }
 
-/// Whether SIGINT or SIGTERM arrived.
+/// Whether one of the signals arrived.
 pub fn requested() -> bool {
-    REQUESTED.load(Ordering::SeqCst)
+    RECEIVED.load(Ordering::SeqCst) != 0
+}
+
+/// What a case that did not finish says, in every report format: `interrupted by SIGTERM`.
+pub fn reason() -> String {
+    let received = RECEIVED.load(Ordering::SeqCst);
+    let name = SIGNALS
+        .iter()
+        .find(|(signal, _)| *signal == received)
+        .map_or("a signal", |(_, name)| name);
+    format!("interrupted by {name}")
 }

@@ -4,7 +4,7 @@
 //! the usual report. One verdict type, one renderer, two transports.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -12,11 +12,11 @@ use clap::Parser;
 
 use crate::boot::{self, BootEnd, BootOptions, Emulator, KernelInput, KvmVendor};
 use crate::cli::Cli;
-use crate::repeat;
+use crate::output::{self, NamedPath};
 use crate::runner::RunOptions;
 use crate::scenario::{self, Case, VendorKind};
-use crate::selection;
 use crate::verdict::{Status, Verdict};
+use crate::{repeat, report};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum EmulatorChoice {
@@ -115,7 +115,8 @@ fn kvm_vendor(kind: VendorKind) -> KvmVendor {
 }
 
 /// The outer side: one boot per vendor, all of that vendor's cases in it. Returns the kernel's
-/// release and a verdict per selected case.
+/// release and a verdict per selected case. Whatever must be fixed before a verdict is possible
+/// (an emulator missing or unsuitable, an unusable --console-log) is an error before any boot.
 pub fn run(cli: &Cli, image: &Path, all: &[Case]) -> anyhow::Result<(String, Vec<Verdict>)> {
     // The guest gets the --scenarios-dir files in its initramfs.
     let scenario_files = match &cli.scenarios_dir {
@@ -127,9 +128,9 @@ pub fn run(cli: &Cli, image: &Path, all: &[Case]) -> anyhow::Result<(String, Vec
         .map(|(name, text)| (name, text.into_bytes()))
         .collect();
     let vendors = cli.explicit_vendors().unwrap_or(VendorKind::ALL.to_vec());
-    let cases = selection::select(all, &cli.scenarios, &vendors, cli.path)?;
-    let workdir =
-        boot::PrivateDir::new("nestfault-kernel").context("creating a temporary directory")?;
+    let cases = cli.select(all, &vendors)?;
+    let boots = plan_boots(cli, &cases)?;
+    let workdir = boot::private_dir("kernel")?;
     let input = KernelInput {
         image: image.to_path_buf(),
         modules: cli.modules.clone(),
@@ -143,103 +144,163 @@ pub fn run(cli: &Cli, image: &Path, all: &[Case]) -> anyhow::Result<(String, Vec
         std::env::current_exe().context("finding this executable to use as the guest's /init")?;
     let mut release = kernel.release.clone();
     let mut verdicts = Vec::new();
-    for kind in VendorKind::ALL {
-        if crate::interrupt::requested() {
-            break;
-        }
-        let vendor_cases: Vec<Case> = cases
-            .iter()
-            .filter(|case| case.vendor == kind)
-            .cloned()
-            .collect();
-        if vendor_cases.is_empty() {
-            continue;
-        }
-        let mut inner_args = vec![
-            "--vendor".to_string(),
-            kind.name().to_string(),
-            "--repeat".into(),
-            cli.repeat.to_string(),
-        ];
-        for case in &vendor_cases {
-            inner_args.extend(["--scenario".to_string(), case.id()]);
-        }
-        if cli.bare_boot {
-            inner_args.push("--bare-boot".into());
-        }
-        if !files.is_empty() {
-            inner_args.extend(["--scenarios-dir".into(), boot::GUEST_FILES_DIR.into()]);
-        }
-        let initramfs = workdir.path().join(format!("initramfs-{kind}.cpio"));
-        boot::build_initramfs(
-            &exe,
-            &kernel,
-            kvm_vendor(kind),
-            &inner_args,
-            &files,
-            &initramfs,
-        )?;
-        let outcome = match boot::choose_emulator(cli.emulator.requested(), kvm_vendor(kind)) {
-            Ok(emulator) => boot_and_collect(cli, emulator, &kernel, &initramfs, kind),
-            Err(error) => Outcome {
-                kernel: None,
-                verdicts: Vec::new(),
-                why_missing: error.to_string(),
-            },
+    for planned in boots {
+        let outcome = if crate::interrupt::requested() {
+            Outcome::not_started()
+        } else {
+            let mut inner_args = vec![
+                "--vendor".to_string(),
+                planned.kind.name().to_string(),
+                "--repeat".into(),
+                cli.repeat.to_string(),
+            ];
+            for case in &planned.cases {
+                inner_args.extend(["--scenario".to_string(), case.id()]);
+            }
+            if cli.bare_boot {
+                inner_args.push("--bare-boot".into());
+            }
+            if !files.is_empty() {
+                inner_args.extend(["--scenarios-dir".into(), boot::GUEST_FILES_DIR.into()]);
+            }
+            let initramfs = workdir
+                .path()
+                .join(format!("initramfs-{}.cpio", planned.kind));
+            boot::build_initramfs(
+                &exe,
+                &kernel,
+                kvm_vendor(planned.kind),
+                &inner_args,
+                &files,
+                &initramfs,
+            )?;
+            boot_and_collect(cli, &planned, &kernel, &initramfs)?
         };
         release = outcome.kernel.clone().unwrap_or(release);
-        verdicts.extend(collate(&vendor_cases, outcome, cli.repeat));
+        verdicts.extend(collate(&planned.cases, outcome, cli.repeat));
     }
     Ok((release, verdicts))
+}
+
+/// One boot to come: a vendor, its cases, the emulator and where its console goes.
+struct PlannedBoot {
+    kind: VendorKind,
+    cases: Vec<Case>,
+    emulator: Emulator,
+    console_log: Option<PathBuf>,
+}
+
+/// A boot for each vendor with selected cases, its emulator chosen and its console log checked;
+/// an error names what must be fixed.
+fn plan_boots(cli: &Cli, cases: &[Case]) -> anyhow::Result<Vec<PlannedBoot>> {
+    let kinds: Vec<VendorKind> = VendorKind::ALL
+        .into_iter()
+        .filter(|&kind| cases.iter().any(|case| case.vendor == kind))
+        .collect();
+    let mut written = cli.inputs()?;
+    if let Some(output) = &cli.output {
+        written.push(NamedPath {
+            flag: "--output",
+            path: output.clone(),
+        });
+    }
+    let mut boots = Vec::new();
+    for &kind in &kinds {
+        let emulator = boot::choose_emulator(cli.emulator.requested(), kvm_vendor(kind))?;
+        let console_log = match &cli.console_log {
+            Some(path) => {
+                let path = console_log_path(path, kind, kinds.len() > 1);
+                output::check("--console-log", &path, &written)?;
+                Some(path)
+            }
+            None => None,
+        };
+        boots.push(PlannedBoot {
+            kind,
+            cases: cases
+                .iter()
+                .filter(|case| case.vendor == kind)
+                .cloned()
+                .collect(),
+            emulator,
+            console_log,
+        });
+    }
+    Ok(boots)
+}
+
+/// `--console-log FILE`: FILE itself when one vendor boots, FILE.svm and FILE.vmx when both do
+/// (as `--help` says).
+fn console_log_path(path: &Path, kind: VendorKind, several: bool) -> PathBuf {
+    if !several {
+        return path.to_owned();
+    }
+    let mut name = path.as_os_str().to_os_string();
+    name.push(format!(".{kind}"));
+    PathBuf::from(name)
 }
 
 /// What one boot produced.
 struct Outcome {
     kernel: Option<String>,
     verdicts: Vec<Verdict>,
-    /// Why cases without a verdict have none.
-    why_missing: String,
+    /// Why cases without all their runs lack them.
+    missing: Missing,
+}
+
+/// Why runs are missing, which decides what a case without them is.
+enum Missing {
+    /// This kernel cannot be judged (it did not boot, or it lacks nested support): a skip.
+    Untestable(String),
+    /// The kernel ran the suite, but these runs did not finish (a timeout, a crash, an
+    /// interruption): an error.
+    Unfinished(String),
+}
+
+impl Outcome {
+    /// A boot that an interruption kept from starting.
+    fn not_started() -> Self {
+        Outcome {
+            kernel: None,
+            verdicts: Vec::new(),
+            missing: Missing::Unfinished(crate::interrupt::reason()),
+        }
+    }
 }
 
 fn boot_and_collect(
     cli: &Cli,
-    emulator: Emulator,
+    planned: &PlannedBoot,
     kernel: &boot::PreparedKernel,
     initramfs: &Path,
-    kind: VendorKind,
-) -> Outcome {
+) -> anyhow::Result<Outcome> {
+    let (kind, emulator) = (planned.kind, planned.emulator);
     let mut options = BootOptions::for_emulator(emulator);
     if let Some(seconds) = cli.timeout {
         options.timeout = Duration::from_secs(seconds);
     }
     options.verbose = cli.verbose;
-    options.console_log = cli
-        .console_log
-        .as_ref()
-        .map(|path| with_vendor_suffix(path, kind));
+    options.console_log = planned.console_log.clone();
     let started = Instant::now();
     let mut outcome = Outcome {
         kernel: None,
         verdicts: Vec::new(),
-        why_missing: String::new(),
+        missing: Missing::Unfinished(String::new()),
     };
     let mut untestable = None;
     let mut done = false;
-    let mut progress = |phase: &str| {
-        eprintln!(
-            "[{kind} {emulator} {:>5.1}s] {phase}",
-            started.elapsed().as_secs_f64()
-        )
-    };
+    let stamp = |started: Instant| format!("[{kind} {emulator} {:>5.1}s]", started.elapsed().as_secs_f64());
+    let mut progress = |phase: &str| eprintln!("{} {phase}", stamp(started));
     let mut on_line = |line: &str| {
         for record in Record::parse(line) {
             match record {
                 Record::Kernel(release) => outcome.kernel = Some(release),
                 Record::Verdict(verdict) => {
+                    // The report's words, in its order: status, then id.
                     eprintln!(
-                        "[{kind} {emulator} {:>5.1}s] {:?} {}",
-                        started.elapsed().as_secs_f64(),
-                        verdict.status,
+                        "{} {} {}",
+                        stamp(started),
+                        report::status_label(verdict.status),
                         verdict.id
                     );
                     outcome.verdicts.push(*verdict);
@@ -249,52 +310,62 @@ fn boot_and_collect(
             }
         }
     };
-    let result = boot::boot(
+    // An error here (the emulator would not start, the console log cannot be written) is the
+    // machine's, not the kernel's.
+    let report = boot::boot(
         emulator,
         kernel,
         initramfs,
         &options,
         &mut on_line,
         &mut progress,
-    );
-    outcome.why_missing = match (result, untestable) {
-        (_, Some(reason)) => format!(
+    )?;
+    let booted = outcome.kernel.is_some();
+    outcome.missing = if crate::interrupt::requested() {
+        Missing::Unfinished(crate::interrupt::reason())
+    } else if let Some(reason) = untestable {
+        Missing::Untestable(format!(
             "{kind} could not be tested in kernel {}: {reason}",
             kernel.release
-        ),
-        (Err(error), None) => error.to_string(),
-        (Ok(_), None) if done => "the guest did not run this case".to_string(),
-        (Ok(report), None) => {
-            let how = match report.end {
-                BootEnd::Panicked => "the kernel panicked".to_string(),
-                BootEnd::TimedOut => format!(
-                    "no result within {} s (--timeout)",
-                    options.timeout.as_secs()
-                ),
-                BootEnd::Reset => "the guest reset".to_string(),
-                BootEnd::PoweredOff => "the guest powered off early".to_string(),
-                BootEnd::EmulatorExited(code) => format!("{emulator} exited with {code}"),
-            };
-            format!(
-                "{how} after {:.0} s; last console lines:\n{}",
-                report.elapsed.as_secs_f64(),
-                report.tail.join("\n")
-            )
+        ))
+    } else if cli.bare_boot {
+        Missing::Untestable("not run (--bare-boot)".into())
+    } else if done {
+        Missing::Unfinished("the guest did not run this case".into())
+    } else {
+        let how = match report.end {
+            BootEnd::Panicked => "the kernel panicked".to_string(),
+            BootEnd::TimedOut => format!(
+                "no result within {} s (--timeout)",
+                options.timeout.as_secs()
+            ),
+            BootEnd::Reset => "the guest reset".to_string(),
+            BootEnd::PoweredOff => "the guest powered off early".to_string(),
+            BootEnd::EmulatorExited(code) => format!("{emulator} exited with {code}"),
+        };
+        let why = format!(
+            "{how} after {:.0} s; last console lines:\n{}",
+            report.elapsed.as_secs_f64(),
+            report.tail.join("\n")
+        );
+        // Before the inner side said which kernel it runs, the kernel had not come up with KVM.
+        if booted {
+            Missing::Unfinished(why)
+        } else {
+            Missing::Untestable(format!("the kernel did not boot: {why}"))
         }
     };
-    outcome
+    Ok(outcome)
 }
 
-fn with_vendor_suffix(path: &Path, kind: VendorKind) -> std::path::PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".{kind}"));
-    path.with_file_name(name)
-}
-
-/// A verdict for every case: its inner runs merged where they arrived (a note says so when fewer
-/// than `repeat` did), otherwise a skip saying why (the kernel was not testable: 125, never a
-/// pass).
+/// A verdict for every case: its inner runs merged where they arrived, otherwise a skip (this
+/// kernel cannot be judged: 125) or an error (runs did not finish) saying why. A case with fewer
+/// runs than `repeat` is an error unless one of its runs failed: never a pass.
 fn collate(cases: &[Case], outcome: Outcome, repeat: u32) -> Vec<Verdict> {
+    let (status, why) = match &outcome.missing {
+        Missing::Untestable(why) => (Status::Skip, why),
+        Missing::Unfinished(why) => (Status::Error, why),
+    };
     cases
         .iter()
         .map(|case| {
@@ -306,14 +377,17 @@ fn collate(cases: &[Case], outcome: Outcome, repeat: u32) -> Vec<Verdict> {
                 .cloned()
                 .collect();
             let Some(mut verdict) = repeat::merge(&runs) else {
-                return Verdict::without_run(case, Status::Skip, outcome.why_missing.clone());
+                return Verdict::without_run(case, status, why.clone());
             };
             if runs.len() < repeat as usize {
-                let why = outcome.why_missing.lines().next().unwrap_or_default();
-                let note = format!("note: only {} of {repeat} runs reported: {why}", runs.len());
+                if verdict.status == Status::Pass {
+                    verdict.status = Status::Error;
+                }
+                let first_line = why.lines().next().unwrap_or_default();
+                let shortfall = format!("only {} of {repeat} runs reported: {first_line}", runs.len());
                 verdict.diagnosis = Some(match verdict.diagnosis.take() {
-                    Some(diagnosis) => format!("{diagnosis}\n{note}"),
-                    None => note,
+                    Some(diagnosis) => format!("{shortfall}\n{diagnosis}"),
+                    None => shortfall,
                 });
             }
             verdict
@@ -354,12 +428,7 @@ fn inner_run(cli: &Cli, say: &mut dyn FnMut(Record)) -> anyhow::Result<()> {
         // Set up (modules loaded) and done: what the benchmark compares a full run with.
         return Ok(());
     }
-    let cases = selection::select(
-        &cli.cases()?,
-        &cli.scenarios,
-        &cli.explicit_vendors().unwrap_or_default(),
-        cli.path,
-    )?;
+    let cases = cli.select(&cli.cases()?, &cli.explicit_vendors().unwrap_or_default())?;
     let options = RunOptions {
         timeout: Duration::from_secs(cli.timeout.unwrap_or(30)),
     };
@@ -426,59 +495,74 @@ mod tests {
         }
     }
 
-    #[test]
-    fn cases_without_a_verdict_are_skipped_with_the_reason() {
-        let all = crate::scenario::expand(&crate::scenario::built_in().unwrap());
-        let cases: Vec<Case> = all
+    fn svm_pt_page_unmapped(path: Option<&str>) -> Vec<Case> {
+        crate::scenario::expand(&crate::scenario::built_in().unwrap())
             .into_iter()
             .filter(|c| c.scenario.name == "pt_page_unmapped" && c.vendor == VendorKind::Svm)
-            .collect();
-        let outcome = Outcome {
+            .filter(|c| path.is_none_or(|path| c.path.name() == path))
+            .collect()
+    }
+
+    fn outcome(verdicts: Vec<Verdict>, missing: Missing) -> Outcome {
+        Outcome {
             kernel: None,
-            verdicts: vec![verdict()],
-            why_missing: "the kernel panicked".into(),
-        };
-        let verdicts = collate(&cases, outcome, 1);
+            verdicts,
+            missing,
+        }
+    }
+
+    #[test]
+    fn cases_without_a_verdict_are_skipped_or_errors_by_why() {
+        let cases = svm_pt_page_unmapped(None);
+        let untestable = Missing::Untestable("the kernel did not boot: it panicked".into());
+        let verdicts = collate(&cases, outcome(vec![verdict()], untestable), 1);
         assert_eq!(verdicts[0].status, Status::Fail);
         assert_eq!(verdicts[1].status, Status::Skip);
         assert_eq!(
             verdicts[1].diagnosis.as_deref(),
-            Some("the kernel panicked")
+            Some("the kernel did not boot: it panicked")
         );
+        let unfinished = Missing::Unfinished("interrupted by SIGTERM".into());
+        let verdicts = collate(&cases, outcome(Vec::new(), unfinished), 1);
+        for verdict in verdicts {
+            assert_eq!(verdict.status, Status::Error);
+            assert_eq!(verdict.diagnosis.as_deref(), Some("interrupted by SIGTERM"));
+        }
     }
 
+    /// `--repeat 100 --timeout 10` once exited 0 with 7 of 100 runs done.
     #[test]
-    fn repeated_runs_are_merged_and_missing_runs_noted() {
-        let all = crate::scenario::expand(&crate::scenario::built_in().unwrap());
-        let cases: Vec<Case> = all
-            .into_iter()
-            .filter(|c| c.id() == "svm/pt_page_unmapped/emulated")
-            .collect();
+    fn fewer_runs_than_asked_are_an_error_never_a_pass() {
+        let cases = svm_pt_page_unmapped(Some("emulated"));
         let mut passed = verdict();
         passed.status = Status::Pass;
         passed.diagnosis = None;
-        let outcome = Outcome {
-            kernel: None,
-            verdicts: vec![passed.clone(), verdict()],
-            why_missing: "the kernel panicked\ntail".into(),
-        };
-        let verdicts = collate(&cases, outcome, 3);
-        assert_eq!(verdicts[0].status, Status::Fail);
-        let diagnosis = verdicts[0].diagnosis.as_deref().unwrap();
+        let timed_out = || Missing::Unfinished("no result within 10 s (--timeout)\ntail".into());
+        let verdicts = collate(&cases, outcome(vec![passed.clone(); 7], timed_out()), 100);
+        assert_eq!(verdicts[0].status, Status::Error);
+        assert_eq!(
+            verdicts[0].diagnosis.as_deref(),
+            Some("only 7 of 100 runs reported: no result within 10 s (--timeout)")
+        );
+        let flaky = collate(&cases, outcome(vec![passed.clone(), verdict()], timed_out()), 3);
+        assert_eq!(flaky[0].status, Status::Fail);
+        let diagnosis = flaky[0].diagnosis.as_deref().unwrap();
         assert!(
-            diagnosis.starts_with("flaky: 2 different outcomes in 2 runs\n"),
+            diagnosis.starts_with("only 2 of 3 runs reported: no result within 10 s (--timeout)\nflaky: 2 different outcomes in 2 runs\n"),
             "{diagnosis}"
         );
-        assert!(
-            diagnosis.ends_with("\nnote: only 2 of 3 runs reported: the kernel panicked"),
-            "{diagnosis}"
+        let all_runs = outcome(vec![passed.clone(), passed.clone()], timed_out());
+        assert_eq!(collate(&cases, all_runs, 2), [passed]);
+    }
+
+    #[test]
+    fn one_vendor_logs_to_the_file_named_and_two_to_suffixed_ones() {
+        let path = Path::new("/tmp/console.log");
+        assert_eq!(console_log_path(path, VendorKind::Svm, false), path);
+        assert_eq!(
+            console_log_path(path, VendorKind::Vmx, true),
+            Path::new("/tmp/console.log.vmx")
         );
-        let outcome = Outcome {
-            kernel: None,
-            verdicts: vec![passed.clone(), passed.clone()],
-            why_missing: String::new(),
-        };
-        assert_eq!(collate(&cases, outcome, 2), [passed]);
     }
 
     // Fuzzing the console stream. The outer side gets lines from boot's LineSplitter: the raw

@@ -61,7 +61,7 @@ pub fn run(
         });
         let verdict = match missing {
             _ if crate::interrupt::requested() => {
-                Verdict::without_run(case, Status::Error, "not run: interrupted".into())
+                Verdict::without_run(case, Status::Error, crate::interrupt::reason())
             }
             Some(reason) => Verdict::without_run(case, Status::Skip, reason),
             None => run_one(&kvm, &cpuid, case, options, &hardware_results),

@@ -551,7 +551,8 @@ pub fn built_in() -> Result<Vec<Scenario>, ScenarioError> {
     Ok(matrix()?.scenarios)
 }
 
-/// The `*.toml` files in `dir` as (file name, contents), in name order.
+/// The `*.toml` files in `dir` as (file name, contents), in name order. Each must be a regular
+/// UTF-8 file; one that is not is refused with its own name (crate::input_file).
 pub fn read_dir(dir: &Path) -> Result<Vec<(String, String)>, ScenarioError> {
     let unreadable = |path: &Path, error: std::io::Error| ScenarioError::Unreadable {
         path: path.display().to_string(),
@@ -579,10 +580,8 @@ pub fn read_dir(dir: &Path) -> Result<Vec<(String, String)>, ScenarioError> {
                 .unwrap_or_default()
                 .to_string_lossy()
                 .into_owned();
-            Ok((
-                name,
-                std::fs::read_to_string(path).map_err(|e| unreadable(path, e))?,
-            ))
+            let text = crate::input_file::read_text(path).map_err(|e| unreadable(path, e))?;
+            Ok((name, text))
         })
         .collect()
 }

@@ -25,8 +25,8 @@ use crate::scenario::VendorKind;
 pub enum VmError {
     #[error("/dev/kvm does not exist: load kvm and kvm_amd or kvm_intel (modprobe kvm_amd / kvm_intel), or run on a machine with KVM")]
     NoKvm,
-    #[error("permission denied opening /dev/kvm: add yourself to the kvm group (sudo usermod -aG kvm $USER, then log in again) or run as root")]
-    KvmPermission,
+    #[error("permission denied opening /dev/kvm: {advice}")]
+    KvmPermission { advice: String },
     #[error("cannot open /dev/kvm: {0}")]
     KvmOpen(kvm_ioctls::Error),
     #[error("{what} failed: {source}")]
@@ -51,7 +51,9 @@ fn ioctl(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
 pub fn open_kvm() -> Result<Kvm, VmError> {
     Kvm::new().map_err(|error| match error.errno() {
         libc::ENOENT => VmError::NoKvm,
-        libc::EACCES | libc::EPERM => VmError::KvmPermission,
+        libc::EACCES | libc::EPERM => VmError::KvmPermission {
+            advice: crate::host::kvm_access_advice(),
+        },
         _ => VmError::KvmOpen(error),
     })
 }
@@ -88,14 +90,25 @@ pub fn missing_nested_support(cpuid: &CpuId, kind: VendorKind) -> Option<String>
     }
     let nested = std::fs::read_to_string(format!("/sys/module/{module}/parameters/nested"));
     let why = match nested {
-        Err(_) => format!(
-            "{module} is not loaded (not a{} host?)",
-            if kind == VendorKind::Svm {
-                "n AMD"
+        Err(_) => {
+            let (right_cpu, maker) = match kind {
+                VendorKind::Svm => (crate::host::cpu_is_amd(), "AMD"),
+                VendorKind::Vmx => (crate::host::cpu_is_intel(), "Intel"),
+            };
+            if right_cpu {
+                format!(
+                    "{module} is not loaded: modprobe {module} nested=1 (if it refuses, this \
+                     machine's CPU offers it no {kind}; --kernel emulates one)",
+                    kind = kind.name().to_uppercase()
+                )
             } else {
-                "n Intel"
+                format!(
+                    "{module} is not loaded: this host's CPU is {}, not {maker} (--kernel \
+                     emulates one)",
+                    crate::host::cpu_vendor()
+                )
             }
-        ),
+        }
         Ok(value) if matches!(value.trim(), "0" | "N") => {
             format!(
                 "{module} is loaded with nested={}: reload it with nested=1",
@@ -250,7 +263,7 @@ impl Vm {
 
     /// Runs the vCPU until the stub reports, something else stops it, or `timeout` passes.
     pub fn run(&mut self, timeout: Duration) -> Result<Observation, VmError> {
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::clock::deadline_after(timeout);
         let finished = AtomicBool::new(false);
         std::thread::scope(|scope| {
             spawn_watchdog(scope, deadline, &finished);
@@ -265,7 +278,7 @@ impl Vm {
         let mut l2_io = L2Io::default();
         loop {
             if crate::interrupt::requested() {
-                return Ok(self.stopped("interrupted (SIGINT or SIGTERM)".to_string()));
+                return Ok(self.stopped(crate::interrupt::reason()));
             }
             if Instant::now() >= deadline {
                 return Ok(self.stopped(

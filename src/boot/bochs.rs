@@ -17,7 +17,7 @@ use super::emulator::{Location, Requirement};
 use super::error::BootError;
 use super::iso;
 use super::kernel::PreparedKernel;
-use super::tempdir::PrivateDir;
+use super::tempdir::private_dir;
 use super::{BootOptions, BootReport, KERNEL_CMDLINE};
 
 const PROGRAM: &str = "bochs-bin";
@@ -94,7 +94,7 @@ pub(crate) fn boot(
     on_line: &mut dyn FnMut(&str),
     on_progress: &mut dyn FnMut(&str),
 ) -> Result<BootReport, BootError> {
-    let dir = PrivateDir::new("nestfault-bochs")?;
+    let dir = private_dir("bochs")?;
     on_progress("building the boot ISO");
     let iso = iso::build_iso(dir.path(), &kernel.vmlinuz, initramfs, KERNEL_CMDLINE)?;
     let serial = dir.path().join("serial.txt");
@@ -292,7 +292,7 @@ mod tests {
 
     #[test]
     fn log_tail_skips_msr_noise() {
-        let dir = PrivateDir::new("nestfault-bochs-test").unwrap();
+        let dir = private_dir("test").unwrap();
         let log = dir.path().join("bochs.log");
         fs::write(
             &log,

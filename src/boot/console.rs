@@ -263,7 +263,7 @@ pub(crate) fn watch(
     on_progress: &mut dyn FnMut(&str),
 ) -> Result<BootReport, BootError> {
     let start = Instant::now();
-    let deadline = start + opts.timeout;
+    let deadline = crate::clock::deadline_after(opts.timeout);
     let mut log = match &opts.console_log {
         Some(path) => Some(BufWriter::new(
             File::create(path).map_err(|e| BootError::io("create", path, e))?,

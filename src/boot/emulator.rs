@@ -111,21 +111,14 @@ fn host_nests(vendor: KvmVendor) -> Result<(), String> {
     if !Path::new("/dev/kvm").exists() {
         return Err("the host has no /dev/kvm".into());
     }
-    let cpu_vendor = fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find_map(|line| line.strip_prefix("vendor_id"))
-                .map(|rest| rest.trim_start_matches([' ', '\t', ':']).trim().to_owned())
-        })
-        .unwrap_or_default();
     let matches = match vendor {
-        KvmVendor::Amd => ["AuthenticAMD", "HygonGenuine"].contains(&cpu_vendor.as_str()),
-        KvmVendor::Intel => cpu_vendor == "GenuineIntel",
+        KvmVendor::Amd => crate::host::cpu_is_amd(),
+        KvmVendor::Intel => crate::host::cpu_is_intel(),
     };
     if !matches {
         return Err(format!(
-            "the host CPU is {cpu_vendor:?}, not {vendor}: its KVM cannot offer {vendor} nesting"
+            "the host CPU is {:?}, not {vendor}: its KVM cannot offer {vendor} nesting",
+            crate::host::cpu_vendor()
         ));
     }
     let parameter = format!("/sys/module/{}/parameters/nested", vendor.module_name());

@@ -1,7 +1,6 @@
 //! Turning what the user gave (`--kernel`, `--modules`) into a kernel image,
 //! its release string and its modules directory.
 
-use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -150,7 +149,7 @@ fn is_modules_dir(dir: &Path) -> bool {
 
 fn bzimage_release_of(path: &Path) -> Result<String, BootError> {
     let mut head = Vec::with_capacity(64 * 1024);
-    File::open(path)
+    crate::input_file::open_regular(path)
         .and_then(|file| file.take(64 * 1024).read_to_end(&mut head))
         .map_err(|e| BootError::io("read", path, e))?;
     bzimage_release(&head).map_err(|reason| BootError::NotAKernel {

@@ -25,7 +25,9 @@
 //! /init in about 4.5 s and powers off after about 5.3 s; Bochs takes 40-70 s
 //! to /init plus 6-13 s to load kvm_intel.
 //!
-//! This module is self-contained: it uses nothing else from the crate.
+//! Of the rest of the crate it uses only `interrupt` (a signal ends the wait for
+//! the emulator), `clock` (the deadline), `input_file` (regular files only) and
+//! `host` (the CPU vendor).
 
 mod bochs;
 mod compression;
@@ -52,7 +54,7 @@ pub use initramfs::build_initramfs;
 pub use inner::paths::FILES_DIR as GUEST_FILES_DIR;
 pub use inner::{inner_setup, power_off, running_as_init};
 pub use kernel::{prepare_kernel, KernelInput, PreparedKernel};
-pub use tempdir::PrivateDir;
+pub use tempdir::{private_dir, remove_stale_dirs};
 
 /// The kernel command line for every emulator. `panic=-1` reboots at once on
 /// a panic, which ends QEMU (-no-reboot); `quiet` keeps the slow emulated

@@ -5,7 +5,8 @@ use std::io::{self, Write};
 use super::{vendors, Counts};
 use crate::verdict::{Status, Verdict};
 
-fn label(status: Status) -> &'static str {
+/// The status word of a report line, padded to one width; also what progress lines show.
+pub fn label(status: Status) -> &'static str {
     match status {
         Status::Pass => "PASS ",
         Status::Fail => "FAIL ",

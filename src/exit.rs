@@ -1,0 +1,97 @@
+//! The exit status, by one rule, for `git bisect run` (README, "Exit codes"): it reads 0 as good,
+//! 1-124 and 126-127 as bad, 125 as "cannot test this commit, skip it", and stops on anything
+//! above 127. So 125 is kept for a kernel that cannot be judged, and every problem the user or
+//! the machine must fix first is 255: a broken set-up would otherwise skip every commit.
+
+use std::process::ExitCode;
+
+use crate::verdict::{Status, Verdict};
+
+/// How a run ended, as far as the exit status cares.
+#[derive(Debug)]
+pub enum Ending<'a> {
+    /// Printed what was asked for (`--list`, `--help`, `--version`).
+    Informed,
+    /// A verdict for each selected case; each case that ran fewer than the `--repeat` runs asked
+    /// for is already an error (kernel_mode::collate).
+    Judged(&'a [Verdict]),
+    /// No verdict is possible until the user or the machine fixes something: a bad flag or
+    /// combination, a missing emulator, an unusable path, an empty selection, a host that
+    /// cannot nest for `--emulator qemu-kvm`.
+    MustFix,
+    /// SIGINT, SIGTERM or SIGHUP: the run is incomplete and must be repeated.
+    Interrupted,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitClass {
+    /// Every selected case ran the number of runs asked for and passed.
+    Passed,
+    /// A wrong verdict, or an error inside a case.
+    Failed,
+    /// Nothing failed, but this kernel cannot be judged: no nested support in it, KVM refused
+    /// nesting, or it did not boot.
+    Untestable,
+    /// See [`Ending::MustFix`] and [`Ending::Interrupted`].
+    MustFix,
+}
+
+impl ExitClass {
+    pub fn of(ending: &Ending) -> Self {
+        let verdicts = match ending {
+            Ending::Informed => return ExitClass::Passed,
+            Ending::MustFix | Ending::Interrupted => return ExitClass::MustFix,
+            Ending::Judged(verdicts) => verdicts,
+        };
+        let any = |status| verdicts.iter().any(|v| v.status == status);
+        if verdicts.is_empty() {
+            // Selection refuses this with a message first; nothing tested never passes.
+            ExitClass::MustFix
+        } else if any(Status::Fail) || any(Status::Error) {
+            ExitClass::Failed
+        } else if any(Status::Skip) {
+            ExitClass::Untestable
+        } else {
+            ExitClass::Passed
+        }
+    }
+
+    pub fn code(self) -> u8 {
+        match self {
+            ExitClass::Passed => 0,
+            ExitClass::Failed => 1,
+            ExitClass::Untestable => 125,
+            ExitClass::MustFix => 255,
+        }
+    }
+}
+
+impl From<ExitClass> for ExitCode {
+    fn from(class: ExitClass) -> Self {
+        ExitCode::from(class.code())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::sample;
+
+    #[test]
+    fn exit_codes_follow_the_bisect_convention() {
+        let verdicts = sample::verdicts();
+        let pick = |indices: &[usize]| -> Vec<Verdict> {
+            indices.iter().map(|&i| verdicts[i].clone()).collect()
+        };
+        let code = |verdicts: &[Verdict]| ExitClass::of(&Ending::Judged(verdicts)).code();
+        let (pass, fail, error, skip) = (0, 1, 2, 4);
+        assert_eq!(code(&pick(&[pass])), 0);
+        assert_eq!(code(&pick(&[pass, skip])), 125);
+        assert_eq!(code(&pick(&[pass, skip, fail])), 1);
+        assert_eq!(code(&pick(&[skip, error])), 1);
+        assert_eq!(code(&[]), 255);
+        assert_eq!(ExitClass::of(&Ending::Informed).code(), 0);
+        assert_eq!(ExitClass::of(&Ending::MustFix).code(), 255);
+        assert_eq!(ExitClass::of(&Ending::Interrupted).code(), 255);
+    }
+}
