@@ -4,7 +4,7 @@
 //! run first removes those of ours whose process is gone.
 
 use std::fs;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use tempfile::TempDir;
@@ -20,6 +20,7 @@ pub fn private_dir(purpose: &str) -> Result<TempDir, BootError> {
     let parent = std::env::temp_dir();
     tempfile::Builder::new()
         .prefix(&format!("{PREFIX}{purpose}-{}-", std::process::id()))
+        .permissions(fs::Permissions::from_mode(0o700))
         .tempdir_in(&parent)
         .map_err(|e| BootError::io("create a temporary directory in", parent, e))
 }
@@ -62,7 +63,6 @@ fn owning_pid(name: &str) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn private_and_removed() {
