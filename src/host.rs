@@ -26,26 +26,32 @@ pub fn cpu_is_intel() -> bool {
 /// What to do when opening /dev/kvm was refused: the kvm group only where that group may open
 /// it; otherwise who may.
 pub fn kvm_access_advice() -> String {
-    let Ok(meta) = std::fs::metadata("/dev/kvm") else {
-        return "run as root".into();
-    };
-    let group = group_name(meta.gid());
-    let group_may = meta.mode() & 0o060 == 0o060;
-    if group_may && group.as_deref() == Some("kvm") {
+    match std::fs::metadata("/dev/kvm") {
+        Ok(meta) => access_advice(
+            meta.mode(),
+            &group_name(meta.gid()).unwrap_or_else(|| meta.gid().to_string()),
+        ),
+        Err(_) => "run as root".into(),
+    }
+}
+
+/// The advice for a /dev/kvm of this `mode` and `group`.
+fn access_advice(mode: u32, group: &str) -> String {
+    let group_may = mode & 0o060 == 0o060;
+    if group_may && group == "kvm" {
         return "add yourself to the kvm group (sudo usermod -aG kvm $USER, then log in again) \
                 or run as root"
             .into();
     }
+    let who = if group_may {
+        format!("only root and group {group} may open it")
+    } else {
+        "only root may open it".to_string()
+    };
     format!(
-        "/dev/kvm is mode {:03o}, group {}: {}; run as root, or have an administrator grant \
-         access",
-        meta.mode() & 0o777,
-        group.unwrap_or_else(|| meta.gid().to_string()),
-        if group_may {
-            "only its owner and that group may open it"
-        } else {
-            "only its owner may open it"
-        }
+        "/dev/kvm is mode {:03o}, group {group}: {who}; run as root, or have an administrator \
+         grant access",
+        mode & 0o777
     )
 }
 
@@ -66,9 +72,25 @@ mod tests {
     #[test]
     fn the_cpu_vendor_is_what_proc_cpuinfo_says() {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap();
-        let line = cpuinfo.lines().find(|l| l.starts_with("vendor_id")).unwrap();
+        let line = cpuinfo
+            .lines()
+            .find(|l| l.starts_with("vendor_id"))
+            .unwrap();
         assert!(line.ends_with(&cpu_vendor()), "{line} vs {}", cpu_vendor());
         assert!(!(cpu_is_amd() && cpu_is_intel()));
+    }
+
+    #[test]
+    fn the_kvm_group_is_advised_only_where_it_may_open_dev_kvm() {
+        assert!(access_advice(0o20660, "kvm").contains("usermod -aG kvm"));
+        for (mode, group) in [(0o20600, "root"), (0o20600, "kvm"), (0o20660, "wheel")] {
+            let advice = access_advice(mode, group);
+            assert!(!advice.contains("usermod"), "{advice}");
+            assert!(
+                advice.contains(&format!("{:03o}", mode & 0o777)),
+                "{advice}"
+            );
+        }
     }
 
     #[test]

@@ -83,7 +83,8 @@ mod tests {
     use std::os::unix::fs::symlink;
 
     fn scratch(name: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("nestfault-inputfile-{name}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("nestfault-inputfile-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         dir

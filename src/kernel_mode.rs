@@ -289,7 +289,12 @@ fn boot_and_collect(
     };
     let mut untestable = None;
     let mut done = false;
-    let stamp = |started: Instant| format!("[{kind} {emulator} {:>5.1}s]", started.elapsed().as_secs_f64());
+    let stamp = |started: Instant| {
+        format!(
+            "[{kind} {emulator} {:>5.1}s]",
+            started.elapsed().as_secs_f64()
+        )
+    };
     let mut progress = |phase: &str| eprintln!("{} {phase}", stamp(started));
     let mut on_line = |line: &str| {
         for record in Record::parse(line) {
@@ -384,7 +389,10 @@ fn collate(cases: &[Case], outcome: Outcome, repeat: u32) -> Vec<Verdict> {
                     verdict.status = Status::Error;
                 }
                 let first_line = why.lines().next().unwrap_or_default();
-                let shortfall = format!("only {} of {repeat} runs reported: {first_line}", runs.len());
+                let shortfall = format!(
+                    "only {} of {repeat} runs reported: {first_line}",
+                    runs.len()
+                );
                 verdict.diagnosis = Some(match verdict.diagnosis.take() {
                     Some(diagnosis) => format!("{shortfall}\n{diagnosis}"),
                     None => shortfall,
@@ -544,7 +552,11 @@ mod tests {
             verdicts[0].diagnosis.as_deref(),
             Some("only 7 of 100 runs reported: no result within 10 s (--timeout)")
         );
-        let flaky = collate(&cases, outcome(vec![passed.clone(), verdict()], timed_out()), 3);
+        let flaky = collate(
+            &cases,
+            outcome(vec![passed.clone(), verdict()], timed_out()),
+            3,
+        );
         assert_eq!(flaky[0].status, Status::Fail);
         let diagnosis = flaky[0].diagnosis.as_deref().unwrap();
         assert!(

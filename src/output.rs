@@ -86,7 +86,10 @@ fn parent(path: &Path) -> &Path {
 /// `path` with its directory made absolute and free of symlinks; None if that directory is
 /// missing (or not a directory).
 fn resolved(path: &Path) -> Option<PathBuf> {
-    let dir = parent(path).canonicalize().ok().filter(|dir| dir.is_dir())?;
+    let dir = parent(path)
+        .canonicalize()
+        .ok()
+        .filter(|dir| dir.is_dir())?;
     Some(dir.join(path.file_name()?))
 }
 
@@ -135,15 +138,11 @@ impl ReportFile {
             reason: format!("cannot write the report: {error}"),
         };
         // A report is for others to read, unlike a temporary file (0600).
-        let done = self
-            .temporary
-            .as_file_mut()
-            .flush()
-            .and_then(|()| {
-                self.temporary
-                    .as_file()
-                    .set_permissions(Permissions::from_mode(0o644))
-            });
+        let done = self.temporary.as_file_mut().flush().and_then(|()| {
+            self.temporary
+                .as_file()
+                .set_permissions(Permissions::from_mode(0o644))
+        });
         done.map_err(failed)?;
         let path = self.path.clone();
         self.temporary
@@ -162,7 +161,8 @@ mod tests {
     use super::*;
 
     fn scratch(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("nestfault-output-{name}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("nestfault-output-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         dir
@@ -182,7 +182,10 @@ mod tests {
         fs::write(&kernel, "kernel").unwrap();
         std::os::unix::fs::symlink(&kernel, dir.join("link")).unwrap();
         fs::create_dir(dir.join("mods")).unwrap();
-        let inputs = [input("--kernel", &kernel), input("--modules", &dir.join("mods"))];
+        let inputs = [
+            input("--kernel", &kernel),
+            input("--modules", &dir.join("mods")),
+        ];
         for clash in [
             kernel.clone(),
             dir.join("link"),

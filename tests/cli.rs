@@ -167,9 +167,16 @@ fn running_here_tests_what_the_host_nests_and_skips_the_rest_with_reasons() {
     let nesting = host_nests();
     if !nesting.is_empty() {
         eprintln!("note: this host nests {nesting:?}: checking that those cases ran");
-        assert!(matches!(output.status.code(), Some(0 | 1)), "{:?}", output.status);
+        assert!(
+            matches!(output.status.code(), Some(0 | 1)),
+            "{:?}",
+            output.status
+        );
         for result in results {
-            assert!(nesting.contains(&result["vendor"].as_str().unwrap()), "{result}");
+            assert!(
+                nesting.contains(&result["vendor"].as_str().unwrap()),
+                "{result}"
+            );
             assert_ne!(result["status"], "skip", "{result}");
         }
         return;
@@ -214,8 +221,19 @@ fn list_honours_scenario_vendor_and_path() {
     assert_eq!(output.status.code(), Some(0));
     let stdout = text(&output.stdout);
     assert_eq!(stdout.lines().count(), 4, "{stdout}");
-    assert!(stdout.lines().all(|id| id.contains("/pt_page_unmapped/")), "{stdout}");
-    let one = nestfault(&["--list", "--scenario", "pt_page_unmapped", "--vendor", "vmx", "--path", "hardware"]);
+    assert!(
+        stdout.lines().all(|id| id.contains("/pt_page_unmapped/")),
+        "{stdout}"
+    );
+    let one = nestfault(&[
+        "--list",
+        "--scenario",
+        "pt_page_unmapped",
+        "--vendor",
+        "vmx",
+        "--path",
+        "hardware",
+    ]);
     assert_eq!(text(&one.stdout), "vmx/pt_page_unmapped/hardware\n");
 }
 

@@ -40,8 +40,15 @@ fn flag(fixtures: &Fixtures) -> BoxedStrategy<Vec<String>> {
     let number = prop_oneof![
         any::<u64>().prop_map(|n| n.to_string()),
         (0u64..2000).prop_map(|n| n.to_string()),
-        select(vec!["-1", "", "1e3", "0x10", " 5", "99999999999999999999999"])
-            .prop_map(String::from),
+        select(vec![
+            "-1",
+            "",
+            "1e3",
+            "0x10",
+            " 5",
+            "99999999999999999999999"
+        ])
+        .prop_map(String::from),
     ];
     let kernel = fixtures.kernel.clone();
     let files = vec![
@@ -59,11 +66,30 @@ fn flag(fixtures: &Fixtures) -> BoxedStrategy<Vec<String>> {
     let one_of = |values: &[&'static str]| select(values.to_vec()).prop_map(String::from).boxed();
     let any_file = || select(files.clone()).boxed();
     prop_oneof![
-        with_value("--scenario", one_of(&["all", "pt_page_unmapped", "svm/pt_page_unmapped/emulated", "vmx/final_page_unmapped/hardware", "bogus", ""])),
+        with_value(
+            "--scenario",
+            one_of(&[
+                "all",
+                "pt_page_unmapped",
+                "svm/pt_page_unmapped/emulated",
+                "vmx/final_page_unmapped/hardware",
+                "bogus",
+                ""
+            ])
+        ),
         with_value("--vendor", one_of(&["auto", "svm", "vmx", "arm", ""])),
-        with_value("--path", one_of(&["emulated", "hardware", "all", "sideways"])),
-        with_value("--format", one_of(&["human", "json", "junit", "ktap", "xml"])),
-        with_value("--emulator", one_of(&["auto", "qemu-kvm", "qemu-tcg", "bochs", "vmware"])),
+        with_value(
+            "--path",
+            one_of(&["emulated", "hardware", "all", "sideways"])
+        ),
+        with_value(
+            "--format",
+            one_of(&["human", "json", "junit", "ktap", "xml"])
+        ),
+        with_value(
+            "--emulator",
+            one_of(&["auto", "qemu-kvm", "qemu-tcg", "bochs", "vmware"])
+        ),
         with_value("--repeat", number.clone().boxed()),
         with_value("--timeout", number.boxed()),
         with_value("--output", any_file()),
@@ -72,7 +98,15 @@ fn flag(fixtures: &Fixtures) -> BoxedStrategy<Vec<String>> {
         with_value("--modules", any_file()),
         with_value("--kernel", any_file()),
         Just(vec!["--kernel".to_string(), kernel]),
-        one_of(&["--list", "--verbose", "--bare-boot", "--help", "--version", "-h"]).prop_map(|f| vec![f]),
+        one_of(&[
+            "--list",
+            "--verbose",
+            "--bare-boot",
+            "--help",
+            "--version",
+            "-h"
+        ])
+        .prop_map(|f| vec![f]),
         // Junk that is not a flag: a stray positional argument.
         "[a-z0-9=/.]{1,10}".prop_map(|junk| vec![junk]),
     ]

@@ -55,7 +55,14 @@ fn impossible_emulator_and_vendor_pairs_are_setup_errors() {
     for (emulator, vendor) in [("qemu-tcg", "vmx"), ("bochs", "svm")] {
         let output = run_fake_kernel(
             &scratch,
-            &["--emulator", emulator, "--vendor", vendor, "--scenario", "all"],
+            &[
+                "--emulator",
+                emulator,
+                "--vendor",
+                vendor,
+                "--scenario",
+                "all",
+            ],
         );
         assert_code(&output, 255, "cannot be used here");
     }
@@ -168,7 +175,11 @@ fn output_never_overwrites_an_input() {
     let before = std::fs::read(&kernel).unwrap();
     let output = run_fake_kernel(&scratch, &["--output", path_str(&kernel)]);
     assert_code(&output, 255, "never writes over its inputs");
-    assert_eq!(std::fs::read(&kernel).unwrap(), before, "the kernel was changed");
+    assert_eq!(
+        std::fs::read(&kernel).unwrap(),
+        before,
+        "the kernel was changed"
+    );
 }
 
 #[test]
@@ -180,8 +191,15 @@ fn an_error_leaves_no_output_file() {
         LIMIT,
     );
     assert_code(&output, 255, "unknown scenario");
-    let left: Vec<_> = std::fs::read_dir(scratch.path("")).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert_eq!(left, ["tmp"], "an --output file (or its temporary) was left behind");
+    let left: Vec<_> = std::fs::read_dir(scratch.path(""))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        left,
+        ["tmp"],
+        "an --output file (or its temporary) was left behind"
+    );
 }
 
 #[test]
@@ -219,7 +237,11 @@ fn broken_scenario_files_are_reported_against_the_file() {
             &mut scratch.command(&["--list", "--scenarios-dir", path_str(&dir)]),
             LIMIT,
         );
-        assert_code(&output, 255, &format!("cannot read scenario file {}", file.display()));
+        assert_code(
+            &output,
+            255,
+            &format!("cannot read scenario file {}", file.display()),
+        );
     }
 }
 
@@ -238,7 +260,11 @@ fn a_kernel_from_a_pipe_is_refused_as_not_a_regular_file() {
     support::feed_stdin(&mut child, image);
     assert!(wait_at_most(&mut child, LIMIT).is_some(), "hung");
     let output = child.wait_with_output().unwrap();
-    assert_code(&output, 255, "it is a pipe (FIFO); nestfault needs a regular file");
+    assert_code(
+        &output,
+        255,
+        "it is a pipe (FIFO); nestfault needs a regular file",
+    );
 }
 
 /// SIGHUP (a closed terminal) ends a run like SIGTERM: 255, the report says which cases the
@@ -273,13 +299,19 @@ fn sighup_interrupts_cleanly_and_every_format_says_so() {
         std::thread::sleep(Duration::from_millis(300));
         // SAFETY: our own child, not yet waited for.
         unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
-        assert!(wait_at_most(&mut child, LIMIT).is_some(), "hung after SIGHUP");
+        assert!(
+            wait_at_most(&mut child, LIMIT).is_some(),
+            "hung after SIGHUP"
+        );
         let output = child.wait_with_output().unwrap();
         assert_code(&output, 255, "interrupted by SIGHUP");
         let human = text(&output.stdout);
         assert!(human.contains("interrupted by SIGHUP"), "{human}");
         let rendered = std::fs::read_to_string(&report).unwrap_or_default();
-        assert!(rendered.contains("interrupted by SIGHUP"), "{format}:\n{rendered}");
+        assert!(
+            rendered.contains("interrupted by SIGHUP"),
+            "{format}:\n{rendered}"
+        );
         assert!(!rendered.contains("exited with"), "{format}:\n{rendered}");
         assert_eq!(scratch.leftovers(), Vec::<String>::new());
     }
@@ -291,7 +323,10 @@ fn temporary_directories_of_killed_runs_are_removed_by_the_next_run() {
     // Above any pid_max (at most 2^22): this process is gone.
     let stale = scratch.path(&format!("tmp/nestfault-kernel-{}-AbC123", 1u32 << 23));
     std::fs::create_dir_all(stale.join("unpacked")).unwrap();
-    let live = scratch.path(&format!("tmp/nestfault-kernel-{}-XyZ789", std::process::id()));
+    let live = scratch.path(&format!(
+        "tmp/nestfault-kernel-{}-XyZ789",
+        std::process::id()
+    ));
     std::fs::create_dir_all(&live).unwrap();
     let output = output_within(&mut scratch.command(&["--list"]), LIMIT);
     assert_eq!(output.status.code(), Some(0));

@@ -15,7 +15,8 @@ pub(crate) fn is_deb(path: &Path) -> Result<bool, BootError> {
         return Ok(false);
     }
     let mut head = [0u8; 21];
-    let mut file = crate::input_file::open_regular(path).map_err(|e| BootError::io("open", path, e))?;
+    let mut file =
+        crate::input_file::open_regular(path).map_err(|e| BootError::io("open", path, e))?;
     let mut filled = 0;
     while filled < head.len() {
         match file.read(&mut head[filled..]) {

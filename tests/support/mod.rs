@@ -27,7 +27,8 @@ pub struct Scratch(PathBuf);
 
 impl Scratch {
     pub fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("nestfault-test-{name}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("nestfault-test-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("tmp")).unwrap();
         Scratch(dir)
