@@ -349,7 +349,8 @@ fn boot_and_collect(
             BootEnd::EmulatorExited(code) => format!("{emulator} exited with {code}"),
         };
         let why = format!(
-            "{how} after {:.0} s; last console lines:\n{}",
+            // The first line says it all, for a case that got some of its runs.
+            "{how} after {:.0} s\nlast console lines:\n{}",
             report.elapsed.as_secs_f64(),
             report.tail.join("\n")
         );
