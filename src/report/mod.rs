@@ -9,7 +9,7 @@ use std::io::{self, Write};
 
 use serde::Serialize;
 
-use crate::verdict::{ExitValues, Status, Verdict};
+use crate::verdict::{Axes, ExitValues, Status, Verdict};
 
 pub use human::label as status_label;
 
@@ -39,6 +39,8 @@ struct JsonResult<'a> {
     vendor: &'a str,
     scenario: &'a str,
     path: &'a str,
+    #[serde(flatten)]
+    axes: &'a Axes,
     status: Status,
     expected: &'a ExitValues,
     actual: &'a ExitValues,
@@ -54,6 +56,7 @@ impl<'a> JsonResult<'a> {
             vendor: &verdict.vendor,
             scenario: &verdict.scenario,
             path: &verdict.path,
+            axes: &verdict.axes,
             status: verdict.status,
             expected: &verdict.expected,
             actual: verdict.actual.as_ref().unwrap_or(&NOTHING_SEEN),
