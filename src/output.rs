@@ -3,9 +3,10 @@
 //! goes to a temporary file beside its destination, renamed over it only once complete: a run
 //! that fails or is killed leaves the destination as it was, neither empty nor half-written.
 
-use std::fs::{self, File, Permissions};
+use std::fs::{self, File, OpenOptions, Permissions};
 use std::io::{self, Write};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use tempfile::NamedTempFile;
@@ -104,61 +105,111 @@ fn same_file(a: &Path, b: &Path) -> bool {
 
 /// The `--output` report while it is being written.
 pub struct ReportFile {
+    /// As the user named it, for messages.
     path: PathBuf,
-    temporary: NamedTempFile,
+    sink: Sink,
+}
+
+enum Sink {
+    /// A new or regular file: the report goes to a temporary file beside `target` (the file
+    /// itself, a symlink followed) and is renamed over it once complete.
+    Replace {
+        temporary: NamedTempFile,
+        target: PathBuf,
+    },
+    /// A device or pipe (`/dev/stdout`, a FIFO): nothing there to destroy, and nothing to rename
+    /// over it, so the report is written in place.
+    Stream(File),
 }
 
 impl ReportFile {
-    /// A temporary file beside `path` (so that the final rename stays on one file system), made
-    /// now, so that an unwritable directory fails before a long boot.
+    /// Opens what `path` needs now, so that an unwritable destination fails before a long boot.
     pub fn create(path: &Path) -> Result<Self, OutputError> {
-        let temporary = tempfile::Builder::new()
-            .prefix(".nestfault-report-")
-            .tempfile_in(parent(path))
-            .map_err(|error| OutputError::Unusable {
-                flag: "--output",
-                path: path.to_owned(),
-                reason: format!("cannot create a file in its directory: {error}"),
-            })?;
+        let unusable = |reason: String| OutputError::Unusable {
+            flag: "--output",
+            path: path.to_owned(),
+            reason,
+        };
+        let sink = match fs::metadata(path) {
+            Ok(meta) if !meta.is_file() => Sink::Stream(
+                open_stream(path)
+                    .map_err(|error| unusable(format!("cannot open it for writing: {error}")))?,
+            ),
+            _ => {
+                let target = fs::canonicalize(path)
+                    .ok()
+                    .or_else(|| resolved(path))
+                    .unwrap_or_else(|| path.to_owned());
+                // Beside the target, so that the rename stays on one file system.
+                let temporary = tempfile::Builder::new()
+                    .prefix(".nestfault-report-")
+                    .tempfile_in(parent(&target))
+                    .map_err(|error| {
+                        unusable(format!("cannot create a file in its directory: {error}"))
+                    })?;
+                Sink::Replace { temporary, target }
+            }
+        };
         Ok(ReportFile {
             path: path.to_owned(),
-            temporary,
+            sink,
         })
     }
 
     pub fn file(&mut self) -> &mut File {
-        self.temporary.as_file_mut()
+        match &mut self.sink {
+            Sink::Replace { temporary, .. } => temporary.as_file_mut(),
+            Sink::Stream(file) => file,
+        }
     }
 
     /// Puts the complete report in place. Dropped without this, the temporary file goes.
     pub fn finish(mut self) -> Result<(), OutputError> {
+        let path = self.path.clone();
         let failed = |error: io::Error| OutputError::Unusable {
             flag: "--output",
-            path: self.path.clone(),
+            path: path.clone(),
             reason: format!("cannot write the report: {error}"),
         };
+        self.file().flush().map_err(failed)?;
+        let Sink::Replace { temporary, target } = self.sink else {
+            return Ok(());
+        };
         // A report is for others to read, unlike a temporary file (0600).
-        let done = self.temporary.as_file_mut().flush().and_then(|()| {
-            self.temporary
-                .as_file()
-                .set_permissions(Permissions::from_mode(0o644))
-        });
-        done.map_err(failed)?;
-        let path = self.path.clone();
-        self.temporary
-            .persist(&path)
+        temporary
+            .as_file()
+            .set_permissions(Permissions::from_mode(0o644))
+            .map_err(failed)?;
+        temporary
+            .persist(&target)
             .map(drop)
-            .map_err(|error| OutputError::Unusable {
-                flag: "--output",
-                path,
-                reason: format!("cannot write the report: {}", error.error),
-            })
+            .map_err(|error| failed(error.error))
     }
+}
+
+/// Opens a device or FIFO for writing without waiting for a reader (a FIFO without one fails at
+/// once, ENXIO), then makes the writes blocking again.
+fn open_stream(path: &Path) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let fd = file.as_raw_fd();
+    // SAFETY: fd is open for the lifetime of `file`; F_GETFL/F_SETFL only change its flags.
+    let cleared = unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        flags >= 0 && libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) == 0
+    };
+    if !cleared {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(file)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::FileTypeExt;
 
     fn scratch(name: &str) -> PathBuf {
         let dir =
@@ -220,6 +271,28 @@ mod tests {
         assert_eq!(fs::read(&path).unwrap(), b"whole");
         let mode = fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o644);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn symlinks_are_followed_and_devices_written_in_place() {
+        let dir = scratch("streams");
+        let real = dir.join("real.json");
+        fs::write(&real, "previous").unwrap();
+        let link = dir.join("link.json");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let mut report = ReportFile::create(&link).unwrap();
+        report.file().write_all(b"through the link").unwrap();
+        report.finish().unwrap();
+        assert!(fs::symlink_metadata(&link).unwrap().is_symlink());
+        assert_eq!(fs::read(&real).unwrap(), b"through the link");
+        let mut null = ReportFile::create(Path::new("/dev/null")).unwrap();
+        null.file().write_all(b"gone").unwrap();
+        null.finish().unwrap();
+        assert!(fs::metadata("/dev/null")
+            .unwrap()
+            .file_type()
+            .is_char_device());
         fs::remove_dir_all(dir).unwrap();
     }
 }
