@@ -281,6 +281,7 @@ mod tests {
         }
         assert_eq!(failed["expected"]["exit_code"], "0x400");
         assert_eq!(failed["status"], "fail");
+        assert_eq!(failed["actual"]["exit_info_1"], "0x100000006");
         let skipped = &json["results"][4];
         assert_eq!(skipped["status"], "skip");
         assert!(skipped["expected"].is_object(), "{skipped}");
