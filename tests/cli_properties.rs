@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use proptest::sample::select;
+use proptest::test_runner::{TestCaseError, TestRunner};
 use support::{output_within, path_str, text, Scratch};
 
 /// Paths the flags may name, each a different kind of trouble or none.
@@ -113,43 +114,58 @@ fn flag(fixtures: &Fixtures) -> BoxedStrategy<Vec<String>> {
     .boxed()
 }
 
-proptest! {
-    // 48 runs of the debug binary take about a second.
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
-
-    #[test]
-    fn any_command_line_ends_with_a_documented_exit_code(
-        flags in proptest::collection::vec(flag(&FIXTURES), 0..7)
-    ) {
-        let fixtures = &*FIXTURES;
-        let mut args: Vec<String> = flags.concat();
-        let has = |args: &[String], name: &str| args.iter().any(|arg| arg == name);
-        let kernel_mode = has(&args, "--kernel");
-        let informational = ["--help", "-h", "--version", "--list"].iter().any(|f| has(&args, f));
-        if !kernel_mode {
-            args.push("--list".into());
-        }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let mut command = fixtures.scratch.command(&args);
-        // No emulator anywhere: a --kernel run can only end before booting.
-        command.env("PATH", fixtures.scratch.path("bin"));
-        let output = output_within(&mut command, Duration::from_secs(10));
-        let stderr = text(&output.stderr);
-        let code = output.status.code();
-        prop_assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
-        prop_assert!(matches!(code, Some(0 | 1 | 125 | 255)), "{args:?}: {code:?} {stderr}");
-        if code == Some(0) {
-            prop_assert!(!output.stdout.is_empty(), "{args:?}: exit 0 and nothing printed");
-        }
-        if kernel_mode && !informational {
-            prop_assert_eq!(code, Some(255), "{:?}: {}", args, stderr);
-        }
-        prop_assert_eq!(
-            std::fs::read(&fixtures.kernel).unwrap(),
-            fixtures.kernel_bytes.clone(),
-            "{:?} changed the kernel file", args
+/// Runs one command line; fails on a panic, a hang or an undocumented exit code.
+fn check(fixtures: &Fixtures, flags: Vec<Vec<String>>) -> Result<(), TestCaseError> {
+    let mut args: Vec<String> = flags.concat();
+    let has = |args: &[String], name: &str| args.iter().any(|arg| arg == name);
+    let kernel_mode = has(&args, "--kernel");
+    let informational = ["--help", "-h", "--version", "--list"]
+        .iter()
+        .any(|flag| has(&args, flag));
+    if !kernel_mode {
+        args.push("--list".into());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut command = fixtures.scratch.command(&args);
+    // No emulator anywhere: a --kernel run can only end before booting.
+    command.env("PATH", fixtures.scratch.path("bin"));
+    let output = output_within(&mut command, Duration::from_secs(10));
+    let stderr = text(&output.stderr);
+    let code = output.status.code();
+    prop_assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    prop_assert!(
+        matches!(code, Some(0 | 1 | 125 | 255)),
+        "{args:?}: {code:?} {stderr}"
+    );
+    if code == Some(0) {
+        prop_assert!(
+            !output.stdout.is_empty(),
+            "{args:?}: exit 0 and nothing printed"
         );
     }
+    if kernel_mode && !informational {
+        prop_assert_eq!(code, Some(255), "{:?}: {}", args, stderr);
+    }
+    prop_assert_eq!(
+        std::fs::read(&fixtures.kernel).unwrap(),
+        fixtures.kernel_bytes.clone(),
+        "{:?} changed the kernel file",
+        args
+    );
+    Ok(())
 }
 
-static FIXTURES: std::sync::LazyLock<Fixtures> = std::sync::LazyLock::new(Fixtures::new);
+#[test]
+fn any_command_line_ends_with_a_documented_exit_code() {
+    // Run by hand rather than by proptest!, so that the fixtures are dropped (and removed).
+    let fixtures = Fixtures::new();
+    // 48 runs of the debug binary take about a second.
+    let mut runner = TestRunner::new(ProptestConfig {
+        cases: 48,
+        ..ProptestConfig::default()
+    });
+    let flags = proptest::collection::vec(flag(&fixtures), 0..7);
+    if let Err(error) = runner.run(&flags, |flags| check(&fixtures, flags)) {
+        panic!("{error}");
+    }
+}
