@@ -15,7 +15,8 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum OutputError {
     #[error(
-        "{flag} {}: that is {input}; nestfault never writes over its inputs, choose another file",
+        "{flag} {}: that is {input}; nestfault never writes over what it reads or writes \
+         already: choose another file",
         path.display()
     )]
     IsInput {

@@ -175,7 +175,7 @@ fn output_never_overwrites_an_input() {
     let kernel = scratch.fake_bzimage();
     let before = std::fs::read(&kernel).unwrap();
     let output = run_fake_kernel(&scratch, &["--output", path_str(&kernel)]);
-    assert_code(&output, 255, "never writes over its inputs");
+    assert_code(&output, 255, "never writes over what it reads");
     assert_eq!(
         std::fs::read(&kernel).unwrap(),
         before,
