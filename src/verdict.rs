@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use nestfault_protocol::{split_vmx_detail, Status as StubStatus};
 use serde::{Deserialize, Serialize};
 
-use crate::arch::{show, Expectation, Vendor};
+use crate::arch::{show, Expectation, Field, Vendor};
 use crate::observation::{L2Io, Observation};
 use crate::paging::PAGE_SIZE;
 use crate::scenario::Case;
@@ -26,12 +26,11 @@ pub enum Status {
 pub struct ExitValues(pub Vec<(String, u64)>);
 
 impl ExitValues {
-    fn new(names: &[&str], values: impl IntoIterator<Item = u64>) -> Self {
+    /// The vendor's fields by name, in report order, valued by `value_of`.
+    fn of(vendor: &dyn Vendor, value_of: impl Fn(Field) -> Option<u64>) -> Self {
         Self(
-            names
-                .iter()
-                .map(|name| name.to_string())
-                .zip(values)
+            named_fields(vendor)
+                .filter_map(|(field, name)| value_of(field).map(|value| (name.to_string(), value)))
                 .collect(),
         )
     }
@@ -133,6 +132,13 @@ impl Verdict {
     }
 }
 
+/// The fields `vendor` reports, with its names for them, in report order.
+fn named_fields(vendor: &dyn Vendor) -> impl Iterator<Item = (Field, &'static str)> + '_ {
+    Field::ALL
+        .into_iter()
+        .filter_map(|field| vendor.field_name(field).map(|name| (field, name)))
+}
+
 /// Compares what L1 saw with the oracle, every field in the vendor's order (exit code, the bits,
 /// the GPA, VMX's linear address), and explains every difference.
 pub fn judge(
@@ -142,9 +148,8 @@ pub fn judge(
     observation: &Observation,
     duration_ms: u64,
 ) -> Verdict {
-    let names = vendor.exit_fields();
     let mut verdict = Verdict::without_run(case, Status::Error, String::new());
-    verdict.expected = ExitValues::new(names, expectation.fields.iter().map(|e| e.value));
+    verdict.expected = ExitValues::of(vendor, |field| expectation.get(field).map(|e| e.value));
     verdict.duration_ms = duration_ms;
     let (mailbox, l2_io) = match observation {
         Observation::Stopped {
@@ -182,13 +187,19 @@ pub fn judge(
             }
         },
     };
-    let actual = &mailbox.exit[..names.len()];
-    verdict.actual = Some(ExitValues::new(names, actual.iter().copied()));
+    let actual = vendor.exit(&mailbox.exit);
+    verdict.actual = Some(ExitValues::of(vendor, |field| actual.get(field)));
     let mut lines = Vec::new();
-    for (i, (expected, &got)) in expectation.fields.iter().zip(actual).enumerate() {
+    for (field, name) in named_fields(vendor) {
+        let (Some(expected), Some(got)) = (expectation.get(field), actual.get(field)) else {
+            continue;
+        };
         if !expected.matches(got) {
-            let (wanted, got) = (show(vendor, i, expected.value), show(vendor, i, got));
-            lines.push(format!("{}: wanted {wanted}, got {got}", names[i]));
+            let (wanted, got) = (
+                show(vendor, field, expected.value),
+                show(vendor, field, got),
+            );
+            lines.push(format!("{name}: wanted {wanted}, got {got}"));
         }
     }
     verdict.status = if lines.is_empty() {
@@ -197,7 +208,7 @@ pub fn judge(
         Status::Fail
     };
     if verdict.status == Status::Fail {
-        lines.extend(vendor.diagnose(case, expectation, actual));
+        lines.extend(vendor.diagnose(case, expectation, &actual));
         lines.extend(l2_io_finding(l2_io));
     }
     lines.extend(expectation.notes.iter().map(|note| format!("note: {note}")));
@@ -230,14 +241,14 @@ pub fn compare_paths(
     let (Some(from_emulator), Some(from_cpu)) = (&emulated.actual, &hardware.actual) else {
         return;
     };
-    let names = vendor.exit_fields();
     let mut differences = Vec::new();
-    for (i, (name, expected)) in names.iter().zip(&twin.fields).enumerate() {
-        let (Some(emulator), Some(cpu)) = (from_emulator.get(name), from_cpu.get(name)) else {
+    for (field, name) in named_fields(vendor) {
+        let (Some(expected), Some(emulator), Some(cpu)) =
+            (twin.get(field), from_emulator.get(name), from_cpu.get(name))
+        else {
             continue;
         };
-        // The GPA is the third field on both vendors; only its page is compared.
-        let mask = if i == 2 {
+        let mask = if field == Field::Gpa {
             expected.mask & !(PAGE_SIZE - 1)
         } else {
             expected.mask
@@ -245,8 +256,8 @@ pub fn compare_paths(
         if (emulator ^ cpu) & mask != 0 {
             differences.push(format!(
                 "{name} {} from the emulator, {} from the hardware path",
-                show(vendor, i, emulator),
-                show(vendor, i, cpu)
+                show(vendor, field, emulator),
+                show(vendor, field, cpu)
             ));
         }
     }

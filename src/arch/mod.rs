@@ -109,11 +109,64 @@ impl Expected {
     }
 }
 
+/// What an exit field means; each vendor has its own name for it ([`Vendor::field_name`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Field {
+    /// SVM exit_code, VMX basic exit reason.
+    Code,
+    /// SVM exit_info_1 (the #NPF error code and stage), VMX exit qualification.
+    Bits,
+    /// SVM exit_info_2, VMX guest-physical address.
+    Gpa,
+    /// VMX guest-linear address; SVM has none.
+    LinearAddress,
+}
+
+impl Field {
+    /// In the order verdicts list them.
+    pub const ALL: [Field; 4] = [Field::Code, Field::Bits, Field::Gpa, Field::LinearAddress];
+}
+
+/// The exit L1 read back, by meaning.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Exit {
+    pub code: u64,
+    pub bits: u64,
+    pub gpa: u64,
+    pub linear_address: Option<u64>,
+}
+
+impl Exit {
+    pub fn get(&self, field: Field) -> Option<u64> {
+        match field {
+            Field::Code => Some(self.code),
+            Field::Bits => Some(self.bits),
+            Field::Gpa => Some(self.gpa),
+            Field::LinearAddress => self.linear_address,
+        }
+    }
+}
+
 /// The oracle's answer for one case: a value per exit field, and why any bits are masked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Expectation {
-    pub fields: Vec<Expected>,
+    pub code: Expected,
+    pub bits: Expected,
+    pub gpa: Expected,
+    /// `None` where the vendor has no such field.
+    pub linear_address: Option<Expected>,
     pub notes: Vec<String>,
+}
+
+impl Expectation {
+    pub fn get(&self, field: Field) -> Option<Expected> {
+        match field {
+            Field::Code => Some(self.code),
+            Field::Bits => Some(self.bits),
+            Field::Gpa => Some(self.gpa),
+            Field::LinearAddress => self.linear_address,
+        }
+    }
 }
 
 pub trait Vendor {
@@ -135,15 +188,17 @@ pub trait Vendor {
         l2: &CpuState,
         nested_root: u64,
     ) -> Result<ControlBlock, ArchError>;
-    /// Names of the exit fields reported, in the order the oracle compares them.
-    fn exit_fields(&self) -> &'static [&'static str];
+    /// The vendor's name for `field` (reports and JSON use it), or `None` if it has none.
+    fn field_name(&self, field: Field) -> Option<&'static str>;
+    /// The exit from what the stub copied back, in the order of [`ControlBlock::reads`].
+    fn exit(&self, reads: &[u64; EXIT_FIELDS]) -> Exit;
     fn expect(&self, case: &Case, site: &FaultSite) -> Expectation;
-    /// `value` of exit field `field` decoded by name (e.g. "U|W|GUEST_PAGE"), for fields that
-    /// are more than an address.
-    fn decode(&self, field: usize, value: u64) -> Option<String>;
+    /// `value` of `field` decoded by name (e.g. "U|W|GUEST_PAGE"), for fields that are more
+    /// than an address.
+    fn decode(&self, field: Field, value: u64) -> Option<String>;
     /// Findings for a mismatch: known unfixed-kernel signatures (naming the missing commit), or
     /// what the exit means when it is not the expected kind at all.
-    fn diagnose(&self, case: &Case, expected: &Expectation, actual: &[u64]) -> Vec<String>;
+    fn diagnose(&self, case: &Case, expected: &Expectation, actual: &Exit) -> Vec<String>;
 }
 
 /// The emulator reports the page-aligned GPA of the page it failed to reach (data page or L2
@@ -179,7 +234,7 @@ pub fn bit_names(value: u64, names: &[(u32, &str)]) -> String {
 
 /// Bits that differ between wanted and got, named: "GUEST_PAGE expected, GUEST_FINAL set".
 /// `0x...`, followed by the decoded names where the field has them.
-pub fn show(vendor: &dyn Vendor, field: usize, value: u64) -> String {
+pub fn show(vendor: &dyn Vendor, field: Field, value: u64) -> String {
     let hex = format!("{value:#x}");
     match vendor.decode(field, value) {
         // No named bit set: the names would only repeat the number.

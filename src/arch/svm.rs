@@ -1,12 +1,12 @@
 //! AMD SVM with nested paging (APM vol. 2, ch. 15).
 
-use nestfault_protocol::{Executor, FieldWrite};
+use nestfault_protocol::{Executor, FieldWrite, EXIT_FIELDS};
 
 use kvm_bindings::CpuId;
 
 use super::{
-    bit_diff, bit_names, emulator_walks, faulting_gpa, ArchError, ControlBlock, Expectation,
-    Expected, Fix, Vendor,
+    bit_diff, bit_names, emulator_walks, faulting_gpa, ArchError, ControlBlock, Exit, Expectation,
+    Expected, Field, Fix, Vendor,
 };
 use crate::machine::{CpuState, FaultSite, Segment, RFLAGS_FIXED};
 use crate::paging::{Format, LeafEdit, Perms};
@@ -312,8 +312,23 @@ impl Vendor for Svm {
         })
     }
 
-    fn exit_fields(&self) -> &'static [&'static str] {
-        &["exit_code", "exit_info_1", "exit_info_2"]
+    fn field_name(&self, field: Field) -> Option<&'static str> {
+        match field {
+            Field::Code => Some("exit_code"),
+            Field::Bits => Some("exit_info_1"),
+            Field::Gpa => Some("exit_info_2"),
+            Field::LinearAddress => None,
+        }
+    }
+
+    fn exit(&self, reads: &[u64; EXIT_FIELDS]) -> Exit {
+        let [code, bits, gpa, _exit_int_info] = *reads;
+        Exit {
+            code,
+            bits,
+            gpa,
+            linear_address: None,
+        }
     }
 
     /// APM 15.25.6 and Linux's PFERR_GUEST_{FINAL,PAGE}_MASK: the #PF error code of the failing
@@ -343,27 +358,26 @@ impl Vendor for Svm {
             PFERR_GUEST_PAGE
         };
         Expectation {
-            fields: vec![
-                Expected::exact(VMEXIT_NPF),
-                Expected::exact(error_code),
-                Expected::exact(faulting_gpa(case, site)),
-            ],
+            code: Expected::exact(VMEXIT_NPF),
+            bits: Expected::exact(error_code),
+            gpa: Expected::exact(faulting_gpa(case, site)),
+            linear_address: None,
             notes: Vec::new(),
         }
     }
 
-    fn decode(&self, field: usize, value: u64) -> Option<String> {
+    fn decode(&self, field: Field, value: u64) -> Option<String> {
         match field {
-            0 => Some(exit_code_name(value)),
-            1 => Some(bit_names(value, EXIT_INFO_1_BITS)),
-            _ => None,
+            Field::Code => Some(exit_code_name(value)),
+            Field::Bits => Some(bit_names(value, EXIT_INFO_1_BITS)),
+            Field::Gpa | Field::LinearAddress => None,
         }
     }
 
-    fn diagnose(&self, case: &Case, expected: &Expectation, actual: &[u64]) -> Vec<String> {
-        let (wanted, got) = (expected.fields[1], actual[1]);
-        if actual[0] != VMEXIT_NPF {
-            return vec![unexpected_exit(actual[0])];
+    fn diagnose(&self, case: &Case, expected: &Expectation, actual: &Exit) -> Vec<String> {
+        let (wanted, got) = (expected.bits, actual.bits);
+        if actual.code != VMEXIT_NPF {
+            return vec![unexpected_exit(actual.code)];
         }
         let mut findings = Vec::new();
         if !wanted.matches(got) {
@@ -432,7 +446,7 @@ mod tests {
     }
 
     fn exit_info_1(id: &str) -> u64 {
-        svm().expect(&built_in_case(id), &site()).fields[1].value
+        svm().expect(&built_in_case(id), &site()).bits.value
     }
 
     /// The upstream selftest's values for the four emulated seed scenarios (docs/oracle.md).
@@ -497,8 +511,8 @@ mod tests {
             ),
         ] {
             let expectation = svm().expect(&built_in_case(id), &site());
-            assert_eq!(expectation.fields[1], Expected::exact(value), "{id}");
-            assert_eq!(expectation.fields[2], Expected::exact(gpa), "{id}");
+            assert_eq!(expectation.bits, Expected::exact(value), "{id}");
+            assert_eq!(expectation.gpa, Expected::exact(gpa), "{id}");
         }
     }
 
@@ -530,10 +544,10 @@ mod tests {
     #[test]
     fn exit_code_and_gpa_come_first() {
         let expectation = svm().expect(&built_in_case("svm/pt_page_unmapped/emulated"), &site());
-        assert_eq!(expectation.fields[0], Expected::exact(0x400));
-        assert_eq!(expectation.fields[2], Expected::exact(0x20_5000));
+        assert_eq!(expectation.code, Expected::exact(0x400));
+        assert_eq!(expectation.gpa, Expected::exact(0x20_5000));
         let expectation = svm().expect(&built_in_case("svm/final_page_unmapped/emulated"), &site());
-        assert_eq!(expectation.fields[2], Expected::exact(0x21_0000));
+        assert_eq!(expectation.gpa, Expected::exact(0x21_0000));
     }
 
     #[test]
@@ -545,8 +559,9 @@ mod tests {
         ] {
             let case = built_in_case(id);
             let expected = svm().expect(&case, &site());
-            let got = stage_flipped(expected.fields[1].value);
-            let findings = svm().diagnose(&case, &expected, &[0x400, got, 0x20_5000]);
+            let got = stage_flipped(expected.bits.value);
+            let findings =
+                svm().diagnose(&case, &expected, &svm().exit(&[0x400, got, 0x20_5000, 0]));
             assert_eq!(
                 findings[0],
                 "exit_info_1: GUEST_FINAL set, GUEST_PAGE expected"
@@ -557,7 +572,11 @@ mod tests {
         // The same bits on the hardware path are not that bug, nor a final-page row.
         let hardware = built_in_case("svm/pt_page_unmapped/hardware");
         let expected = svm().expect(&hardware, &site());
-        let findings = svm().diagnose(&hardware, &expected, &[0x400, 0x1_0000_0006, 0x20_5000]);
+        let findings = svm().diagnose(
+            &hardware,
+            &expected,
+            &svm().exit(&[0x400, 0x1_0000_0006, 0x20_5000, 0]),
+        );
         assert!(
             !findings.iter().any(|f| f.contains("297c2fe249db")),
             "{findings:?}"
@@ -573,14 +592,17 @@ mod tests {
     fn other_exits_are_explained() {
         let case = built_in_case("svm/pt_page_unmapped/emulated");
         let expected = svm().expect(&case, &site());
-        let findings = svm().diagnose(&case, &expected, &[0x81, 0, 0]);
+        let findings = svm().diagnose(&case, &expected, &svm().exit(&[0x81, 0, 0, 0]));
         assert_eq!(
             findings,
             ["exit_code 0x81 (VMMCALL): L2 ran to its VMMCALL: no nested page fault reached L1"]
         );
-        assert_eq!(svm().decode(0, u64::MAX).unwrap(), "INVALID");
-        assert_eq!(svm().decode(0, 0x4e).unwrap(), "EXCP14");
-        assert_eq!(svm().decode(1, 0x2_0000_0007).unwrap(), "P|W|U|GUEST_PAGE");
-        assert_eq!(svm().decode(2, 0x1000), None);
+        assert_eq!(svm().decode(Field::Code, u64::MAX).unwrap(), "INVALID");
+        assert_eq!(svm().decode(Field::Code, 0x4e).unwrap(), "EXCP14");
+        assert_eq!(
+            svm().decode(Field::Bits, 0x2_0000_0007).unwrap(),
+            "P|W|U|GUEST_PAGE"
+        );
+        assert_eq!(svm().decode(Field::Gpa, 0x1000), None);
     }
 }

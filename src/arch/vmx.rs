@@ -1,10 +1,10 @@
 //! Intel VMX with EPT (SDM vol. 3C, ch. 24-29).
 
-use nestfault_protocol::{Executor, FieldWrite};
+use nestfault_protocol::{Executor, FieldWrite, EXIT_FIELDS};
 
 use super::{
-    bit_diff, bit_names, emulator_walks, faulting_gpa, ArchError, ControlBlock, Expectation,
-    Expected, Finding, Fix, Vendor,
+    bit_diff, bit_names, emulator_walks, faulting_gpa, ArchError, ControlBlock, Exit, Expectation,
+    Expected, Field, Finding, Fix, Vendor,
 };
 use crate::machine::{CpuState, FaultSite, Segment, RFLAGS_FIXED};
 use crate::paging::{Format, LeafEdit, Perms};
@@ -407,13 +407,23 @@ impl Vendor for Vmx {
         })
     }
 
-    fn exit_fields(&self) -> &'static [&'static str] {
-        &[
-            "exit_reason",
-            "exit_qualification",
-            "guest_physical_address",
-            "guest_linear_address",
-        ]
+    fn field_name(&self, field: Field) -> Option<&'static str> {
+        Some(match field {
+            Field::Code => "exit_reason",
+            Field::Bits => "exit_qualification",
+            Field::Gpa => "guest_physical_address",
+            Field::LinearAddress => "guest_linear_address",
+        })
+    }
+
+    fn exit(&self, reads: &[u64; EXIT_FIELDS]) -> Exit {
+        let [code, bits, gpa, linear_address] = *reads;
+        Exit {
+            code,
+            bits,
+            gpa,
+            linear_address: Some(linear_address),
+        }
     }
 
     /// SDM 28.2.1 table 28-7, as KVM synthesizes it since 7.2: the access (a page-table access
@@ -426,12 +436,10 @@ impl Vendor for Vmx {
         let gpa = Expected::exact(faulting_gpa(case, site));
         if scenario.fault == Fault::ReservedBit {
             return Expectation {
-                fields: vec![
-                    Expected::exact(EXIT_REASON_EPT_MISCONFIG),
-                    Expected::exact(0),
-                    gpa,
-                    Expected { value: 0, mask: 0 },
-                ],
+                code: Expected::exact(EXIT_REASON_EPT_MISCONFIG),
+                bits: Expected::exact(0),
+                gpa,
+                linear_address: Some(Expected { value: 0, mask: 0 }),
                 notes: vec![
                     "guest_linear_address not compared: an EPT misconfiguration does not save it"
                         .to_string(),
@@ -466,32 +474,30 @@ impl Vendor for Vmx {
             );
         }
         Expectation {
-            fields: vec![
-                Expected::exact(EXIT_REASON_EPT_VIOLATION),
-                Expected {
-                    value: access | permissions | stage,
-                    mask,
-                },
-                gpa,
-                Expected::exact(site.gva),
-            ],
+            code: Expected::exact(EXIT_REASON_EPT_VIOLATION),
+            bits: Expected {
+                value: access | permissions | stage,
+                mask,
+            },
+            gpa,
+            linear_address: Some(Expected::exact(site.gva)),
             notes,
         }
     }
 
-    fn decode(&self, field: usize, value: u64) -> Option<String> {
+    fn decode(&self, field: Field, value: u64) -> Option<String> {
         match field {
-            0 => Some(exit_reason_name(value)),
-            1 => Some(bit_names(value, QUALIFICATION_BITS)),
-            _ => None,
+            Field::Code => Some(exit_reason_name(value)),
+            Field::Bits => Some(bit_names(value, QUALIFICATION_BITS)),
+            Field::Gpa | Field::LinearAddress => None,
         }
     }
 
-    fn diagnose(&self, case: &Case, expected: &Expectation, actual: &[u64]) -> Vec<String> {
-        if actual[0] != expected.fields[0].value {
-            return vec![unexpected_exit(actual[0])];
+    fn diagnose(&self, case: &Case, expected: &Expectation, actual: &Exit) -> Vec<String> {
+        if actual.code != expected.code.value {
+            return vec![unexpected_exit(actual.code)];
         }
-        let (wanted, got) = (expected.fields[1], actual[1]);
+        let (wanted, got) = (expected.bits, actual.bits);
         let mut findings = Vec::new();
         if !wanted.matches(got) {
             findings.push(format!(
@@ -509,10 +515,14 @@ impl Vendor for Vmx {
             }
             return findings;
         }
-        if !expected.fields[3].matches(actual[3]) && open_finding(case).is_some() {
+        let linear = actual.linear_address.unwrap_or_default();
+        let stale = expected
+            .linear_address
+            .is_some_and(|wanted| !wanted.matches(linear));
+        if stale && open_finding(case).is_some() {
             findings.push(format!(
-                "guest_linear_address {:#x} is not this access's: the signature of the {}: {}",
-                actual[3], STALE_LINEAR_ADDRESS.name, STALE_LINEAR_ADDRESS.summary
+                "guest_linear_address {linear:#x} is not this access's: the signature of the {}: {}",
+                STALE_LINEAR_ADDRESS.name, STALE_LINEAR_ADDRESS.summary
             ));
         }
         if fix_checked_by(case) != Some(&GVA_BITS_FIX) {
@@ -602,7 +612,7 @@ mod tests {
     }
 
     fn qualification(id: &str) -> Expected {
-        vmx().expect(&built_in_case(id), &site()).fields[1]
+        vmx().expect(&built_in_case(id), &site()).bits
     }
 
     /// The upstream selftest's values for the four emulated seed scenarios (docs/oracle.md).
@@ -649,11 +659,11 @@ mod tests {
     fn a_write_only_entry_is_a_misconfiguration_with_only_a_gpa() {
         let case = built_in_case("vmx/pt_page_reserved_bit_read/hardware");
         let expectation = vmx().expect(&case, &site());
-        assert_eq!(expectation.fields[0], Expected::exact(49));
-        assert_eq!(expectation.fields[1], Expected::exact(0));
-        assert_eq!(expectation.fields[2], Expected::exact(0x20_5000));
+        assert_eq!(expectation.code, Expected::exact(49));
+        assert_eq!(expectation.bits, Expected::exact(0));
+        assert_eq!(expectation.gpa, Expected::exact(0x20_5000));
         assert!(
-            expectation.fields[3].matches(0x1234),
+            expectation.linear_address.unwrap().matches(0x1234),
             "no linear address to compare"
         );
         assert_eq!(
@@ -662,7 +672,7 @@ mod tests {
         );
         assert_eq!(fix_checked_by(&case), Some(&MISCONFIG_QUALIFICATION_FIX));
         // 6.1, measured: the hardware EPT violation's qualification passed on.
-        let findings = vmx().diagnose(&case, &expectation, &[49, 0x82, 0x20_5000, 0]);
+        let findings = vmx().diagnose(&case, &expectation, &vmx().exit(&[49, 0x82, 0x20_5000, 0]));
         assert_eq!(findings.len(), 2, "{findings:?}");
         let label = MISCONFIG_QUALIFICATION_FIX.label();
         assert!(findings[1].contains(label), "{findings:?}");
@@ -672,8 +682,11 @@ mod tests {
     fn linear_and_physical_addresses_are_expected_exactly() {
         let case = built_in_case("vmx/pt_page_unmapped/emulated");
         let expectation = vmx().expect(&case, &site());
-        assert_eq!(expectation.fields[2], Expected::exact(0x20_5000));
-        assert_eq!(expectation.fields[3], Expected::exact(0x80_0000_0000));
+        assert_eq!(expectation.gpa, Expected::exact(0x20_5000));
+        assert_eq!(
+            expectation.linear_address,
+            Some(Expected::exact(0x80_0000_0000))
+        );
     }
 
     #[test]
@@ -697,7 +710,7 @@ mod tests {
             vmx().diagnose(
                 &case,
                 &expected,
-                &[48, qualification, 0x20_5000, 0x80_0000_0000],
+                &vmx().exit(&[48, qualification, 0x20_5000, 0x80_0000_0000]),
             )
         };
         // 6.10-7.1: bits 8:7 from the I/O (or #UD) exit.
@@ -733,14 +746,22 @@ mod tests {
     fn a_stale_linear_address_after_forced_emulation_is_named() {
         let case = built_in_case("vmx/pd_page_unmapped_read/forced");
         let expected = vmx().expect(&case, &site());
-        let findings = vmx().diagnose(&case, &expected, &[48, 0x83, 0x20_4000, 0x14_7000]);
+        let findings = vmx().diagnose(
+            &case,
+            &expected,
+            &vmx().exit(&[48, 0x83, 0x20_4000, 0x14_7000]),
+        );
         assert_eq!(findings.len(), 1, "{findings:?}");
         assert!(
             findings[0].contains("stale guest-linear address"),
             "{findings:?}"
         );
         assert_eq!(open_finding(&case), Some(&STALE_LINEAR_ADDRESS));
-        let right = vmx().diagnose(&case, &expected, &[48, 0x83, 0x20_4000, 0x80_0000_0000]);
+        let right = vmx().diagnose(
+            &case,
+            &expected,
+            &vmx().exit(&[48, 0x83, 0x20_4000, 0x80_0000_0000]),
+        );
         assert!(right.is_empty(), "{right:?}");
         for id in [
             "vmx/pd_page_unmapped_read/emulated",
