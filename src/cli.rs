@@ -93,6 +93,14 @@ pub struct Cli {
     #[arg(long, value_name = "FILE", requires = "kernel")]
     pub console_log: Option<PathBuf>,
 
+    /// With --kernel: one more kernel parameter, after nestfault's own; repeatable.
+    #[arg(long = "kernel-param", value_name = "PARAM", requires = "kernel")]
+    pub kernel_params: Vec<String>,
+
+    #[arg(long, requires = "kernel", long_help = boot::fast_boot_help(),
+          help = "With --kernel: boot without nestfault's speed parameters (see --help)")]
+    pub no_fast_boot: bool,
+
     /// Set up but run no case: with --kernel, boot the kernel, load the KVM modules if --modules
     /// names them, and power off. What `cargo xtask bench` compares a full run with.
     #[arg(long, hide = true)]

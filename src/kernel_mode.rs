@@ -280,6 +280,8 @@ fn boot_and_collect(
         options.timeout = Duration::from_secs(seconds);
     }
     options.verbose = cli.verbose;
+    options.fast_boot = !cli.no_fast_boot;
+    options.kernel_params = cli.kernel_params.clone();
     options.console_log = planned.console_log.clone();
     let started = Instant::now();
     let mut outcome = Outcome {

@@ -18,7 +18,7 @@ use super::error::BootError;
 use super::iso;
 use super::kernel::PreparedKernel;
 use super::tempdir::private_dir;
-use super::{BootOptions, BootReport, KERNEL_CMDLINE};
+use super::{BootOptions, BootReport};
 
 const PROGRAM: &str = "bochs-bin";
 const BIOS: &str = "/usr/share/bochs/BIOS-bochs-latest";
@@ -62,11 +62,15 @@ const PHASES: &[Phase] = &[Phase {
 
 /// The CPU Bochs emulates: a Haswell with VMX, EPT (with A/D bits), VPID,
 /// unrestricted guest and shadow VMCS. `ips` and `sync=none` are the fastest
-/// settings measured.
-fn bochsrc(memory_mib: u32, iso: &Path, serial: &Path, log: &Path) -> String {
+/// settings measured. With `fast_boot`, the BIOS does not wait for a key that
+/// would open its boot menu (3 s of guest time); the BIOS is done before the
+/// kernel starts, so this cannot change a verdict.
+fn bochsrc(opts: &BootOptions, iso: &Path, serial: &Path, log: &Path) -> String {
+    let memory_mib = opts.memory_mib;
+    let rom_options = if opts.fast_boot { ", options=fastboot" } else { "" };
     format!(
         "megs: {memory_mib}\n\
-         romimage: file={BIOS}\n\
+         romimage: file={BIOS}{rom_options}\n\
          vgaromimage: file={VGA_BIOS}\n\
          cpu: model=corei7_haswell_4770, count=1, ips=100000000\n\
          pci: enabled=1, chipset=i440fx\n\
@@ -96,12 +100,13 @@ pub(crate) fn boot(
 ) -> Result<BootReport, BootError> {
     let dir = private_dir("bochs")?;
     on_progress("building the boot ISO");
-    let iso = iso::build_iso(dir.path(), &kernel.vmlinuz, initramfs, KERNEL_CMDLINE)?;
+    let cmdline = opts.kernel_cmdline();
+    let iso = iso::build_iso(dir.path(), &kernel.vmlinuz, initramfs, &cmdline)?;
     let serial = dir.path().join("serial.txt");
     let log = dir.path().join("bochs.log");
     let config = dir.path().join("bochsrc");
     let rc = dir.path().join("debugger.rc");
-    fs::write(&config, bochsrc(opts.memory_mib, &iso, &serial, &log))
+    fs::write(&config, bochsrc(opts, &iso, &serial, &log))
         .map_err(|e| BootError::io("write", &config, e))?;
     // Debian's Bochs has its debugger built in and waits at the first
     // instruction: tell it to go on.
@@ -259,8 +264,9 @@ mod tests {
 
     #[test]
     fn config_is_headless_and_serial_to_file() {
+        let mut opts = BootOptions::for_emulator(crate::boot::Emulator::Bochs);
         let rc = bochsrc(
-            512,
+            &opts,
             Path::new("/t/boot.iso"),
             Path::new("/t/serial.txt"),
             Path::new("/t/bochs.log"),
@@ -270,6 +276,15 @@ mod tests {
         assert!(rc.contains("com1: enabled=1, mode=file, dev=\"/t/serial.txt\"\n"));
         assert!(rc.contains("cpu: model=corei7_haswell_4770"));
         assert!(rc.contains("megs: 512\n"));
+        assert!(rc.contains("romimage: file=/usr/share/bochs/BIOS-bochs-latest, options=fastboot\n"));
+        opts.fast_boot = false;
+        let rc = bochsrc(
+            &opts,
+            Path::new("/t/boot.iso"),
+            Path::new("/t/serial.txt"),
+            Path::new("/t/bochs.log"),
+        );
+        assert!(rc.contains("romimage: file=/usr/share/bochs/BIOS-bochs-latest\n"));
     }
 
     #[test]

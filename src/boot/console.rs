@@ -440,9 +440,7 @@ mod tests {
         };
         let opts = BootOptions {
             timeout,
-            verbose: false,
-            console_log: None,
-            memory_mib: 0,
+            ..BootOptions::for_emulator(crate::boot::Emulator::QemuTcg)
         };
         let mut progress = Vec::new();
         let report = watch(running, Progress::new(&[]), &opts, &mut |_| {}, &mut |p| {

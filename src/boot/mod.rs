@@ -30,6 +30,7 @@
 //! `host` (the CPU vendor).
 
 mod bochs;
+mod cmdline;
 mod compression;
 mod console;
 mod deb;
@@ -48,6 +49,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+pub use cmdline::fast_boot_help;
 pub use emulator::choose_emulator;
 pub use error::BootError;
 pub use initramfs::build_initramfs;
@@ -55,17 +57,6 @@ pub use inner::paths::FILES_DIR as GUEST_FILES_DIR;
 pub use inner::{inner_setup, power_off, running_as_init};
 pub use kernel::{prepare_kernel, KernelInput, PreparedKernel};
 pub use tempdir::{private_dir, remove_stale_dirs};
-
-/// The kernel command line for every emulator. `panic=-1` reboots at once on
-/// a panic, which ends QEMU (-no-reboot); `quiet` keeps the slow emulated
-/// UART from carrying the whole boot log; `earlyprintk` lets the kernel's
-/// decompressor and early boot report on the serial console too, so a
-/// kernel that dies early leaves a trace. `quiet` comes first: the early
-/// console replays the log so far when it starts, at the level then in force.
-/// `kvm.force_emulation_prefix=1` enables the forced path when KVM is built in (a modular kvm.ko
-/// gets it as a load parameter instead, see [`KvmVendor::module_parameters`]).
-const KERNEL_CMDLINE: &str = "console=ttyS0,115200 quiet earlyprintk=serial,ttyS0,115200 panic=-1 \
-                              kvm.force_emulation_prefix=1";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Emulator {
@@ -164,6 +155,12 @@ pub struct BootOptions {
     /// Also write every console line to this file.
     pub console_log: Option<PathBuf>,
     pub memory_mib: u32,
+    /// nestfault's speed levers: kernel parameters and emulator settings that
+    /// skip boot work without touching what is under test (`--no-fast-boot`
+    /// turns them off).
+    pub fast_boot: bool,
+    /// The user's own kernel parameters (`--kernel-param`), after nestfault's.
+    pub kernel_params: Vec<String>,
 }
 
 impl BootOptions {
@@ -179,7 +176,14 @@ impl BootOptions {
             verbose: false,
             console_log: None,
             memory_mib,
+            fast_boot: true,
+            kernel_params: Vec::new(),
         }
+    }
+
+    /// The kernel command line these options ask for.
+    pub(crate) fn kernel_cmdline(&self) -> String {
+        cmdline::kernel_cmdline(self.fast_boot, &self.kernel_params)
     }
 }
 

@@ -9,7 +9,7 @@ use super::console::{self, Progress, Running, Stream};
 use super::emulator::{Location, Requirement};
 use super::error::BootError;
 use super::kernel::PreparedKernel;
-use super::{BootOptions, BootReport, Emulator, KERNEL_CMDLINE};
+use super::{BootOptions, BootReport, Emulator};
 
 const PROGRAM: &str = "qemu-system-x86_64";
 
@@ -33,13 +33,13 @@ pub(crate) fn command(
     emulator: Emulator,
     kernel: &PreparedKernel,
     initramfs: &Path,
-    memory_mib: u32,
+    opts: &BootOptions,
 ) -> Command {
     let mut command = Command::new(PROGRAM);
     command
         .args(cpu_args(emulator))
         .args(["-smp", "1", "-m"])
-        .arg(memory_mib.to_string())
+        .arg(opts.memory_mib.to_string())
         // No default devices, no network, no display: the serial port on
         // stdout is the guest's only connection. -no-reboot makes the reboot
         // after a panic (panic=-1) end QEMU.
@@ -49,7 +49,8 @@ pub(crate) fn command(
         .arg(&kernel.vmlinuz)
         .arg("-initrd")
         .arg(initramfs)
-        .args(["-append", KERNEL_CMDLINE]);
+        .arg("-append")
+        .arg(opts.kernel_cmdline());
     command
 }
 
@@ -61,7 +62,7 @@ pub(crate) fn boot(
     on_line: &mut dyn FnMut(&str),
     on_progress: &mut dyn FnMut(&str),
 ) -> Result<BootReport, BootError> {
-    let mut command = command(emulator, kernel, initramfs, opts.memory_mib);
+    let mut command = command(emulator, kernel, initramfs, opts);
     command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -99,7 +100,8 @@ mod tests {
             release: "6.1.0-40-amd64".into(),
             modules_dir: None,
         };
-        let command = command(Emulator::QemuTcg, &kernel, Path::new("/k/initrd"), 1024);
+        let opts = BootOptions::for_emulator(Emulator::QemuTcg);
+        let command = command(Emulator::QemuTcg, &kernel, Path::new("/k/initrd"), &opts);
         let args: Vec<String> = command
             .get_args()
             .map(|a| a.to_string_lossy().into_owned())
@@ -110,6 +112,6 @@ mod tests {
         assert!(joined.contains("-display none"));
         assert!(joined.contains("-no-reboot"));
         assert!(joined.contains("-kernel /k/vmlinuz -initrd /k/initrd"));
-        assert_eq!(args.last().unwrap(), KERNEL_CMDLINE);
+        assert_eq!(args.last().unwrap(), &opts.kernel_cmdline());
     }
 }

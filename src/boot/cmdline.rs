@@ -1,0 +1,135 @@
+//! The kernel command line the kernel under test boots with: what the run
+//! needs, then the speed levers (each with why it cannot change a verdict),
+//! then the user's own parameters, which come last so that they win where the
+//! kernel keeps the last value of a parameter.
+//!
+//! Figures are guest time on Debian's 7.2 under Bochs (49 s for a whole run
+//! before these levers), from a profiling pass recorded in issue 11.
+
+/// A kernel parameter nestfault passes, and why.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct KernelParam {
+    pub(crate) text: &'static str,
+    /// For a speed lever: what it saves, and why it cannot change a verdict.
+    pub(crate) why: &'static str,
+}
+
+/// What every boot needs: the console the host reads verdicts from, and a
+/// panic that ends the emulator instead of hanging it.
+const REQUIRED: &[KernelParam] = &[
+    KernelParam {
+        text: "console=ttyS0,115200",
+        why: "the host reads the verdicts from the first serial port",
+    },
+    KernelParam {
+        // First: the early console replays the log so far at the level then in force.
+        text: "quiet",
+        why: "the emulated UART is slow; the boot log would cost seconds",
+    },
+    KernelParam {
+        text: "earlyprintk=serial,ttyS0,115200",
+        why: "a kernel that dies before its console starts still leaves a trace",
+    },
+    KernelParam {
+        text: "panic=-1",
+        why: "a panic reboots at once, which ends QEMU (-no-reboot) and shows in Bochs",
+    },
+    KernelParam {
+        text: "kvm.force_emulation_prefix=1",
+        why: "enables the forced-emulation path when KVM is built in (a modular kvm.ko gets it \
+              as a load parameter instead, see KvmVendor::module_parameters)",
+    },
+];
+
+/// Speed levers that leave what is under test alone: KVM's code, the nested
+/// MMU and the emulator's page walk are the same with or without them; they
+/// skip work the kernel does for itself at boot. `--no-fast-boot` drops them.
+///
+/// `initcall_blacklist=load_system_certificate_list` (0.27 s) is not among
+/// them: without the built-in keys a kernel that enforces module signatures
+/// refuses every module, and Debian's split packages do not say whether it does.
+const FAST_BOOT: &[KernelParam] = &[
+    KernelParam {
+        text: "cryptomgr.notests=1",
+        why: "skips the crypto API's self-tests of each algorithm as it registers \
+              (19.5 s, mostly RSA/ECC, partly in threads that also slow module loading); \
+              the algorithms are the same, and KVM uses none of them",
+    },
+    KernelParam {
+        text: "rodata=off",
+        why: "leaves kernel text and rodata writable, which skips the W+X page-table walk \
+              (CONFIG_DEBUG_WX) at the end of boot (2.7 s with pti=off); it concerns the \
+              kernel's own mappings, not the tables KVM builds or walks for guests",
+    },
+    KernelParam {
+        text: "pti=off",
+        why: "no user copy of the kernel page tables to build and check; PTI guards user \
+              space of the L0 kernel against Meltdown, KVM's guest entry and exit and its \
+              nested page walks do not depend on it",
+    },
+    KernelParam {
+        text: "initcall_blacklist=trace_eval_init,ftrace_check_for_weak_functions",
+        why: "tracing bookkeeping at boot (1.2 s and 1.0 s): the enum maps shown in \
+              tracefs event formats, and disabling ftrace records of overridden weak \
+              functions; nothing is traced during a run",
+    },
+];
+
+/// The command line for a boot: the required parameters, nestfault's speed
+/// levers unless `fast_boot` is off, then the user's `--kernel-param`s.
+pub(crate) fn kernel_cmdline(fast_boot: bool, user: &[String]) -> String {
+    let ours = REQUIRED
+        .iter()
+        .chain(FAST_BOOT.iter().filter(|_| fast_boot))
+        .map(|param| param.text);
+    ours.chain(user.iter().map(String::as_str))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// For `--help`: nestfault's speed parameters, each with why it cannot change a verdict.
+pub fn fast_boot_help() -> String {
+    let mut help = String::from(
+        "With --kernel: boot without nestfault's own speed parameters, to check that they change \
+         no verdict. They are:",
+    );
+    for param in FAST_BOOT {
+        help.push_str(&format!("\n  {}: {}", param.text, param.why));
+    }
+    help.push_str(
+        "\nand, under Bochs, the BIOS's wait for a boot-menu key (romimage options=fastboot).",
+    );
+    help
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn console_first_levers_then_user() {
+        let line = kernel_cmdline(true, &["nokaslr".into()]);
+        assert!(line.starts_with("console=ttyS0,115200 quiet "), "{line}");
+        assert!(line.contains(" cryptomgr.notests=1 "), "{line}");
+        assert!(line.contains("ftrace_check_for_weak_functions nokaslr"));
+        assert!(line.ends_with(" nokaslr"), "{line}");
+    }
+
+    #[test]
+    fn no_fast_boot_keeps_only_what_the_run_needs() {
+        let line = kernel_cmdline(false, &["a=1".into()]);
+        assert_eq!(
+            line,
+            "console=ttyS0,115200 quiet earlyprintk=serial,ttyS0,115200 panic=-1 \
+             kvm.force_emulation_prefix=1 a=1"
+        );
+    }
+
+    #[test]
+    fn every_parameter_says_why() {
+        for param in REQUIRED.iter().chain(FAST_BOOT) {
+            assert!(!param.text.contains(' '), "{}", param.text);
+            assert!(param.why.len() > 20, "{}", param.text);
+        }
+    }
+}
