@@ -1,6 +1,6 @@
-//! Just enough of ELF64 (little endian) for nestfault's three uses: loading the L1 stub's
-//! segments, reading a kernel module's `.modinfo` section, and finding an executable's
-//! interpreter and needed libraries. Every read is bounds-checked: the input may be a user's file.
+//! Just enough of ELF64 (little endian) for nestfault's four uses: loading the L1 stub's
+//! segments, reading a kernel module's `.modinfo` section, finding an executable's
+//! interpreter and needed libraries, and reading a vmlinux's notes (its PVH entry point). Every read is bounds-checked: the input may be a user's file.
 
 use std::ops::Range;
 
@@ -15,6 +15,7 @@ const ET_EXEC: u16 = 2;
 const PT_LOAD: u32 = 1;
 const PT_DYNAMIC: u32 = 2;
 const PT_INTERP: u32 = 3;
+const PT_NOTE: u32 = 4;
 const DT_NULL: u64 = 0;
 const DT_NEEDED: u64 = 1;
 const DT_STRTAB: u64 = 5;
@@ -129,6 +130,29 @@ impl<'a> Elf<'a> {
             }
         }
         Ok(None)
+    }
+
+    /// Whether a PT_NOTE segment holds a note of this owner (`name`, without its NUL) and type.
+    pub(crate) fn has_note(&self, name: &[u8], kind: u32) -> Result<bool, String> {
+        for ph in self.program_headers()? {
+            if ph.kind != PT_NOTE {
+                continue;
+            }
+            let mut notes = self.slice(ph.offset, ph.filesz)?;
+            // Each note: namesz, descsz, type, then the name and the descriptor, each padded to 4.
+            while let (Some(namesz), Some(descsz), Some(note_kind)) =
+                (read_u32(notes, 0), read_u32(notes, 4), read_u32(notes, 8))
+            {
+                let padded = |size: u32| (size as usize).next_multiple_of(4);
+                let owner = notes.get(12..12 + namesz as usize).ok_or("truncated note")?;
+                if note_kind == kind && owner.strip_suffix(b"\0") == Some(name) {
+                    return Ok(true);
+                }
+                let next = 12 + padded(namesz) + padded(descsz);
+                notes = notes.get(next..).unwrap_or_default();
+            }
+        }
+        Ok(false)
     }
 
     /// The DT_NEEDED entries of the dynamic section, in order.

@@ -41,6 +41,7 @@ mod inner;
 mod iso;
 mod kernel;
 mod modules;
+mod pvh;
 mod qemu;
 mod tempdir;
 

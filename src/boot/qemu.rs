@@ -1,6 +1,8 @@
 //! QEMU: loads the kernel and initramfs itself, serial console on stdout.
+//! With the speed levers on, it boots the uncompressed kernel through its
+//! PVH entry point where it has one (see `pvh`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc::channel;
 use std::sync::Arc;
@@ -9,6 +11,8 @@ use super::console::{self, Progress, Running, Stream};
 use super::emulator::{Location, Requirement};
 use super::error::BootError;
 use super::kernel::PreparedKernel;
+use super::pvh;
+use super::tempdir::private_dir;
 use super::{BootOptions, BootReport, Emulator};
 
 const PROGRAM: &str = "qemu-system-x86_64";
@@ -29,9 +33,10 @@ fn cpu_args(emulator: Emulator) -> [&'static str; 4] {
     }
 }
 
+/// `kernel` is a bzImage, or an ELF vmlinux with a PVH entry point.
 pub(crate) fn command(
     emulator: Emulator,
-    kernel: &PreparedKernel,
+    kernel: &Path,
     initramfs: &Path,
     opts: &BootOptions,
 ) -> Command {
@@ -46,7 +51,7 @@ pub(crate) fn command(
         .args(["-nodefaults", "-no-user-config", "-display", "none"])
         .args(["-nic", "none", "-serial", "stdio", "-no-reboot"])
         .arg("-kernel")
-        .arg(&kernel.vmlinuz)
+        .arg(kernel)
         .arg("-initrd")
         .arg(initramfs)
         .arg("-append")
@@ -62,7 +67,9 @@ pub(crate) fn boot(
     on_line: &mut dyn FnMut(&str),
     on_progress: &mut dyn FnMut(&str),
 ) -> Result<BootReport, BootError> {
-    let mut command = command(emulator, kernel, initramfs, opts);
+    let dir = private_dir("qemu")?;
+    let image = kernel_image(kernel, opts, dir.path(), on_progress)?;
+    let mut command = command(emulator, &image, initramfs, opts);
     command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -89,19 +96,40 @@ pub(crate) fn boot(
     console::watch(running, progress, opts, on_line, on_progress)
 }
 
+/// The image to boot: the vmlinux inside the bzImage when it has a PVH entry
+/// point and the speed levers are on, else the bzImage.
+fn kernel_image(
+    kernel: &PreparedKernel,
+    opts: &BootOptions,
+    dir: &Path,
+    on_progress: &mut dyn FnMut(&str),
+) -> Result<PathBuf, BootError> {
+    if !opts.fast_boot {
+        return Ok(kernel.vmlinuz.clone());
+    }
+    on_progress("extracting the vmlinux for a PVH boot");
+    Ok(match pvh::extract_vmlinux(&kernel.vmlinuz, dir)? {
+        Ok(vmlinux) => vmlinux,
+        Err(why) => {
+            on_progress(&format!("booting the bzImage: {why}"));
+            kernel.vmlinuz.clone()
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn command_line_has_no_network_and_no_display() {
-        let kernel = PreparedKernel {
-            vmlinuz: "/k/vmlinuz".into(),
-            release: "6.1.0-40-amd64".into(),
-            modules_dir: None,
-        };
         let opts = BootOptions::for_emulator(Emulator::QemuTcg);
-        let command = command(Emulator::QemuTcg, &kernel, Path::new("/k/initrd"), &opts);
+        let command = command(
+            Emulator::QemuTcg,
+            Path::new("/k/vmlinuz"),
+            Path::new("/k/initrd"),
+            &opts,
+        );
         let args: Vec<String> = command
             .get_args()
             .map(|a| a.to_string_lossy().into_owned())

@@ -23,7 +23,7 @@ enum Task {
     Kernels(kernels::KernelsArgs),
     /// Run every scenario inside each cached kernel, both vendors, and check the known results.
     E2e(e2e::E2eArgs),
-    /// Measure the harness's overhead over a bare boot, under QEMU TCG and Bochs.
+    /// Measure a full run against a plain boot of the same kernel, under QEMU TCG and Bochs.
     Bench(bench::BenchArgs),
 }
 
