@@ -320,6 +320,41 @@ pub mod tests {
         elf
     }
 
+    /// An ELF with one PT_NOTE segment holding these (owner, type) notes, each with a 4-byte
+    /// descriptor.
+    pub fn with_notes(notes: &[(&[u8], u32)]) -> Vec<u8> {
+        let mut elf = tiny_stub();
+        elf.truncate(0x78);
+        let start = elf.len();
+        for (owner, kind) in notes {
+            let name_size = owner.len() + 1;
+            for word in [name_size as u32, 4, *kind] {
+                elf.extend_from_slice(&word.to_le_bytes());
+            }
+            elf.extend_from_slice(owner);
+            let padded_end = elf.len() + name_size.next_multiple_of(4) - owner.len();
+            elf.resize(padded_end, 0);
+            elf.extend_from_slice(&0x0100_0000u32.to_le_bytes());
+        }
+        let ph = 0x40;
+        elf[ph..ph + 4].copy_from_slice(&PT_NOTE.to_le_bytes());
+        elf[ph + 8..ph + 16].copy_from_slice(&(start as u64).to_le_bytes());
+        let size = (elf.len() - start) as u64;
+        elf[ph + 32..ph + 40].copy_from_slice(&size.to_le_bytes());
+        elf
+    }
+
+    #[test]
+    fn finds_notes_by_owner_and_type() {
+        let elf = with_notes(&[(b"GNU", 3), (b"Xen", 18)]);
+        let elf = Elf::parse(&elf).unwrap();
+        assert!(elf.has_note(b"Xen", 18).unwrap());
+        assert!(elf.has_note(b"GNU", 3).unwrap());
+        assert!(!elf.has_note(b"Xen", 17).unwrap());
+        assert!(!elf.has_note(b"Xe", 18).unwrap());
+        assert!(!Elf::parse(&tiny_stub()).unwrap().has_note(b"Xen", 18).unwrap());
+    }
+
     fn memory() -> PhysImage {
         PhysImage::new(4 << 20, 2 << 20)
     }

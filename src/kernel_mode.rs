@@ -51,6 +51,9 @@ pub enum Record {
 
 const TAG: &str = "@nestfault:";
 
+/// Starts the guest's console line that says which modules it loaded, and how.
+const LOADED: &str = "nestfault-init: loaded ";
+
 impl Record {
     /// The record as one console line: the tag, the kind, and (but for `done`) a JSON body. JSON
     /// keeps the line whole (newlines are escaped), makes a cut-off record unparseable rather
@@ -170,6 +173,7 @@ pub fn run(cli: &Cli, image: &Path, all: &[Case]) -> anyhow::Result<(String, Vec
             kvm_vendor(planned.kind),
             &inner_args,
             &files,
+            !cli.no_fast_boot,
             &initramfs,
         )?;
         initramfs_files.push(initramfs);
@@ -323,6 +327,12 @@ fn boot_and_collect(
     };
     let mut progress = |phase: &str| eprintln!("{} {phase}", stamp(started));
     let mut on_line = |line: &str| {
+        if let Some(modules) = line.trim_end().strip_prefix(LOADED) {
+            eprintln!(
+                "[{kind} {emulator} {:>5.1}s] loaded {modules}",
+                started.elapsed().as_secs_f64()
+            );
+        }
         for record in Record::parse(line) {
             match record {
                 Record::Kernel(release) => outcome.kernel = Some(release),
@@ -441,8 +451,8 @@ pub fn inner_main() -> ! {
         Err(error) => say(Record::Untestable(error.to_string())),
         Ok(env) => {
             say(Record::Kernel(env.kernel_release.clone()));
-            // Not a record: for the console log and --verbose.
-            println!("nestfault-init: loaded {}", env.loaded.join(", "));
+            // Not a record: for the progress output, the console log and --verbose.
+            println!("{LOADED}{}", env.loaded.join(", "));
             let args = std::iter::once("nestfault".to_string()).chain(env.args);
             match Cli::try_parse_from(args)
                 .map_err(anyhow::Error::from)

@@ -1,7 +1,8 @@
 //! The initramfs: an uncompressed newc cpio archive (the kernel unpacks it faster than it could
 //! decompress one, which counts under an emulator) holding /init (a copy of the
 //! running nestfault binary), what its dynamic linker needs, the vendor's KVM
-//! modules in load order, and the arguments to run with inside.
+//! modules in load order (each also unsigned, if asked, see `unsigned`), and
+//! the arguments to run with inside.
 
 use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::fs::{self, File};
@@ -12,6 +13,8 @@ use super::error::BootError;
 use super::inner::paths;
 use super::kernel::PreparedKernel;
 use super::modules;
+use super::tempdir::PrivateDir;
+use super::unsigned::unsigned_copy;
 use super::KvmVendor;
 use crate::elf::{Elf, EM_X86_64};
 
@@ -28,12 +31,14 @@ const LIBRARY_DIRS: [&str; 6] = [
 
 /// Builds the initramfs at `out`. See the module documentation for its contents. `files` (name,
 /// contents) go to [`GUEST_FILES_DIR`](super::GUEST_FILES_DIR) for the inner nestfault to read.
+/// With `unsigned_modules`, each signed module also goes in unsigned, for the guest to try first.
 pub fn build_initramfs(
     init_exe: &Path,
     kernel: &PreparedKernel,
     vendor: KvmVendor,
     inner_args: &[String],
     files: &[(String, Vec<u8>)],
+    unsigned_modules: bool,
     out: &Path,
 ) -> Result<(), BootError> {
     let init = fs::read(init_exe).map_err(|e| BootError::io("read", init_exe, e))?;
@@ -42,6 +47,15 @@ pub fn build_initramfs(
         Some(dir) => modules::resolve(dir, vendor.module_name(), &kernel.release)?,
         None => Vec::new(),
     };
+    let mut unsigned = Vec::new();
+    if unsigned_modules && !modules.is_empty() {
+        let scratch = PrivateDir::new("nestfault-strip")?;
+        for module in &modules {
+            if let Some((image, _)) = unsigned_copy(&module.name, &module.image, scratch.path())? {
+                unsigned.push((paths::unsigned_module(&module.name), image));
+            }
+        }
+    }
 
     let file = File::create(out).map_err(|e| BootError::io("create", out, e))?;
     let mut cpio = CpioWriter::new(BufWriter::new(file));
@@ -67,8 +81,11 @@ pub fn build_initramfs(
         for module in &modules {
             let params = vendor.module_parameters(&module.name, &module.info.params);
             load_order.push_str(&format!("{}\t{}\n", module.name, params));
-            let path = format!("{}/{}.ko", paths::MODULES_DIR, module.name);
+            let path = paths::signed_module(&module.name);
             cpio.file(path.trim_start_matches('/'), 0o644, &module.image)?;
+        }
+        for (path, image) in &unsigned {
+            cpio.file(path.trim_start_matches('/'), 0o644, image)?;
         }
         cpio.file(
             paths::LOAD_ORDER.trim_start_matches('/'),

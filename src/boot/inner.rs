@@ -15,8 +15,17 @@ use super::KvmVendor;
 pub(crate) mod paths {
     /// One module per line, `name<TAB>parameters`, in load order.
     pub(crate) const LOAD_ORDER: &str = "/nestfault/modules.load";
-    /// Holds `<name>.ko` for every entry of LOAD_ORDER, uncompressed.
+    /// Holds `<name>.ko` for every entry of LOAD_ORDER, uncompressed, and
+    /// `<name>.unsigned.ko` where build_initramfs made an unsigned copy.
     pub(crate) const MODULES_DIR: &str = "/nestfault/modules";
+
+    pub(crate) fn signed_module(name: &str) -> String {
+        format!("{MODULES_DIR}/{name}.ko")
+    }
+
+    pub(crate) fn unsigned_module(name: &str) -> String {
+        format!("{MODULES_DIR}/{name}.unsigned.ko")
+    }
     /// The inner nestfault arguments, each terminated by a NUL byte.
     pub(crate) const ARGS: &str = "/nestfault/args";
     /// `amd` or `intel`.
@@ -38,7 +47,8 @@ pub struct InnerEnv {
     pub args: Vec<String>,
     /// `uname -r` of the kernel under test.
     pub kernel_release: String,
-    /// The modules loaded, in order, with their parameters (`kvm_amd nested=1 npt=1`).
+    /// The modules loaded, in order, with their parameters and whether signed
+    /// (`kvm_amd nested=1 npt=1 (unsigned)`).
     pub loaded: Vec<String>,
 }
 
@@ -71,8 +81,9 @@ pub fn inner_setup() -> Result<InnerEnv, BootError> {
     let mut loaded = Vec::new();
     for line in read_text(paths::LOAD_ORDER)?.lines() {
         let (name, params) = line.split_once('\t').unwrap_or((line, ""));
-        load_module(name, params)?;
-        loaded.push(format!("{name} {params}").trim_end().to_owned());
+        let how = load_module(name, params)?;
+        let with_params = format!("{name} {params}");
+        loaded.push(format!("{} ({how})", with_params.trim_end()));
     }
     check_nested(vendor)?;
     Ok(InnerEnv {
@@ -125,28 +136,54 @@ fn mount(fstype: &'static str, target: &'static str) -> Result<(), BootError> {
     }
 }
 
-fn load_module(name: &str, params: &str) -> Result<(), BootError> {
-    let path = format!("{}/{name}.ko", paths::MODULES_DIR);
-    let file = File::open(&path).map_err(|e| BootError::io("open", &path, e))?;
+/// Loads a module: its unsigned copy where there is one and the kernel takes it, else the signed
+/// module. Returns which, for the console.
+fn load_module(name: &str, params: &str) -> Result<&'static str, BootError> {
     let params_c = CString::new(params).map_err(|_| BootError::NotOurInitramfs {
         path: paths::LOAD_ORDER.into(),
     })?;
+    let unsigned = paths::unsigned_module(name);
+    let mut refused = false;
+    if Path::new(&unsigned).exists() {
+        match finit_module(&unsigned, &params_c)? {
+            Ok(()) => return Ok("unsigned"),
+            // The kernel enforces module signatures (EKEYREJECTED) or is locked down (EPERM).
+            Err(error) if matches!(error.raw_os_error(), Some(libc::EKEYREJECTED | libc::EPERM)) => {
+                refused = true
+            }
+            Err(error) => return Err(module_load_error(name, params, error)),
+        }
+    }
+    match finit_module(&paths::signed_module(name), &params_c)? {
+        Ok(()) if refused => Ok("signed: the kernel refused the unsigned copy"),
+        Ok(()) => Ok("signed"),
+        Err(error) => Err(module_load_error(name, params, error)),
+    }
+}
+
+/// finit_module(2) on the file at `path`; Ok when the module is loaded or already there.
+fn finit_module(path: &str, params: &CString) -> Result<io::Result<()>, BootError> {
+    let file = File::open(path).map_err(|e| BootError::io("open", path, e))?;
     // SAFETY: finit_module reads the module from a valid open descriptor and
     // the parameter string, a NUL-terminated string alive across the call.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_finit_module,
             file.as_raw_fd(),
-            params_c.as_ptr(),
+            params.as_ptr(),
             0,
         )
     };
-    if rc == 0 {
-        return Ok(());
-    }
     let error = io::Error::last_os_error();
+    Ok(match rc {
+        0 => Ok(()),
+        _ if error.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+        _ => Err(error),
+    })
+}
+
+fn module_load_error(name: &str, params: &str, error: io::Error) -> BootError {
     let hint = match error.raw_os_error() {
-        Some(libc::EEXIST) => return Ok(()),
         Some(libc::ENODEV) | Some(libc::EIO) | Some(libc::EOPNOTSUPP) => {
             "; the (emulated) CPU lacks the virtualization extension: kvm_amd needs SVM \
              (QEMU TCG), kvm_intel needs VMX (Bochs)"
@@ -156,7 +193,7 @@ fn load_module(name: &str, params: &str) -> Result<(), BootError> {
         Some(libc::EINVAL) => "; a parameter was refused",
         _ => "",
     };
-    Err(BootError::ModuleLoad {
+    BootError::ModuleLoad {
         module: name.to_owned(),
         params: if params.is_empty() {
             "no parameters".to_owned()
@@ -165,7 +202,7 @@ fn load_module(name: &str, params: &str) -> Result<(), BootError> {
         },
         cause: error,
         hint,
-    })
+    }
 }
 
 fn check_nested(vendor: KvmVendor) -> Result<(), BootError> {

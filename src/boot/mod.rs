@@ -44,6 +44,7 @@ mod modules;
 mod pvh;
 mod qemu;
 mod tempdir;
+mod unsigned;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

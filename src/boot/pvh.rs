@@ -99,3 +99,57 @@ fn has_pvh_entry(vmlinux: &[u8]) -> Result<bool, String> {
     }
     elf.has_note(PVH_NOTE_OWNER, XEN_ELFNOTE_PHYS32_ENTRY)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::boot::PrivateDir;
+    use crate::elf::tests::with_notes;
+    use std::io::Write;
+
+    /// A bzImage of boot protocol 2.15 whose payload is `vmlinux`, gzipped, followed by the size
+    /// the kernel appends.
+    fn bzimage(vmlinux: &[u8]) -> Vec<u8> {
+        let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gzip.write_all(vmlinux).unwrap();
+        let mut payload = gzip.finish().unwrap();
+        let length = payload.len() as u32;
+        payload.extend_from_slice(&(vmlinux.len() as u32).to_le_bytes());
+        let mut image = vec![0u8; 5 * 512 + 0x100];
+        image[0x1f1] = 4;
+        image[0x202..0x206].copy_from_slice(b"HdrS");
+        image[0x206..0x208].copy_from_slice(&0x20fu16.to_le_bytes());
+        image[0x248..0x24c].copy_from_slice(&0x100u32.to_le_bytes());
+        image[0x24c..0x250].copy_from_slice(&length.to_le_bytes());
+        image.extend_from_slice(&payload);
+        image
+    }
+
+    fn extract(vmlinux: &[u8]) -> Result<Vec<u8>, String> {
+        let dir = PrivateDir::new("nestfault-pvh-test").unwrap();
+        let image = dir.path().join("bzImage");
+        fs::write(&image, bzimage(vmlinux)).unwrap();
+        let extracted = extract_vmlinux(&image, dir.path()).unwrap()?;
+        Ok(fs::read(extracted).unwrap())
+    }
+
+    #[test]
+    fn extracts_a_vmlinux_with_the_pvh_note() {
+        let vmlinux = with_notes(&[(b"Xen", XEN_ELFNOTE_PHYS32_ENTRY)]);
+        assert_eq!(extract(&vmlinux), Ok(vmlinux));
+    }
+
+    #[test]
+    fn falls_back_without_the_note_or_the_payload() {
+        let why = extract(&with_notes(&[(b"Xen", 17)])).unwrap_err();
+        assert!(why.contains("no PVH entry point"), "{why}");
+        let why = extract(b"not an elf").unwrap_err();
+        assert!(why.contains("not a usable vmlinux"), "{why}");
+        let mut old = bzimage(b"");
+        old[0x206..0x208].copy_from_slice(&0x207u16.to_le_bytes());
+        assert!(payload(&old).unwrap_err().contains("predates"));
+        let mut cut = bzimage(b"x");
+        cut.truncate(5 * 512 + 0x100 + 4);
+        assert!(payload(&cut).unwrap_err().contains("past the end"));
+    }
+}
