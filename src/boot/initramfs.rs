@@ -13,7 +13,7 @@ use super::error::BootError;
 use super::inner::paths;
 use super::kernel::PreparedKernel;
 use super::modules;
-use super::tempdir::PrivateDir;
+use super::tempdir::private_dir;
 use super::unsigned::unsigned_copy;
 use super::KvmVendor;
 use crate::elf::{Elf, EM_X86_64};
@@ -49,7 +49,7 @@ pub fn build_initramfs(
     };
     let mut unsigned = Vec::new();
     if unsigned_modules && !modules.is_empty() {
-        let scratch = PrivateDir::new("nestfault-strip")?;
+        let scratch = private_dir("strip")?;
         for module in &modules {
             if let Some((image, _)) = unsigned_copy(&module.name, &module.image, scratch.path())? {
                 unsigned.push((paths::unsigned_module(&module.name), image));

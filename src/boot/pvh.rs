@@ -8,6 +8,8 @@ use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use sha2::{Digest, Sha256};
+
 use super::compression::Compression;
 use super::error::BootError;
 use crate::elf::{Elf, EM_X86_64};
@@ -18,24 +20,110 @@ use crate::elf::{Elf, EM_X86_64};
 const PVH_NOTE_OWNER: &[u8] = b"Xen";
 const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
 
-/// Writes the vmlinux inside `bzimage` to `dir` and returns its path, if the
-/// image can be booted that way: its payload is compressed in a way this
-/// crate can undo (gzip, xz, zstd) and the ELF carries the PVH note.
-/// Otherwise says why not, for the progress output.
-pub(crate) fn extract_vmlinux(bzimage: &Path, dir: &Path) -> Result<Result<PathBuf, String>, BootError> {
+/// How many extracted kernels the cache keeps (each is some 60 MB).
+const CACHE_KEEP: usize = 3;
+
+/// The vmlinux inside `bzimage`, if the image can be booted that way: its
+/// payload is compressed in a way this crate can undo (gzip, xz, zstd) and
+/// the ELF carries the PVH note; otherwise why not, for the progress output.
+///
+/// Decompressing costs the host about what it saves the guest under TCG, so
+/// results are cached in `cache` (normally [`cache_dir`]) by the SHA-256 of
+/// the bzImage: a rerun of the same kernel, as in the e2e tests and the
+/// bench, skips it. Without a usable cache the vmlinux goes to `dir`.
+pub(crate) fn extract_vmlinux(
+    bzimage: &Path,
+    cache: Option<PathBuf>,
+    dir: &Path,
+) -> Result<Result<PathBuf, String>, BootError> {
     let image = fs::read(bzimage).map_err(|e| BootError::io("read", bzimage, e))?;
-    let vmlinux = match payload(&image).and_then(decompress) {
-        Ok(vmlinux) => vmlinux,
-        Err(why) => return Ok(Err(why)),
-    };
-    match has_pvh_entry(&vmlinux) {
-        Ok(true) => {}
-        Ok(false) => return Ok(Err("the kernel has no PVH entry point (CONFIG_PVH)".into())),
-        Err(why) => return Ok(Err(format!("its payload is not a usable vmlinux: {why}"))),
+    let key = hex(&Sha256::digest(&image));
+    let cache = cache.filter(|cache| fs::create_dir_all(cache).is_ok());
+    if let Some(cache) = &cache {
+        let cached = cache.join(format!("{key}.vmlinux"));
+        if touch(&cached) {
+            return Ok(Ok(cached));
+        }
+        if let Ok(why) = fs::read_to_string(cache.join(format!("{key}.no-pvh"))) {
+            return Ok(Err(why));
+        }
     }
-    let path = dir.join("vmlinux");
-    fs::write(&path, vmlinux).map_err(|e| BootError::io("write", &path, e))?;
-    Ok(Ok(path))
+    let vmlinux = payload(&image).and_then(decompress).and_then(|vmlinux| {
+        match has_pvh_entry(&vmlinux) {
+            Ok(true) => Ok(vmlinux),
+            Ok(false) => Err("the kernel has no PVH entry point (CONFIG_PVH)".into()),
+            Err(why) => Err(format!("its payload is not a usable vmlinux: {why}")),
+        }
+    });
+    let Some(cache) = cache else {
+        return match vmlinux {
+            Ok(vmlinux) => write_new(&dir.join("vmlinux"), &vmlinux).map(Ok),
+            Err(why) => Ok(Err(why)),
+        };
+    };
+    let (name, contents) = match &vmlinux {
+        Ok(vmlinux) => (format!("{key}.vmlinux"), vmlinux.as_slice()),
+        Err(why) => (format!("{key}.no-pvh"), why.as_bytes()),
+    };
+    // Written under a temporary name and renamed, so that a concurrent run
+    // never boots half a file.
+    let partial = dir.join(&name);
+    let path = cache.join(&name);
+    write_new(&partial, contents)?;
+    let stored = fs::rename(&partial, &path)
+        .or_else(|_| fs::copy(&partial, &path).map(drop))
+        .is_ok();
+    prune(&cache);
+    match vmlinux {
+        Ok(_) if stored => Ok(Ok(path)),
+        Ok(_) => Ok(Ok(partial)),
+        Err(why) => Ok(Err(why)),
+    }
+}
+
+/// `$XDG_CACHE_HOME/nestfault/vmlinux`, or `~/.cache/nestfault/vmlinux`.
+pub(crate) fn cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|dir| !dir.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache")))?;
+    Some(base.join("nestfault/vmlinux"))
+}
+
+/// Marks a cached file as just used (its modification time orders [`prune`]);
+/// false if it is not there.
+fn touch(path: &Path) -> bool {
+    fs::File::options()
+        .append(true)
+        .open(path)
+        .and_then(|file| file.set_modified(std::time::SystemTime::now()))
+        .is_ok()
+}
+
+/// Removes all but the [`CACHE_KEEP`] most recently used kernels.
+fn prune(cache: &Path) {
+    let Ok(entries) = fs::read_dir(cache) else {
+        return;
+    };
+    let mut kernels: Vec<(std::time::SystemTime, PathBuf)> = entries
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "vmlinux"))
+        .filter_map(|path| Some((fs::metadata(&path).ok()?.modified().ok()?, path)))
+        .collect();
+    kernels.sort_by(|a, b| b.0.cmp(&a.0));
+    for (_, stale) in kernels.into_iter().skip(CACHE_KEEP) {
+        let _ = fs::remove_file(stale);
+    }
+}
+
+fn write_new(path: &Path, contents: &[u8]) -> Result<PathBuf, BootError> {
+    fs::write(path, contents).map_err(|e| BootError::io("write", path, e))?;
+    Ok(path.to_owned())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 /// The compressed kernel: the setup header (boot protocol 2.08+) gives its
@@ -103,7 +191,7 @@ fn has_pvh_entry(vmlinux: &[u8]) -> Result<bool, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::boot::PrivateDir;
+    use crate::boot::private_dir;
     use crate::elf::tests::with_notes;
     use std::io::Write;
 
@@ -125,12 +213,21 @@ mod tests {
         image
     }
 
+    /// Extracts twice, the second time from the cache, which must agree.
     fn extract(vmlinux: &[u8]) -> Result<Vec<u8>, String> {
-        let dir = PrivateDir::new("nestfault-pvh-test").unwrap();
+        let dir = private_dir("test").unwrap();
         let image = dir.path().join("bzImage");
         fs::write(&image, bzimage(vmlinux)).unwrap();
-        let extracted = extract_vmlinux(&image, dir.path()).unwrap()?;
-        Ok(fs::read(extracted).unwrap())
+        let cache = dir.path().join("cache");
+        let first = extract_vmlinux(&image, Some(cache.clone()), dir.path()).unwrap();
+        let again = extract_vmlinux(&image, Some(cache), dir.path()).unwrap();
+        assert_eq!(first, again);
+        let uncached = extract_vmlinux(&image, None, dir.path()).unwrap();
+        assert_eq!(
+            first.as_ref().map(|path| fs::read(path).unwrap()),
+            uncached.as_ref().map(|path| fs::read(path).unwrap())
+        );
+        Ok(fs::read(first?).unwrap())
     }
 
     #[test]

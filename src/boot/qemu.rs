@@ -107,8 +107,8 @@ fn kernel_image(
     if !opts.fast_boot {
         return Ok(kernel.vmlinuz.clone());
     }
-    on_progress("extracting the vmlinux for a PVH boot");
-    Ok(match pvh::extract_vmlinux(&kernel.vmlinuz, dir)? {
+    on_progress("finding the vmlinux for a PVH boot (extracted once, then cached)");
+    Ok(match pvh::extract_vmlinux(&kernel.vmlinuz, pvh::cache_dir(), dir)? {
         Ok(vmlinux) => vmlinux,
         Err(why) => {
             on_progress(&format!("booting the bzImage: {why}"));
