@@ -2,7 +2,7 @@
 //! with long-standing ioctls only (KVM_SET_USER_MEMORY_REGION, KVM_SET_CPUID2, KVM_SET_SREGS,
 //! KVM_SET_MSRS, ...), so it runs on every kernel a bisect may land on.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use kvm_bindings::{
@@ -267,11 +267,12 @@ impl Vm {
     /// Runs the vCPU until the stub reports, something else stops it, or `timeout` passes.
     pub fn run(&mut self, timeout: Duration) -> Result<Observation, VmError> {
         let deadline = crate::clock::deadline_after(timeout);
-        let finished = AtomicBool::new(false);
+        let (finished, run_over) = mpsc::channel::<()>();
         std::thread::scope(|scope| {
-            spawn_watchdog(scope, deadline, &finished);
+            spawn_watchdog(scope, deadline, run_over);
             let result = self.run_until(deadline);
-            finished.store(true, Ordering::SeqCst);
+            // Wakes the watchdog at once, so that leaving the scope does not wait for it.
+            drop(finished);
             result
         })
     }
@@ -428,39 +429,40 @@ extern "C" fn ignore_signal(_: libc::c_int) {}
 const WATCHDOG_SIGNAL: libc::c_int = libc::SIGUSR1;
 
 /// Kicks the calling (vCPU) thread out of KVM_RUN once the deadline has passed, by signalling it
-/// until the run loop sets `finished` (a signal that lands just before KVM_RUN would be lost).
+/// every 20 ms (a signal that lands just before KVM_RUN would be lost) until `run_over`
+/// disconnects, which the run loop does as soon as it is done. Blocking on the channel rather
+/// than sleeping in steps matters: a step still asleep when the run ends delays the case by up to
+/// a step, which once was most of a short case's time.
 fn spawn_watchdog<'scope>(
     scope: &'scope std::thread::Scope<'scope, '_>,
     deadline: Instant,
-    finished: &'scope AtomicBool,
+    run_over: Receiver<()>,
 ) {
-    {
-        // SAFETY: installs a handler that does nothing, without SA_RESTART, so a pending signal
-        // makes KVM_RUN return EINTR instead of being ignored or killing the process.
-        unsafe {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = ignore_signal as *const () as usize;
-            libc::sigemptyset(&mut action.sa_mask);
-            libc::sigaction(WATCHDOG_SIGNAL, &action, std::ptr::null_mut());
-        }
-        // SAFETY: pthread_self has no preconditions.
-        let vcpu_thread = unsafe { libc::pthread_self() };
-        scope.spawn(move || {
-            while !finished.load(Ordering::SeqCst) {
-                let now = Instant::now();
-                if now >= deadline {
-                    // SAFETY: the vCPU thread is alive: this scoped thread is joined before the run
-                    // loop's thread leaves the scope, and `finished` is set before that.
-                    unsafe { libc::pthread_kill(vcpu_thread, WATCHDOG_SIGNAL) };
-                }
-                std::thread::sleep(
-                    Duration::from_millis(20)
-                        .min(deadline.saturating_duration_since(now))
-                        .max(Duration::from_millis(1)),
-                );
-            }
-        });
+    // SAFETY: installs a handler that does nothing, without SA_RESTART, so a pending signal
+    // makes KVM_RUN return EINTR instead of being ignored or killing the process.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = ignore_signal as *const () as usize;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(WATCHDOG_SIGNAL, &action, std::ptr::null_mut());
     }
+    // SAFETY: pthread_self has no preconditions.
+    let vcpu_thread = unsafe { libc::pthread_self() };
+    scope.spawn(move || {
+        let mut wake_at = deadline;
+        loop {
+            let wait = wake_at.saturating_duration_since(Instant::now());
+            match run_over.recv_timeout(wait) {
+                Err(RecvTimeoutError::Timeout) => {
+                    // SAFETY: the vCPU thread is alive: this scoped thread is joined before the
+                    // run loop's thread leaves the scope, and the channel disconnects before that.
+                    unsafe { libc::pthread_kill(vcpu_thread, WATCHDOG_SIGNAL) };
+                    wake_at = Instant::now() + Duration::from_millis(20);
+                }
+                Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+    });
 }
 
 #[cfg(test)]
