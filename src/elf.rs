@@ -144,7 +144,9 @@ impl<'a> Elf<'a> {
                 (read_u32(notes, 0), read_u32(notes, 4), read_u32(notes, 8))
             {
                 let padded = |size: u32| (size as usize).next_multiple_of(4);
-                let owner = notes.get(12..12 + namesz as usize).ok_or("truncated note")?;
+                let owner = notes
+                    .get(12..12 + namesz as usize)
+                    .ok_or("truncated note")?;
                 if note_kind == kind && owner.strip_suffix(b"\0") == Some(name) {
                     return Ok(true);
                 }
@@ -352,7 +354,10 @@ pub mod tests {
         assert!(elf.has_note(b"GNU", 3).unwrap());
         assert!(!elf.has_note(b"Xen", 17).unwrap());
         assert!(!elf.has_note(b"Xe", 18).unwrap());
-        assert!(!Elf::parse(&tiny_stub()).unwrap().has_note(b"Xen", 18).unwrap());
+        assert!(!Elf::parse(&tiny_stub())
+            .unwrap()
+            .has_note(b"Xen", 18)
+            .unwrap());
     }
 
     fn memory() -> PhysImage {

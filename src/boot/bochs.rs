@@ -67,7 +67,11 @@ const PHASES: &[Phase] = &[Phase {
 /// kernel starts, so this cannot change a verdict.
 fn bochsrc(opts: &BootOptions, iso: &Path, serial: &Path, log: &Path) -> String {
     let memory_mib = opts.memory_mib;
-    let rom_options = if opts.fast_boot { ", options=fastboot" } else { "" };
+    let rom_options = if opts.fast_boot {
+        ", options=fastboot"
+    } else {
+        ""
+    };
     format!(
         "megs: {memory_mib}\n\
          romimage: file={BIOS}{rom_options}\n\
@@ -276,7 +280,9 @@ mod tests {
         assert!(rc.contains("com1: enabled=1, mode=file, dev=\"/t/serial.txt\"\n"));
         assert!(rc.contains("cpu: model=corei7_haswell_4770"));
         assert!(rc.contains("megs: 512\n"));
-        assert!(rc.contains("romimage: file=/usr/share/bochs/BIOS-bochs-latest, options=fastboot\n"));
+        assert!(
+            rc.contains("romimage: file=/usr/share/bochs/BIOS-bochs-latest, options=fastboot\n")
+        );
         opts.fast_boot = false;
         let rc = bochsrc(
             &opts,

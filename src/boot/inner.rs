@@ -148,7 +148,9 @@ fn load_module(name: &str, params: &str) -> Result<&'static str, BootError> {
         match finit_module(&unsigned, &params_c)? {
             Ok(()) => return Ok("unsigned"),
             // The kernel enforces module signatures (EKEYREJECTED) or is locked down (EPERM).
-            Err(error) if matches!(error.raw_os_error(), Some(libc::EKEYREJECTED | libc::EPERM)) => {
+            Err(error)
+                if matches!(error.raw_os_error(), Some(libc::EKEYREJECTED | libc::EPERM)) =>
+            {
                 refused = true
             }
             Err(error) => return Err(module_load_error(name, params, error)),
@@ -166,14 +168,7 @@ fn finit_module(path: &str, params: &CString) -> Result<io::Result<()>, BootErro
     let file = File::open(path).map_err(|e| BootError::io("open", path, e))?;
     // SAFETY: finit_module reads the module from a valid open descriptor and
     // the parameter string, a NUL-terminated string alive across the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_finit_module,
-            file.as_raw_fd(),
-            params.as_ptr(),
-            0,
-        )
-    };
+    let rc = unsafe { libc::syscall(libc::SYS_finit_module, file.as_raw_fd(), params.as_ptr(), 0) };
     let error = io::Error::last_os_error();
     Ok(match rc {
         0 => Ok(()),

@@ -48,13 +48,14 @@ pub(crate) fn extract_vmlinux(
             return Ok(Err(why));
         }
     }
-    let vmlinux = payload(&image).and_then(decompress).and_then(|vmlinux| {
-        match has_pvh_entry(&vmlinux) {
-            Ok(true) => Ok(vmlinux),
-            Ok(false) => Err("the kernel has no PVH entry point (CONFIG_PVH)".into()),
-            Err(why) => Err(format!("its payload is not a usable vmlinux: {why}")),
-        }
-    });
+    let vmlinux =
+        payload(&image)
+            .and_then(decompress)
+            .and_then(|vmlinux| match has_pvh_entry(&vmlinux) {
+                Ok(true) => Ok(vmlinux),
+                Ok(false) => Err("the kernel has no PVH entry point (CONFIG_PVH)".into()),
+                Err(why) => Err(format!("its payload is not a usable vmlinux: {why}")),
+            });
     let Some(cache) = cache else {
         return match vmlinux {
             Ok(vmlinux) => write_new(&dir.join("vmlinux"), &vmlinux).map(Ok),
@@ -111,7 +112,7 @@ fn prune(cache: &Path) {
         .filter(|path| path.extension().is_some_and(|ext| ext == "vmlinux"))
         .filter_map(|path| Some((fs::metadata(&path).ok()?.modified().ok()?, path)))
         .collect();
-    kernels.sort_by(|a, b| b.0.cmp(&a.0));
+    kernels.sort_by_key(|(used, _)| std::cmp::Reverse(*used));
     for (_, stale) in kernels.into_iter().skip(CACHE_KEEP) {
         let _ = fs::remove_file(stale);
     }
@@ -130,7 +131,11 @@ fn hex(bytes: &[u8]) -> String {
 /// offset from the start of the protected-mode code and its length
 /// (Documentation/arch/x86/boot.rst, payload_offset and payload_length).
 fn payload(image: &[u8]) -> Result<&[u8], String> {
-    let u16_at = |at: usize| image.get(at..at + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u16_at = |at: usize| {
+        image
+            .get(at..at + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
     let u32_at = |at: usize| {
         image
             .get(at..at + 4)
@@ -141,7 +146,9 @@ fn payload(image: &[u8]) -> Result<&[u8], String> {
     }
     let version = u16_at(0x206).ok_or("truncated setup header")?;
     if version < 0x208 {
-        return Err(format!("boot protocol {version:#x} predates payload_offset (2.08)"));
+        return Err(format!(
+            "boot protocol {version:#x} predates payload_offset (2.08)"
+        ));
     }
     // setup_sects 0 means 4 (boot.rst).
     let setup_sects = match image.get(0x1f1) {

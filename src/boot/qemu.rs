@@ -108,13 +108,15 @@ fn kernel_image(
         return Ok(kernel.vmlinuz.clone());
     }
     on_progress("finding the vmlinux for a PVH boot (extracted once, then cached)");
-    Ok(match pvh::extract_vmlinux(&kernel.vmlinuz, pvh::cache_dir(), dir)? {
-        Ok(vmlinux) => vmlinux,
-        Err(why) => {
-            on_progress(&format!("booting the bzImage: {why}"));
-            kernel.vmlinuz.clone()
-        }
-    })
+    Ok(
+        match pvh::extract_vmlinux(&kernel.vmlinuz, pvh::cache_dir(), dir)? {
+            Ok(vmlinux) => vmlinux,
+            Err(why) => {
+                on_progress(&format!("booting the bzImage: {why}"));
+                kernel.vmlinuz.clone()
+            }
+        },
+    )
 }
 
 #[cfg(test)]

@@ -89,9 +89,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         "kernel {}: a plain boot vs a full run, medians, in one run ({} QEMU / {} Bochs pairs)",
         kernel.label, args.qemu_runs, args.bochs_runs
     );
-    println!(
-        "(a kernel from `nestfault kconfig` is not measured: this build has no such command)"
-    );
+    println!("(a kernel from `nestfault kconfig` is not measured: this build has no such command)");
     let runs = [args.qemu_runs, args.bochs_runs];
     let mut misses = Vec::new();
     let mut full_walls = Vec::new();
