@@ -13,21 +13,23 @@
 //!   each other). Packages are unpacked in pure Rust (ar, tar, xz/zstd/gzip).
 //! - Initramfs (uncompressed newc cpio): `/init` (the given executable), its ELF
 //!   interpreter and libraries at their host paths, `/dev/console`, and under
-//!   `/nestfault/`: `modules/<name>.ko` (decompressed), `modules.load`
-//!   (load order with parameters, dependencies from each module's
-//!   `.modinfo`), `args` and `vendor`.
+//!   `/nestfault/`: `modules/<name>.ko` (decompressed) and, unless
+//!   `--no-fast-boot`, `modules/<name>.unsigned.ko` (see `unsigned`),
+//!   `modules.load` (load order with parameters, dependencies from each
+//!   module's `.modinfo`), `args` and `vendor`.
+//! - Speed levers (`BootOptions::fast_boot`, on by default): kernel
+//!   parameters that skip boot work the kernel does for itself (`cmdline`),
+//!   the Bochs BIOS's boot-menu wait, QEMU's PVH boot of the uncompressed
+//!   kernel (`pvh`), unsigned modules. Each says why it cannot change a
+//!   verdict; `--no-fast-boot` boots without all of them.
 //! - Console protocol: the guest prints `nestfault-init: running` when /init
 //!   starts and `nestfault-init: powering off` just before powering off; the
 //!   host derives the "init running" phase and [`BootEnd::PoweredOff`] from
 //!   them.
 //!
-//! Measured on a 2-core host (Debian 6.1 / 7.2 kernels): QEMU TCG boots to
-//! /init in about 4.5 s and powers off after about 5.3 s; Bochs takes 40-70 s
-//! to /init plus 6-13 s to load kvm_intel.
-//!
 //! Of the rest of the crate it uses only `interrupt` (a signal ends the wait for
-//! the emulator), `clock` (the deadline), `input_file` (regular files only) and
-//! `host` (the CPU vendor).
+//! the emulator), `clock` (the deadline), `input_file` (regular files only),
+//! `host` (the CPU vendor) and `elf` (modules' .modinfo, vmlinux notes).
 
 mod bochs;
 mod cmdline;
