@@ -268,13 +268,16 @@ mod tests {
 
     #[test]
     fn config_is_headless_and_serial_to_file() {
+        let rc_with = |opts: &BootOptions| {
+            bochsrc(
+                opts,
+                Path::new("/t/boot.iso"),
+                Path::new("/t/serial.txt"),
+                Path::new("/t/bochs.log"),
+            )
+        };
         let mut opts = BootOptions::for_emulator(crate::boot::Emulator::Bochs);
-        let rc = bochsrc(
-            &opts,
-            Path::new("/t/boot.iso"),
-            Path::new("/t/serial.txt"),
-            Path::new("/t/bochs.log"),
-        );
+        let rc = rc_with(&opts);
         assert!(rc.contains("display_library: term\n"));
         assert!(!rc.contains("rfb"));
         assert!(rc.contains("com1: enabled=1, mode=file, dev=\"/t/serial.txt\"\n"));
@@ -284,12 +287,7 @@ mod tests {
             rc.contains("romimage: file=/usr/share/bochs/BIOS-bochs-latest, options=fastboot\n")
         );
         opts.fast_boot = false;
-        let rc = bochsrc(
-            &opts,
-            Path::new("/t/boot.iso"),
-            Path::new("/t/serial.txt"),
-            Path::new("/t/bochs.log"),
-        );
+        let rc = rc_with(&opts);
         assert!(rc.contains("romimage: file=/usr/share/bochs/BIOS-bochs-latest\n"));
     }
 

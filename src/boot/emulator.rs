@@ -2,6 +2,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use super::error::BootError;
 use super::inner::is_on;
@@ -32,6 +33,24 @@ impl Location {
             Location::File(paths) => paths.iter().map(PathBuf::from).find(|p| p.is_file()),
         }
     }
+}
+
+/// Runs a host tool (xorriso, strip) to completion; a failure, with what the tool printed on
+/// stderr, is an error naming `what` it was doing.
+pub(crate) fn run_tool(command: &mut Command, what: &str) -> Result<(), BootError> {
+    let program = command.get_program().to_string_lossy().into_owned();
+    let output = command.output().map_err(|cause| BootError::Spawn {
+        program: program.clone(),
+        cause,
+    })?;
+    if output.status.success() {
+        return Ok(());
+    }
+    Err(BootError::ToolFailed {
+        program: format!("{program} ({what})"),
+        status: output.status.to_string(),
+        output: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+    })
 }
 
 fn requirements(emulator: Emulator) -> &'static [Requirement] {

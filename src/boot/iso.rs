@@ -5,7 +5,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::emulator::{Location, Requirement};
+use super::emulator::{run_tool, Location, Requirement};
 use super::error::BootError;
 
 pub(crate) const ISOLINUX_BIN: Requirement = Requirement {
@@ -59,7 +59,8 @@ pub(crate) fn build_iso(
     fs::write(&cfg, isolinux_cfg(cmdline)).map_err(|e| BootError::io("write", &cfg, e))?;
 
     let iso = dir.join("boot.iso");
-    let output = Command::new("xorriso")
+    let mut xorriso = Command::new("xorriso");
+    xorriso
         .args(["-as", "mkisofs", "-quiet", "-o"])
         .arg(&iso)
         .args(["-b", "isolinux/isolinux.bin", "-c", "isolinux/boot.cat"])
@@ -67,19 +68,8 @@ pub(crate) fn build_iso(
         .arg("-graft-points")
         .arg(graft("/isolinux", &loader_dir))
         .arg(graft("/vmlinuz", kernel))
-        .arg(graft("/initrd", initramfs))
-        .output()
-        .map_err(|cause| BootError::Spawn {
-            program: "xorriso".into(),
-            cause,
-        })?;
-    if !output.status.success() {
-        return Err(BootError::ToolFailed {
-            program: "xorriso".into(),
-            status: output.status.to_string(),
-            output: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-        });
-    }
+        .arg(graft("/initrd", initramfs));
+    run_tool(&mut xorriso, "building the boot ISO")?;
     Ok(iso)
 }
 

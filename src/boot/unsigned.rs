@@ -21,7 +21,7 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use super::emulator::Location;
+use super::emulator::{run_tool, Location};
 use super::error::BootError;
 
 /// Ends a signed module (include/linux/module_signature.h, MODULE_SIG_STRING).
@@ -56,23 +56,13 @@ pub(crate) fn unsigned_copy(
     let input = scratch.join(format!("{name}.ko"));
     let output = scratch.join(format!("{name}.stripped.ko"));
     fs::write(&input, unsigned).map_err(|e| BootError::io("write", &input, e))?;
-    let result = Command::new("strip")
+    let mut strip = Command::new("strip");
+    strip
         .arg("--strip-unneeded")
         .arg("-o")
         .arg(&output)
-        .arg(&input)
-        .output()
-        .map_err(|cause| BootError::Spawn {
-            program: "strip".into(),
-            cause,
-        })?;
-    if !result.status.success() {
-        return Err(BootError::ToolFailed {
-            program: format!("strip --strip-unneeded {name}.ko"),
-            status: result.status.to_string(),
-            output: String::from_utf8_lossy(&result.stderr).trim().to_owned(),
-        });
-    }
+        .arg(&input);
+    run_tool(&mut strip, &format!("stripping {name}.ko"))?;
     let stripped = fs::read(&output).map_err(|e| BootError::io("read", &output, e))?;
     let _ = fs::remove_file(&input);
     let _ = fs::remove_file(&output);
