@@ -282,7 +282,7 @@ fn auto_vendors() -> anyhow::Result<Vec<VendorKind>> {
     let cpuid = vm::supported_cpuid(&kvm)?;
     let nested: Vec<VendorKind> = VendorKind::ALL
         .into_iter()
-        .filter(|&kind| vm::missing_nested_support(&cpuid, kind).is_none())
+        .filter(|&kind| crate::arch::missing_nested_support(&cpuid, kind).is_none())
         .collect();
     Ok(if nested.is_empty() {
         VendorKind::ALL.to_vec()

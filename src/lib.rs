@@ -15,6 +15,7 @@ pub mod kernel_mode;
 pub mod layout;
 pub mod machine;
 pub mod mailbox;
+pub mod module_param;
 pub mod observation;
 pub mod output;
 pub mod paging;

@@ -54,7 +54,7 @@ pub fn run(
     let forced_emulation = vm::forced_emulation_prefix();
     for i in order {
         let case = &cases[i];
-        let missing = vm::missing_nested_support(&cpuid, case.vendor).or_else(|| {
+        let missing = crate::arch::missing_nested_support(&cpuid, case.vendor).or_else(|| {
             (case.path == AccessPath::Forced)
                 .then(|| forced_emulation.clone().err())
                 .flatten()

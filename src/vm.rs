@@ -17,9 +17,9 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use crate::layout::{GuestImage, L2_IO_PORT};
 use crate::machine::{Segment, RFLAGS_FIXED};
 use crate::mailbox::GuestMailbox;
+use crate::module_param;
 use crate::observation::{L2Io, Observation};
 use crate::paging::PAGE_SIZE;
-use crate::scenario::VendorKind;
 
 #[derive(Debug, Error)]
 pub enum VmError {
@@ -58,91 +58,18 @@ pub fn open_kvm() -> Result<Kvm, VmError> {
     })
 }
 
-/// Why this host's KVM cannot run `kind` nested, or `None` if it can: checks what L1 would be
-/// offered (KVM_GET_SUPPORTED_CPUID), and names the module parameter behind a missing bit.
-pub fn missing_nested_support(cpuid: &CpuId, kind: VendorKind) -> Option<String> {
-    let leaf = |function: u32| {
-        cpuid
-            .as_slice()
-            .iter()
-            .find(|e| e.function == function && e.index == 0)
-            .copied()
-    };
-    let (module, bit_ok, what) = match kind {
-        VendorKind::Svm => {
-            let svm = leaf(0x8000_0001).is_some_and(|e| e.ecx & (1 << 2) != 0);
-            let npt = leaf(0x8000_000a).is_some_and(|e| e.edx & 1 != 0);
-            let what = if !svm {
-                "SVM (CPUID 0x80000001 ECX bit 2)"
-            } else {
-                "nested paging (CPUID 0x8000000A EDX bit 0, kvm_amd npt)"
-            };
-            ("kvm_amd", svm && npt, what)
-        }
-        VendorKind::Vmx => (
-            "kvm_intel",
-            leaf(1).is_some_and(|e| e.ecx & (1 << 5) != 0),
-            "VMX (CPUID 0x1 ECX bit 5)",
-        ),
-    };
-    if bit_ok {
-        return None;
-    }
-    let nested = std::fs::read_to_string(format!("/sys/module/{module}/parameters/nested"));
-    let why = match nested {
-        Err(_) => {
-            let (right_cpu, maker) = match kind {
-                VendorKind::Svm => (crate::host::cpu_is_amd(), "AMD"),
-                VendorKind::Vmx => (crate::host::cpu_is_intel(), "Intel"),
-            };
-            if right_cpu {
-                format!(
-                    "{module} is not loaded: modprobe {module} nested=1 (if it refuses, this \
-                     machine's CPU offers it no {kind}; --kernel emulates one)",
-                    kind = kind.name().to_uppercase()
-                )
-            } else {
-                format!(
-                    "{module} is not loaded: this host's CPU is {}, not {maker} (--kernel \
-                     emulates one)",
-                    crate::host::cpu_vendor()
-                )
-            }
-        }
-        Ok(value) if matches!(value.trim(), "0" | "N") => {
-            format!(
-                "{module} is loaded with nested={}: reload it with nested=1",
-                value.trim()
-            )
-        }
-        Ok(value) => format!(
-            "{module} nested={}, yet KVM does not offer it (running nested without nesting?)",
-            value.trim()
-        ),
-    };
-    Some(format!(
-        "{}: KVM_GET_SUPPORTED_CPUID lacks {what}; {why}",
-        kind.name().to_uppercase()
-    ))
-}
-
-/// What KVM can offer a vCPU (KVM_GET_SUPPORTED_CPUID); on a nested-capable host this includes
-/// SVM and NP or VMX.
 /// Whether L0's KVM emulates instructions behind its forced-emulation prefix (kvm.ko's
-/// `force_emulation_prefix`: Y/N on older kernels, a bit mask on newer ones); the reason a
-/// forced case cannot run, if not.
+/// `force_emulation_prefix`); the reason a forced case cannot run, if not.
 pub fn forced_emulation_prefix() -> Result<(), String> {
-    const PARAMETER: &str = "/sys/module/kvm/parameters/force_emulation_prefix";
-    match std::fs::read_to_string(PARAMETER) {
-        Ok(value) if matches!(value.trim(), "Y" | "1" | "2" | "3") => Ok(()),
-        Ok(value) => Err(format!(
-            "kvm's force_emulation_prefix is {} ({PARAMETER}): reload kvm with \
-             force_emulation_prefix=1 to run forced cases",
-            value.trim()
+    let path = module_param::path("kvm", "force_emulation_prefix");
+    match module_param::read("kvm", "force_emulation_prefix") {
+        Some(value) if module_param::is_on(&value) => Ok(()),
+        Some(value) => Err(format!(
+            "kvm's force_emulation_prefix is {value} ({path}): reload kvm with \
+             force_emulation_prefix=1 to run forced cases"
         )),
-        Err(error) => Err(format!(
-            "cannot read {PARAMETER} ({error}): forced cases need kvm loaded with \
-             force_emulation_prefix=1"
+        None => Err(format!(
+            "cannot read {path}: forced cases need kvm loaded with force_emulation_prefix=1"
         )),
     }
 }
@@ -471,7 +398,7 @@ mod tests {
     use crate::arch;
     use crate::elf::L1_STUB;
     use crate::layout;
-    use crate::scenario::{built_in, expand};
+    use crate::scenario::{built_in, expand, VendorKind};
     use crate::verdict::{judge, Status as VerdictStatus};
     use nestfault_protocol::{Executor, GARBAGE_STATUS};
 
@@ -600,7 +527,8 @@ mod tests {
         let Some(kvm) = real_kvm("kvm_svm_without_nesting_is_an_error_not_a_pass") else {
             return;
         };
-        if missing_nested_support(&supported_cpuid(&kvm).unwrap(), VendorKind::Svm).is_none() {
+        if arch::missing_nested_support(&supported_cpuid(&kvm).unwrap(), VendorKind::Svm).is_none()
+        {
             eprintln!(
                 "SKIPPED kvm_svm_without_nesting_is_an_error_not_a_pass: this host nests SVM"
             );

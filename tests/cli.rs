@@ -145,7 +145,7 @@ fn host_nests() -> Vec<&'static str> {
     };
     VendorKind::ALL
         .into_iter()
-        .filter(|&kind| vm::missing_nested_support(&cpuid, kind).is_none())
+        .filter(|&kind| nestfault::arch::missing_nested_support(&cpuid, kind).is_none())
         .map(|kind| kind.name())
         .collect()
 }

@@ -7,7 +7,10 @@ pub mod vmx;
 
 use nestfault_protocol::{Executor, FieldWrite, EXIT_FIELDS};
 
+use kvm_bindings::CpuId;
+
 use crate::machine::{CpuState, FaultSite};
+use crate::module_param;
 use crate::paging::{Format, LeafEdit, PAGE_SIZE};
 use crate::scenario::{AccessPath, Case, Fault, Scenario, VendorKind};
 
@@ -66,6 +69,68 @@ pub fn open_finding(case: &Case) -> Option<&'static Finding> {
     }
 }
 
+/// Leaf `function` (subleaf 0) of the vCPU's CPUID.
+pub fn cpuid_leaf(cpuid: &CpuId, function: u32) -> Option<kvm_bindings::kvm_cpuid_entry2> {
+    cpuid
+        .as_slice()
+        .iter()
+        .find(|entry| entry.function == function && entry.index == 0)
+        .copied()
+}
+
+/// Whether `bit` of the register `register` picks from leaf `function` is set.
+pub fn has_bit(
+    cpuid: &CpuId,
+    function: u32,
+    register: impl Fn(&kvm_bindings::kvm_cpuid_entry2) -> u32,
+    bit: u32,
+) -> bool {
+    cpuid_leaf(cpuid, function).is_some_and(|leaf| register(&leaf) & (1 << bit) != 0)
+}
+
+/// Why this host's KVM cannot run `kind` nested, or `None` if it can: checks what L1 would be
+/// offered (KVM_GET_SUPPORTED_CPUID), and names the module parameter behind a missing bit.
+pub fn missing_nested_support(cpuid: &CpuId, kind: VendorKind) -> Option<String> {
+    let (module, missing) = match kind {
+        VendorKind::Svm => (svm::KVM_MODULE, svm::missing_cpuid(cpuid)),
+        VendorKind::Vmx => (vmx::KVM_MODULE, vmx::missing_cpuid(cpuid)),
+    };
+    let what = missing?;
+    let why = match module_param::read(module, "nested") {
+        None => {
+            let (right_cpu, maker) = match kind {
+                VendorKind::Svm => (crate::host::cpu_is_amd(), "AMD"),
+                VendorKind::Vmx => (crate::host::cpu_is_intel(), "Intel"),
+            };
+            if right_cpu {
+                format!(
+                    "{module} is not loaded: modprobe {module} nested=1 (if it refuses, this \
+                     machine's CPU offers it no {kind}; --kernel emulates one)",
+                    kind = kind.name().to_uppercase()
+                )
+            } else {
+                format!(
+                    "{module} is not loaded: this host's CPU is {}, not {maker} (--kernel \
+                     emulates one)",
+                    crate::host::cpu_vendor()
+                )
+            }
+        }
+        Some(value) if !module_param::is_on(&value) => {
+            format!("{module} is loaded with nested={value}: reload it with nested=1")
+        }
+        Some(value) => format!(
+            "{module} nested={value}, yet KVM does not offer it (running nested without nesting?)"
+        ),
+    };
+    Some(format!(
+        "{}: KVM_GET_SUPPORTED_CPUID lacks {what}; {why}",
+        kind.name().to_uppercase()
+    ))
+}
+
+/// What KVM can offer a vCPU (KVM_GET_SUPPORTED_CPUID); on a nested-capable host this includes
+/// SVM and NP or VMX.
 /// The fix without which `case` fails: the oracle's own account of which rows a kernel that
 /// lacks it gets wrong (the e2e holds known kernels to it). `None` when no known fix matters.
 pub fn fix_checked_by(case: &Case) -> Option<&'static Fix> {

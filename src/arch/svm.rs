@@ -5,8 +5,8 @@ use nestfault_protocol::{Executor, FieldWrite, EXIT_FIELDS};
 use kvm_bindings::CpuId;
 
 use super::{
-    bit_diff, bit_names, emulator_walks, faulting_gpa, ArchError, ControlBlock, Exit, Expectation,
-    Expected, Field, Fix, Vendor,
+    bit_diff, bit_names, cpuid_leaf, emulator_walks, faulting_gpa, has_bit, ArchError,
+    ControlBlock, Exit, Expectation, Expected, Field, Fix, Vendor,
 };
 use crate::machine::{CpuState, FaultSite, Segment, RFLAGS_FIXED};
 use crate::paging::{Format, LeafEdit, Perms};
@@ -95,6 +95,21 @@ const EFER_SVME: u64 = 1 << 12;
 /// The power-on PAT; KVM's VMRUN checks reject an invalid g_pat when nested paging is on.
 const DEFAULT_PAT: u64 = 0x0007_0406_0007_0406;
 
+/// The KVM module that offers SVM.
+pub const KVM_MODULE: &str = "kvm_amd";
+
+/// What KVM_GET_SUPPORTED_CPUID lacks for nested SVM with nested paging, if anything: KVM refuses
+/// EFER.SVME without the SVM bit, and without NP silently runs L2 on shadow paging.
+pub fn missing_cpuid(cpuid: &CpuId) -> Option<&'static str> {
+    if !has_bit(cpuid, 0x8000_0001, |leaf| leaf.ecx, 2) {
+        Some("SVM (CPUID 0x80000001 ECX bit 2)")
+    } else if !has_bit(cpuid, 0x8000_000a, |leaf| leaf.edx, 0) {
+        Some("nested paging (CPUID 0x8000000A EDX bit 0, kvm_amd npt)")
+    } else {
+        None
+    }
+}
+
 /// What the vCPU's CPUID offers L1 that the matrix depends on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SvmCapabilities {
@@ -113,16 +128,10 @@ impl SvmCapabilities {
     };
 
     pub fn from_cpuid(cpuid: &CpuId) -> Self {
-        let leaf = |function| {
-            cpuid
-                .as_slice()
-                .iter()
-                .find(|entry| entry.function == function && entry.index == 0)
-        };
         Self {
             // Without the leaf the architectural default for long mode is 36 bits.
-            maxphyaddr: leaf(0x8000_0008).map_or(36, |entry| entry.eax & 0xff),
-            gbpages: leaf(0x8000_0001).is_some_and(|entry| entry.edx & (1 << 26) != 0),
+            maxphyaddr: cpuid_leaf(cpuid, 0x8000_0008).map_or(36, |leaf| leaf.eax & 0xff),
+            gbpages: has_bit(cpuid, 0x8000_0001, |leaf| leaf.edx, 26),
         }
     }
 }

@@ -1,14 +1,23 @@
 //! Intel VMX with EPT (SDM vol. 3C, ch. 24-29).
 
+use kvm_bindings::CpuId;
 use nestfault_protocol::{Executor, FieldWrite, EXIT_FIELDS};
 
 use super::{
-    bit_diff, bit_names, emulator_walks, faulting_gpa, ArchError, ControlBlock, Exit, Expectation,
-    Expected, Field, Finding, Fix, Vendor,
+    bit_diff, bit_names, emulator_walks, faulting_gpa, has_bit, ArchError, ControlBlock, Exit,
+    Expectation, Expected, Field, Finding, Fix, Vendor,
 };
 use crate::machine::{CpuState, FaultSite, Segment, RFLAGS_FIXED};
 use crate::paging::{Format, LeafEdit, Perms};
 use crate::scenario::{Access, AccessPath, Case, Fault, LeafSize, Scenario, Target};
+
+/// The KVM module that offers VMX.
+pub const KVM_MODULE: &str = "kvm_intel";
+
+/// What KVM_GET_SUPPORTED_CPUID lacks for nested VMX: KVM refuses CR4.VMXE without the bit.
+pub fn missing_cpuid(cpuid: &CpuId) -> Option<&'static str> {
+    (!has_bit(cpuid, 1, |leaf| leaf.ecx, 5)).then_some("VMX (CPUID 0x1 ECX bit 5)")
+}
 
 /// Before it, KVM took bits 8:7 of an emulator-injected EPT violation from another exit.
 pub const GVA_BITS_FIX: Fix = Fix {
