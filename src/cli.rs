@@ -29,8 +29,11 @@ const MAX_REPEAT: u32 = 1000;
 /// boot); 255 something must be fixed first (a flag, a path, a missing emulator, an empty
 /// selection) or the run was interrupted.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version, about, args_conflicts_with_subcommands = true)]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Print the case ids (`<vendor>/<scenario>/<path>`), one per line, and exit.
     #[arg(long)]
     pub list: bool,
@@ -70,7 +73,8 @@ pub struct Cli {
     #[arg(long, value_name = "DIR")]
     pub scenarios_dir: Option<PathBuf>,
 
-    /// Test this kernel instead of the running one: a bzImage/vmlinuz, or a Debian kernel .deb.
+    /// Test this kernel instead of the running one: a bzImage/vmlinuz, a built kernel tree (its
+    /// arch/x86/boot/bzImage and, with KVM modular, its .ko files), or a Debian kernel .deb.
     /// It is booted in an emulator as the L0 hypervisor and the suite runs inside it.
     #[arg(long, value_name = "IMAGE")]
     pub kernel: Option<PathBuf>,
@@ -105,6 +109,14 @@ pub struct Cli {
     /// names them, and power off. What `cargo xtask bench` compares a full run with.
     #[arg(long, hide = true)]
     pub bare_boot: bool,
+}
+
+/// Tasks other than running the suite; without one, nestfault runs it.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Print the Kconfig fragment a kernel needs to be booted and judged by nestfault, or write
+    /// a minimal .config with it into a kernel tree (--tree).
+    Kconfig(crate::kconfig::KconfigArgs),
 }
 
 impl Cli {
@@ -212,6 +224,10 @@ pub fn main() -> ExitCode {
 
 /// The verdicts, or None when there was only something to print (--list).
 fn run(cli: &Cli) -> anyhow::Result<Option<Vec<verdict::Verdict>>> {
+    if let Some(Command::Kconfig(args)) = &cli.command {
+        crate::kconfig::run(args)?;
+        return Ok(None);
+    }
     let all = cli.cases()?;
     if cli.list {
         let vendors = cli.explicit_vendors().unwrap_or(VendorKind::ALL.to_vec());

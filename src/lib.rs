@@ -11,6 +11,7 @@ pub mod exit;
 pub mod host;
 pub mod input_file;
 pub mod interrupt;
+pub mod kconfig;
 pub mod kernel_mode;
 pub mod layout;
 pub mod machine;

@@ -16,6 +16,16 @@ pub enum BootError {
     },
 
     #[error(
+        "{} is a kernel tree without {missing}: build it first (`{command}`)",
+        tree.display()
+    )]
+    TreeNotBuilt {
+        tree: PathBuf,
+        missing: &'static str,
+        command: &'static str,
+    },
+
+    #[error(
         "{} is not a Linux kernel image: {reason}; pass a bzImage/vmlinuz, or a Debian \
          linux-image-*-unsigned / linux-binary-unsigned-* .deb",
         path.display()

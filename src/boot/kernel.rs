@@ -4,12 +4,13 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use super::deb;
+use super::{deb, tree};
 use super::error::BootError;
 
 /// What the user gave: `--kernel IMAGE [--modules DIR]`.
 ///
-/// `image` is a bzImage/vmlinuz or a Debian kernel package (`linux-image-*`
+/// `image` is a bzImage/vmlinuz, a kernel build tree (its `arch/x86/boot/bzImage`, and its
+/// built modules when KVM is modular), or a Debian kernel package (`linux-image-*`
 /// with `boot/vmlinuz-*`, or `linux-binary[-unsigned]-*` with
 /// `usr/lib/modules/<release>/vmlinuz*`). `modules` is a modules directory
 /// (`lib/modules/<release>`, its parent, or the root of an unpacked tree) or a
@@ -33,7 +34,11 @@ pub struct PreparedKernel {
 /// (reused on later calls with the same workdir).
 pub fn prepare_kernel(input: &KernelInput, workdir: &Path) -> Result<PreparedKernel, BootError> {
     std::fs::create_dir_all(workdir).map_err(|e| BootError::io("create", workdir, e))?;
-    let (vmlinuz, release, packaged_modules) = if deb::is_deb(&input.image)? {
+    let (vmlinuz, release, packaged_modules) = if tree::is_tree(&input.image) {
+        let built = tree::open(&input.image, workdir)?;
+        let release = bzimage_release_of(&built.image)?;
+        (built.image, release, built.modules_dir)
+    } else if deb::is_deb(&input.image)? {
         image_from_deb(&input.image, workdir)?
     } else {
         let release = bzimage_release_of(&input.image)?;
