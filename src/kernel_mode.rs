@@ -274,6 +274,8 @@ struct Outcome {
     verdicts: Vec<Verdict>,
     /// Why cases without all their runs lack them.
     missing: Missing,
+    /// Said under every verdict of this boot (a kernel that did not power off).
+    note: Option<String>,
 }
 
 /// Why runs are missing, which decides what a case without them is.
@@ -292,6 +294,7 @@ impl Outcome {
             kernel: None,
             verdicts: Vec::new(),
             missing: Missing::Unfinished(crate::interrupt::reason()),
+            note: None,
         }
     }
 }
@@ -316,6 +319,7 @@ fn boot_and_collect(
         kernel: None,
         verdicts: Vec::new(),
         missing: Missing::Unfinished(String::new()),
+        note: None,
     };
     let mut untestable = None;
     let mut done = false;
@@ -361,6 +365,14 @@ fn boot_and_collect(
         &mut on_line,
         &mut progress,
     )?;
+    if report.end == BootEnd::DidNotPowerOff {
+        let note = format!(
+            "note: the kernel did not power off after its last result; {emulator} was stopped \
+             (a kernel without CONFIG_PCI, or without ACPI, halts instead under QEMU)"
+        );
+        eprintln!("{} {note}", stamp(started));
+        outcome.note = Some(note);
+    }
     let booted = outcome.kernel.is_some();
     outcome.missing = if crate::interrupt::requested() {
         Missing::Unfinished(crate::interrupt::reason())
@@ -381,7 +393,9 @@ fn boot_and_collect(
                 options.timeout.as_secs()
             ),
             BootEnd::Reset => "the guest reset".to_string(),
-            BootEnd::PoweredOff => "the guest powered off early".to_string(),
+            BootEnd::PoweredOff | BootEnd::DidNotPowerOff => {
+                "the guest powered off early".to_string()
+            }
             BootEnd::EmulatorExited(code) => format!("{emulator} exited with {code}"),
         };
         let why = format!(
@@ -433,6 +447,12 @@ fn collate(cases: &[Case], outcome: Outcome, repeat: u32) -> Vec<Verdict> {
                 verdict.diagnosis = Some(match verdict.diagnosis.take() {
                     Some(diagnosis) => format!("{shortfall}\n{diagnosis}"),
                     None => shortfall,
+                });
+            }
+            if let Some(note) = &outcome.note {
+                verdict.diagnosis = Some(match verdict.diagnosis.take() {
+                    Some(diagnosis) => format!("{diagnosis}\n{note}"),
+                    None => note.clone(),
                 });
             }
             verdict
@@ -553,6 +573,7 @@ mod tests {
             kernel: None,
             verdicts,
             missing,
+            note: None,
         }
     }
 
@@ -602,6 +623,22 @@ mod tests {
         );
         let all_runs = outcome(vec![passed.clone(), passed.clone()], timed_out());
         assert_eq!(collate(&cases, all_runs, 2), [passed]);
+    }
+
+    #[test]
+    fn a_kernel_that_did_not_power_off_is_noted_under_each_verdict() {
+        let cases = svm_pt_page_unmapped(Some("emulated"));
+        let mut passed = verdict();
+        passed.status = Status::Pass;
+        passed.diagnosis = None;
+        let mut halted = outcome(vec![passed], Missing::Unfinished(String::new()));
+        halted.note = Some("note: did not power off".into());
+        let verdicts = collate(&cases, halted, 1);
+        assert_eq!(verdicts[0].status, Status::Pass);
+        assert_eq!(
+            verdicts[0].diagnosis.as_deref(),
+            Some("note: did not power off")
+        );
     }
 
     #[test]

@@ -151,6 +151,8 @@ pub(crate) fn boot(
         power_off_codes: &[0, 1],
         label: "[bochs]",
         noise: is_noise,
+        // Bochs's guest runs in virtual time and drains its UART first: more room than QEMU.
+        power_off_grace: Duration::from_secs(5),
     };
     let mut report = console::watch(running, Progress::new(PHASES), opts, on_line, on_progress)?;
     if !report.end.explained_by_console() {

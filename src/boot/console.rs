@@ -185,6 +185,10 @@ pub(crate) struct Running {
     pub(crate) label: &'static str,
     /// The emulator's stderr lines that say nothing worth keeping.
     pub(crate) noise: fn(&str) -> bool,
+    /// How long after the guest announced its power-off the emulator may take to end by itself
+    /// before it is stopped: every result has arrived by then, and a kernel that cannot power
+    /// off ("Power off not available: System halted instead") must not cost a whole timeout.
+    pub(crate) power_off_grace: Duration,
 }
 
 /// A boot phase that console lines show.
@@ -273,6 +277,7 @@ pub(crate) fn watch(
     let mut state = ConsoleState::default();
     let mut exit: Option<(ExitStatus, Instant)> = None;
     let mut timed_out = false;
+    let mut stopped_after_power_off = false;
 
     loop {
         match running.output.recv_timeout(POLL) {
@@ -317,11 +322,15 @@ pub(crate) fn watch(
         };
         let now = Instant::now();
         let panic_over = state.panic_at.is_some_and(|at| now >= at + PANIC_GRACE);
+        let halted = state
+            .power_off_at
+            .is_some_and(|at| now >= at + running.power_off_grace);
         let status = match status {
             Some(status) => status,
             // Interrupted: stop the emulator, so that its temporary files go with us.
-            None if now >= deadline || panic_over || crate::interrupt::requested() => {
-                timed_out = now >= deadline;
+            None if now >= deadline || panic_over || halted || crate::interrupt::requested() => {
+                stopped_after_power_off = halted;
+                timed_out = now >= deadline && !halted;
                 let _ = running.child.kill();
                 running
                     .child
@@ -339,12 +348,14 @@ pub(crate) fn watch(
 
     let end = if state.panic_at.is_some() {
         BootEnd::Panicked
+    } else if stopped_after_power_off {
+        BootEnd::DidNotPowerOff
     } else if timed_out {
         BootEnd::TimedOut
     } else {
         let (status, _) = exit.expect("the loop ends only after the emulator ended");
         match status.code() {
-            Some(code) if state.powered_off && running.power_off_codes.contains(&code) => {
+            Some(code) if state.power_off_at.is_some() && running.power_off_codes.contains(&code) => {
                 BootEnd::PoweredOff
             }
             Some(0) => BootEnd::Reset,
@@ -372,14 +383,15 @@ struct ConsoleState {
     tail: VecDeque<String>,
     diagnostics: VecDeque<String>,
     panic_at: Option<Instant>,
-    powered_off: bool,
+    /// When the guest announced its power-off (POWER_OFF_MARKER).
+    power_off_at: Option<Instant>,
 }
 
 impl ConsoleState {
     fn console(&mut self, line: &str) {
         self.check_fatal(line);
-        if line.contains(POWER_OFF_MARKER) {
-            self.powered_off = true;
+        if line.contains(POWER_OFF_MARKER) && self.power_off_at.is_none() {
+            self.power_off_at = Some(Instant::now());
         }
         keep_last(&mut self.tail, line.to_owned(), TAIL_LINES);
     }
@@ -437,6 +449,7 @@ mod tests {
             power_off_codes,
             label: "[sh]",
             noise: |line| line.starts_with("noise"),
+            power_off_grace: Duration::from_millis(300),
         };
         let opts = BootOptions {
             timeout,
@@ -507,6 +520,18 @@ mod tests {
         let report = run_script(&script, Duration::from_secs(10), &[0]);
         assert_eq!(report.end, BootEnd::PoweredOff);
         assert_eq!(report.tail.last().unwrap(), POWER_OFF_MARKER);
+    }
+
+    #[test]
+    fn a_guest_that_stays_up_after_its_power_off_is_stopped_at_once() {
+        let script = format!(
+            "echo '{INIT_MARKER}'; echo '{POWER_OFF_MARKER}'; \
+             echo 'reboot: Power off not available: System halted instead'; exec sleep 30"
+        );
+        let report = run_script(&script, Duration::from_secs(20), &[0]);
+        assert_eq!(report.end, BootEnd::DidNotPowerOff);
+        assert!(report.elapsed < Duration::from_secs(5), "{report:?}");
+        assert!(report.end.explained_by_console());
     }
 
     #[test]

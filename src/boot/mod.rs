@@ -204,6 +204,10 @@ pub enum BootEnd {
     /// The guest reset or stopped without a panic message and without
     /// [`power_off`] (e.g. a triple fault).
     Reset,
+    /// The guest announced its power-off (every result had arrived) but did not switch off
+    /// within the emulator's grace ("Power off not available: System halted instead": e.g. ACPI
+    /// without PCI under QEMU); the emulator was stopped.
+    DidNotPowerOff,
     /// The timeout ran out and the emulator was killed.
     TimedOut,
     /// The emulator ended on its own in another way, with this exit code
@@ -215,7 +219,10 @@ impl BootEnd {
     /// Whether the console alone tells what happened; otherwise the report's
     /// tail also carries the emulator's own diagnostics.
     pub(crate) fn explained_by_console(self) -> bool {
-        matches!(self, BootEnd::PoweredOff | BootEnd::Panicked)
+        matches!(
+            self,
+            BootEnd::PoweredOff | BootEnd::DidNotPowerOff | BootEnd::Panicked
+        )
     }
 }
 
