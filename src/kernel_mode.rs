@@ -138,7 +138,12 @@ pub fn run(cli: &Cli, image: &Path, all: &[Case]) -> anyhow::Result<(String, Vec
         image: image.to_path_buf(),
         modules: cli.modules.clone(),
     };
-    let mut kernel = boot::prepare_kernel(&input, workdir.path())?;
+    // Unpacking packages and extracting modules take seconds: they are phases too.
+    let started = Instant::now();
+    let mut preparing = |phase: &str| {
+        eprintln!("[prepare {:>5.1}s] {phase}", started.elapsed().as_secs_f64())
+    };
+    let mut kernel = boot::prepare_kernel(&input, workdir.path(), &mut preparing)?;
     if cli.bare_boot && cli.modules.is_none() {
         // A bare boot: without modules the guest's /init finds no KVM, says so and powers off.
         kernel.modules_dir = None;
@@ -175,6 +180,7 @@ pub fn run(cli: &Cli, image: &Path, all: &[Case]) -> anyhow::Result<(String, Vec
             &files,
             !cli.no_fast_boot,
             &initramfs,
+            &mut preparing,
         )?;
         initramfs_files.push(initramfs);
     }

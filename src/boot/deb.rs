@@ -31,8 +31,13 @@ pub(crate) fn is_deb(path: &Path) -> Result<bool, BootError> {
 /// Unpacks `deb` into a directory under `workdir` and returns it. A previous
 /// complete unpacking of the same file (same size and mtime) is reused, as a
 /// kernel package takes seconds to decompress; so `workdir` may be a
-/// persistent cache, shared by concurrent runs.
-pub(crate) fn unpack(deb: &Path, workdir: &Path) -> Result<PathBuf, BootError> {
+/// persistent cache, shared by concurrent runs. `on_progress` hears of an
+/// unpacking that is not reused.
+pub(crate) fn unpack(
+    deb: &Path,
+    workdir: &Path,
+    on_progress: &mut dyn FnMut(&str),
+) -> Result<PathBuf, BootError> {
     let meta = fs::metadata(deb).map_err(|e| BootError::io("inspect", deb, e))?;
     let stamp_text = format!("{} {}\n", meta.size(), meta.mtime());
     let stem = deb
@@ -49,6 +54,7 @@ pub(crate) fn unpack(deb: &Path, workdir: &Path) -> Result<PathBuf, BootError> {
     // Unpack into a directory of our own and rename it into place, so that
     // neither an interrupted run nor a concurrent one leaves a half-filled
     // directory that looks complete.
+    on_progress(&format!("unpacking {stem}.deb"));
     let partial = workdir.join(format!("{stem}.partial-{}", std::process::id()));
     let remove = |dir: &Path| match fs::remove_dir_all(dir) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(BootError::io("remove", dir, e)),
@@ -299,15 +305,17 @@ mod tests {
         let deb = dir.join("linux-image-9.9.9_1_amd64.deb");
         write_deb(&deb, "./boot/vmlinuz-9.9.9", b"abc");
         assert!(is_deb(&deb).unwrap());
-        let root = unpack(&deb, &dir).unwrap();
+        let mut unpacked = 0;
+        let root = unpack(&deb, &dir, &mut |_| unpacked += 1).unwrap();
         assert_eq!(fs::read(root.join("boot/vmlinuz-9.9.9")).unwrap(), b"abc");
         // Unchanged: the unpacked tree is reused as it is.
         fs::write(root.join("marker"), b"").unwrap();
-        assert_eq!(unpack(&deb, &dir).unwrap(), root);
+        assert_eq!(unpack(&deb, &dir, &mut |_| unpacked += 1).unwrap(), root);
         assert!(root.join("marker").exists());
+        assert_eq!(unpacked, 1, "a reused unpacking is not announced");
         // Changed (another size): unpacked anew.
         write_deb(&deb, "./boot/vmlinuz-9.9.9", b"abcdef");
-        assert_eq!(unpack(&deb, &dir).unwrap(), root);
+        assert_eq!(unpack(&deb, &dir, &mut |_| {}).unwrap(), root);
         assert_eq!(
             fs::read(root.join("boot/vmlinuz-9.9.9")).unwrap(),
             b"abcdef"
@@ -331,7 +339,7 @@ mod tests {
             b"!<arch>\ndebian-binary   0           0     0     100644  4         `\n2.0\n",
         )
         .unwrap();
-        let err = unpack(&deb, &dir).unwrap_err();
+        let err = unpack(&deb, &dir, &mut |_| {}).unwrap_err();
         assert!(matches!(err, BootError::BadPackage { .. }), "{err}");
         assert!(err.to_string().contains("no data.tar member"), "{err}");
         fs::remove_dir_all(dir).unwrap();

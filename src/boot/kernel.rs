@@ -31,22 +31,27 @@ pub struct PreparedKernel {
 }
 
 /// Resolves `input` into a bootable kernel, unpacking packages into `workdir`
-/// (reused on later calls with the same workdir).
-pub fn prepare_kernel(input: &KernelInput, workdir: &Path) -> Result<PreparedKernel, BootError> {
+/// (reused on later calls with the same workdir). `on_progress` hears of each
+/// package being unpacked (seconds each).
+pub fn prepare_kernel(
+    input: &KernelInput,
+    workdir: &Path,
+    on_progress: &mut dyn FnMut(&str),
+) -> Result<PreparedKernel, BootError> {
     std::fs::create_dir_all(workdir).map_err(|e| BootError::io("create", workdir, e))?;
     let (vmlinuz, release, packaged_modules) = if tree::is_tree(&input.image) {
         let built = tree::open(&input.image, workdir)?;
         let release = bzimage_release_of(&built.image)?;
         (built.image, release, built.modules_dir)
     } else if deb::is_deb(&input.image)? {
-        image_from_deb(&input.image, workdir)?
+        image_from_deb(&input.image, workdir, on_progress)?
     } else {
         let release = bzimage_release_of(&input.image)?;
         (input.image.clone(), release, None)
     };
 
     let modules_dir = match &input.modules {
-        Some(given) => Some(modules_from(given, &release, workdir)?),
+        Some(given) => Some(modules_from(given, &release, workdir, on_progress)?),
         None => match packaged_modules {
             Some(dir) => Some(dir),
             // A split-layout package: its modules live in a sibling package.
@@ -58,7 +63,7 @@ pub fn prepare_kernel(input: &KernelInput, workdir: &Path) -> Result<PreparedKer
                             hint: format!(" (none lies next to {})", input.image.display()),
                         }
                     })?;
-                Some(modules_from(&sibling, &release, workdir)?)
+                Some(modules_from(&sibling, &release, workdir, on_progress)?)
             }
             None => None,
         },
@@ -74,8 +79,9 @@ pub fn prepare_kernel(input: &KernelInput, workdir: &Path) -> Result<PreparedKer
 fn image_from_deb(
     deb_path: &Path,
     workdir: &Path,
+    on_progress: &mut dyn FnMut(&str),
 ) -> Result<(PathBuf, String, Option<PathBuf>), BootError> {
-    let root = deb::unpack(deb_path, workdir)?;
+    let root = deb::unpack(deb_path, workdir, on_progress)?;
     let layout = deb::layout(&root);
     let (release, image) = match layout.images.as_slice() {
         [one] => one.clone(),
@@ -109,9 +115,14 @@ fn image_from_deb(
 }
 
 /// Finds the modules directory for `release` in a package or directory.
-fn modules_from(given: &Path, release: &str, workdir: &Path) -> Result<PathBuf, BootError> {
+fn modules_from(
+    given: &Path,
+    release: &str,
+    workdir: &Path,
+    on_progress: &mut dyn FnMut(&str),
+) -> Result<PathBuf, BootError> {
     let root = if deb::is_deb(given)? {
-        deb::unpack(given, workdir)?
+        deb::unpack(given, workdir, on_progress)?
     } else if given.is_dir() {
         given.to_owned()
     } else {
@@ -233,7 +244,7 @@ mod tests {
                 image: image.clone(),
                 modules: Some(given.clone()),
             };
-            let kernel = prepare_kernel(&input, &dir.join("work")).unwrap();
+            let kernel = prepare_kernel(&input, &dir.join("work"), &mut |_| {}).unwrap();
             assert_eq!(kernel.release, release);
             assert_eq!(
                 kernel.modules_dir.as_ref(),
@@ -247,7 +258,7 @@ mod tests {
             modules: None,
         };
         assert_eq!(
-            prepare_kernel(&without, &dir.join("work"))
+            prepare_kernel(&without, &dir.join("work"), &mut |_| {})
                 .unwrap()
                 .modules_dir,
             None
@@ -256,7 +267,7 @@ mod tests {
             image,
             modules: Some(dir.join("work")),
         };
-        let err = prepare_kernel(&elsewhere, &dir.join("work")).unwrap_err();
+        let err = prepare_kernel(&elsewhere, &dir.join("work"), &mut |_| {}).unwrap_err();
         assert!(matches!(err, BootError::ModulesDirMismatch { .. }), "{err}");
         std::fs::remove_dir_all(dir).unwrap();
     }
@@ -271,7 +282,7 @@ mod tests {
             image: image.clone(),
             modules: None,
         };
-        let err = prepare_kernel(&input, &dir.join("work")).unwrap_err();
+        let err = prepare_kernel(&input, &dir.join("work"), &mut |_| {}).unwrap_err();
         assert!(matches!(err, BootError::NotAKernel { .. }), "{err}");
         std::fs::remove_dir_all(dir).unwrap();
     }

@@ -15,6 +15,7 @@ use nestfault::arch::{self, svm, vmx, Fix};
 use nestfault::scenario::{self, AccessPath, Case, VendorKind};
 
 use crate::kernels::{self, FetchedKernel, KernelsArgs};
+use crate::tree;
 
 #[derive(clap::Args)]
 pub struct E2eArgs {
@@ -26,6 +27,10 @@ pub struct E2eArgs {
     /// Boots run side by side (each emulator uses one core).
     #[arg(long, default_value_t = 2)]
     pub jobs: usize,
+    /// Leave out the kernel-tree stage (build Debian's linux-source, run the suite on it, bisect
+    /// a reverted fix with the README's recipe).
+    #[arg(long)]
+    pub no_tree: bool,
 }
 
 /// The upstream fixes a known kernel lacks: which rows it fails is then the oracle's answer
@@ -241,6 +246,13 @@ pub fn run(args: &E2eArgs) -> Result<()> {
         match &outcome {
             Ok(seconds) => println!("e2e interrupt: ok (ended {seconds:.1} s after SIGTERM)"),
             Err(error) => println!("e2e interrupt: FAILED: {error:#}"),
+        }
+        outcomes.push(outcome.is_ok());
+    }
+    if !args.no_tree {
+        let outcome = tree::run(&args.kernels.cache.dir()?, &nestfault, &workspace);
+        if let Err(error) = &outcome {
+            println!("e2e tree: FAILED: {error:#}");
         }
         outcomes.push(outcome.is_ok());
     }

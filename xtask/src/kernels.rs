@@ -315,7 +315,7 @@ fn regex_escape(text: &str) -> String {
 }
 
 /// The package's .deb in the cache, downloaded unless already there.
-fn obtain(apt: &Apt, package: &str, version: &str, cache: &Path) -> Result<PathBuf> {
+pub fn obtain(apt: &Apt, package: &str, version: &str, cache: &Path) -> Result<PathBuf> {
     if let Some(file) = apt::downloaded_file(cache, package, version) {
         eprintln!("{package} {version}: already in {}", cache.display());
         return Ok(file);

@@ -5,6 +5,7 @@ mod apt;
 mod bench;
 mod e2e;
 mod kernels;
+mod tree;
 
 use std::process::ExitCode;
 

@@ -1,0 +1,352 @@
+//! The e2e's kernel-tree stage: the README's kernel developer's loop, done for real on Debian's
+//! linux-source of the newest fixed series. Configure with `nestfault kconfig --tree`, build
+//! bzImage, run the SVM suite on the tree (all pass); then commit a revert of the SVM fix's
+//! effect between two harmless commits and let `git bisect run`, with the README's own recipe,
+//! find it.
+//!
+//! The unpacked source and its build stay in the cache (`<cache>/tree/`), as a git repository
+//! whose first commit is Debian's source: a second run checks that commit out again and
+//! rebuilds only what the bisect's commits touched.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{bail, ensure, Context, Result};
+
+use crate::apt::Apt;
+use crate::kernels::{self, Series};
+
+/// The suite with the newest kernels, and the series that has both fixes.
+const SUITE: &str = "sid";
+const FIXED: Series = Series::AtLeast(7, 2);
+/// Names Debian's unchanged source in the tree's repository.
+const BASE_TAG: &str = "debian-source";
+const BRANCH: &str = "nestfault-bisect";
+/// The programs and headers a kernel build needs, and the packages with them.
+const BUILD_PROGRAMS: [&str; 8] = ["gcc", "make", "flex", "bison", "bc", "cpio", "git", "xz"];
+const BUILD_HEADERS: [&str; 2] = ["/usr/include/gelf.h", "/usr/include/openssl/opensslv.h"];
+const BUILD_PACKAGES: &str =
+    "gcc make flex bison bc libelf-dev libssl-dev cpio git xz-utils dpkg";
+
+/// The file and line the revert changes: before 7.2 an NPF injected by the emulator always
+/// carried GUEST_FINAL; the fix takes the stage from the walker's error code instead.
+const NESTED_C: &str = "arch/x86/kvm/svm/nested.c";
+const FIXED_LINE: &str = "fault_stage = fault->error_code & PFERR_GUEST_FAULT_STAGE_MASK;";
+const REVERTED_LINE: &str = "fault_stage = PFERR_GUEST_FINAL_MASK;";
+
+/// Runs the stage; `nestfault` is the binary under test, put first in PATH for the recipe.
+pub fn run(cache: &Path, nestfault: &Path, workspace: &Path) -> Result<()> {
+    check_build_tools()?;
+    let recipe = readme_recipe(&workspace.join("README.md"))?;
+    let started = Instant::now();
+    let tree = source_tree(cache)?;
+    println!(
+        "e2e tree: source ready in {:.0} s: {}",
+        started.elapsed().as_secs_f64(),
+        tree.display()
+    );
+    prepare_repository(&tree)?;
+
+    let step = Instant::now();
+    run_checked(
+        Command::new(nestfault)
+            .args(["kconfig", "--tree"])
+            .arg(&tree),
+        "nestfault kconfig --tree",
+    )?;
+    make_bzimage(&tree)?;
+    println!(
+        "e2e tree: configured and built in {:.0} s",
+        step.elapsed().as_secs_f64()
+    );
+
+    let step = Instant::now();
+    let status = Command::new(nestfault)
+        .arg("--kernel")
+        .arg(&tree)
+        .args(["--vendor", "svm"])
+        .status()
+        .context("running nestfault --kernel on the tree")?;
+    ensure!(
+        status.code() == Some(0),
+        "nestfault --kernel {} --vendor svm: {status}, wanted 0 (the fixed source passes)",
+        tree.display()
+    );
+    println!(
+        "e2e tree: the SVM suite passed on the tree in {:.1} s",
+        step.elapsed().as_secs_f64()
+    );
+
+    let revert = commit_bisect_history(&tree)?;
+    let step = Instant::now();
+    let first_bad = bisect(&tree, &recipe, nestfault)?;
+    ensure!(
+        first_bad == revert,
+        "git bisect named {first_bad}, not the revert {revert}"
+    );
+    println!(
+        "e2e tree: git bisect named the revert {} in {:.0} s (stage total {:.0} s)",
+        &revert[..12],
+        step.elapsed().as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn check_build_tools() -> Result<()> {
+    let on_path = |program: &str| {
+        std::env::var_os("PATH").is_some_and(|path| {
+            std::env::split_paths(&path).any(|dir| dir.join(program).is_file())
+        })
+    };
+    let mut missing: Vec<&str> = BUILD_PROGRAMS
+        .into_iter()
+        .filter(|program| !on_path(program))
+        .collect();
+    missing.extend(
+        BUILD_HEADERS
+            .into_iter()
+            .filter(|header| !Path::new(header).is_file()),
+    );
+    ensure!(
+        missing.is_empty(),
+        "building a kernel needs {}: install with `sudo apt-get install {BUILD_PACKAGES}` \
+         (.ci/run does)",
+        missing.join(", ")
+    );
+    Ok(())
+}
+
+/// The `git bisect run` line of the README's kernel developer's loop, exactly as written there.
+pub fn readme_recipe(readme: &Path) -> Result<String> {
+    let text = fs::read_to_string(readme)
+        .with_context(|| format!("cannot read {}", readme.display()))?;
+    let section = text
+        .split("\n## ")
+        .find(|section| section.starts_with("The kernel developer's loop"))
+        .context("the README has no \"The kernel developer's loop\" section")?;
+    section
+        .lines()
+        .find(|line| line.starts_with("git bisect run "))
+        .map(str::to_owned)
+        .context("the README's kernel developer's loop has no `git bisect run` line")
+}
+
+/// The unpacked linux-source of the newest fixed series in `<cache>/tree`, fetched and unpacked
+/// unless already there.
+fn source_tree(cache: &Path) -> Result<PathBuf> {
+    let apt = Apt::private(&cache.join(format!("apt-{SUITE}")), SUITE)?;
+    apt.update_if_stale()?;
+    let names: Vec<String> = apt
+        .search_names("^linux-source-[0-9]+\\.[0-9]+$")?
+        .into_iter()
+        .filter(|name| {
+            name.strip_prefix("linux-source-")
+                .is_some_and(|series| FIXED.accepts(series))
+        })
+        .collect();
+    let mut candidates = apt.candidates(&names)?;
+    candidates.sort_by(|(a, _), (b, _)| {
+        let series = |name: &str| -> (u32, u32) {
+            let mut numbers = name
+                .trim_start_matches("linux-source-")
+                .split('.')
+                .map(|n| n.parse().unwrap_or(0));
+            (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0))
+        };
+        series(a).cmp(&series(b))
+    });
+    let (package, version) = candidates.pop().with_context(|| {
+        format!(
+            "no linux-source-X.Y of series {FIXED:?} in {}",
+            apt.label()
+        )
+    })?;
+    let root = cache.join("tree");
+    fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
+    let tree = root.join(&package);
+    let stamp = root.join(format!("{package}.unpacked"));
+    if fs::read_to_string(&stamp).is_ok_and(|text| text.trim() == version) && tree.is_dir() {
+        return Ok(tree);
+    }
+    let deb = kernels::obtain(&apt, &package, &version, &root)?;
+    println!("e2e tree: unpacking {}", deb.display());
+    if tree.exists() {
+        fs::remove_dir_all(&tree).with_context(|| format!("cannot remove {}", tree.display()))?;
+    }
+    // The package holds usr/src/<package>.tar.xz, which holds <package>/.
+    let tarball = format!("./usr/src/{package}.tar.xz");
+    run_checked(
+        Command::new("sh").current_dir(&root).args([
+            "-c",
+            "dpkg-deb --fsys-tarfile \"$1\" | tar -xO \"$2\" | xz -dc | tar -x",
+            "sh",
+            &deb.display().to_string(),
+            &tarball,
+        ]),
+        "unpacking the linux-source package",
+    )?;
+    ensure!(tree.is_dir(), "{} did not unpack into {}", deb.display(), tree.display());
+    fs::write(&stamp, &version).with_context(|| format!("cannot write {}", stamp.display()))?;
+    // Unpacked, the package is 160 MB of nothing.
+    fs::remove_file(&deb).ok();
+    Ok(tree)
+}
+
+/// A git repository whose first commit, tagged, is Debian's source; checked out on a fresh
+/// bisect branch. Build outputs survive (they are ignored), so a rebuild is incremental.
+fn prepare_repository(tree: &Path) -> Result<()> {
+    if !tree.join(".git").is_dir() {
+        // Debian's .gitignore ends with a packaging block ignoring everything at the top level:
+        // without removing it, `git add` adds nothing.
+        let gitignore = tree.join(".gitignore");
+        let text = fs::read_to_string(&gitignore)
+            .with_context(|| format!("cannot read {}", gitignore.display()))?;
+        if let Some(at) = text.find("\n#\n# Debian packaging") {
+            fs::write(&gitignore, &text[..at + 1])
+                .with_context(|| format!("cannot write {}", gitignore.display()))?;
+        }
+        git(tree, &["init", "-q"])?;
+        git(tree, &["add", "-A"])?;
+        git(tree, &["commit", "-q", "-m", "Debian's linux-source, as unpacked"])?;
+        git(tree, &["tag", BASE_TAG])?;
+    }
+    // A bisect interrupted last time.
+    git(tree, &["bisect", "reset", "-q"]).ok();
+    git(tree, &["checkout", "-q", "-f", "-B", BRANCH, BASE_TAG])?;
+    Ok(())
+}
+
+/// Commits a harmless change, the revert, and another harmless change; returns the revert's id.
+fn commit_bisect_history(tree: &Path) -> Result<String> {
+    let note = tree.join("Documentation/virt/kvm/nestfault-bisect.rst");
+    fs::write(&note, "A harmless change before the revert.\n")
+        .with_context(|| format!("cannot write {}", note.display()))?;
+    commit_all(tree, "Documentation: a harmless change before the revert")?;
+
+    let nested = tree.join(NESTED_C);
+    let text =
+        fs::read_to_string(&nested).with_context(|| format!("cannot read {}", nested.display()))?;
+    ensure!(
+        text.matches(FIXED_LINE).count() == 1,
+        "{NESTED_C} does not have the fixed line `{FIXED_LINE}` once: has the fix changed shape?"
+    );
+    fs::write(&nested, text.replacen(FIXED_LINE, REVERTED_LINE, 1))
+        .with_context(|| format!("cannot write {}", nested.display()))?;
+    commit_all(
+        tree,
+        "KVM: nSVM: emulator-injected NPFs always carry GUEST_FINAL again (revert the fix's effect)",
+    )?;
+    let revert = git(tree, &["rev-parse", "HEAD"])?;
+
+    fs::write(&note, "A harmless change after the revert.\n")
+        .with_context(|| format!("cannot write {}", note.display()))?;
+    commit_all(tree, "Documentation: a harmless change after the revert")?;
+    Ok(revert)
+}
+
+/// `git bisect run` with the README's recipe between the tag and the branch's head; returns the
+/// commit bisect named.
+fn bisect(tree: &Path, recipe: &str, nestfault: &Path) -> Result<String> {
+    let bin = nestfault
+        .parent()
+        .context("the nestfault binary has no directory")?;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let path = std::env::join_paths(std::iter::once(bin.to_owned()).chain(std::env::split_paths(&path)))
+        .context("building PATH")?;
+    git(tree, &["bisect", "start", BRANCH, BASE_TAG])?;
+    let output = Command::new("sh")
+        .current_dir(tree)
+        .env("PATH", path)
+        .args(["-c", recipe])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running git bisect run");
+    let log = git(tree, &["bisect", "log"]).unwrap_or_default();
+    git(tree, &["bisect", "reset", "-q"])?;
+    let output = output?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    print!("{stdout}");
+    if !output.status.success() {
+        bail!("`{recipe}` failed ({}); bisect log:\n{log}", output.status);
+    }
+    stdout
+        .lines()
+        .find_map(|line| line.strip_suffix(" is the first bad commit"))
+        .map(str::to_owned)
+        .with_context(|| format!("git bisect named no first bad commit; bisect log:\n{log}"))
+}
+
+fn make_bzimage(tree: &Path) -> Result<()> {
+    let jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
+    run_checked(
+        Command::new("make")
+            .current_dir(tree)
+            .arg(format!("-j{jobs}"))
+            .arg("bzImage")
+            .stdout(Stdio::null()),
+        "make bzImage",
+    )
+}
+
+fn commit_all(tree: &Path, message: &str) -> Result<()> {
+    git(tree, &["add", "-A"])?;
+    git(tree, &["commit", "-q", "-m", message]).map(|_| ())
+}
+
+/// Runs git in `tree` with a fixed identity; returns its trimmed stdout.
+fn git(tree: &Path, args: &[&str]) -> Result<String> {
+    let output = Command::new("git")
+        .current_dir(tree)
+        .env("LC_ALL", "C")
+        .args(["-c", "user.name=nestfault e2e", "-c", "user.email=e2e@nestfault.invalid"])
+        .args(args)
+        .output()
+        .with_context(|| format!("cannot run git {}", args.join(" ")))?;
+    ensure!(
+        output.status.success(),
+        "git {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+fn run_checked(command: &mut Command, what: &str) -> Result<()> {
+    let status = command
+        .status()
+        .with_context(|| format!("cannot start {what}"))?;
+    ensure!(status.success(), "{what} failed: {status}");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_readme_has_the_recipe() {
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let recipe = readme_recipe(&workspace.join("README.md")).unwrap();
+        assert!(recipe.contains("nestfault --kernel"), "{recipe}");
+    }
+
+    #[test]
+    fn the_recipe_is_found_only_in_its_section() {
+        let dir = std::env::temp_dir().join(format!("xtask-readme-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let readme = dir.join("README.md");
+        fs::write(&readme, "# x\n\n## Other\ngit bisect run false\n").unwrap();
+        assert!(readme_recipe(&readme).is_err());
+        fs::write(
+            &readme,
+            "# x\n\n## Other\ngit bisect run false\n\n## The kernel developer's loop\n\
+             ```\ngit bisect run sh -c 'true'\n```\n",
+        )
+        .unwrap();
+        assert_eq!(readme_recipe(&readme).unwrap(), "git bisect run sh -c 'true'");
+        fs::remove_dir_all(dir).unwrap();
+    }
+}
