@@ -74,7 +74,8 @@ pub struct Cli {
     pub scenarios_dir: Option<PathBuf>,
 
     /// Test this kernel instead of the running one: a bzImage/vmlinuz, a built kernel tree (its
-    /// arch/x86/boot/bzImage and, with KVM modular, its .ko files), or a Debian kernel .deb.
+    /// arch/x86/boot/bzImage and, with KVM modular, its .ko files), a Debian kernel .deb, or
+    /// debian:SUITE / debian:VERSION (fetched into ~/.cache/nestfault/kernels).
     /// It is booted in an emulator as the L0 hypervisor and the suite runs inside it.
     #[arg(long, value_name = "IMAGE")]
     pub kernel: Option<PathBuf>,

@@ -12,6 +12,7 @@ use clap::Parser;
 
 use crate::boot::{self, BootEnd, BootOptions, Emulator, KernelInput, KvmVendor};
 use crate::cli::Cli;
+use crate::debian;
 use crate::output::{self, NamedPath};
 use crate::runner::RunOptions;
 use crate::scenario::{self, Case, VendorKind};
@@ -134,15 +135,12 @@ pub fn run(cli: &Cli, image: &Path, all: &[Case]) -> anyhow::Result<(String, Vec
     let cases = cli.select(all, &vendors)?;
     let boots = plan_boots(cli, &cases)?;
     let workdir = boot::private_dir("kernel")?;
-    let input = KernelInput {
-        image: image.to_path_buf(),
-        modules: cli.modules.clone(),
-    };
-    // Unpacking packages and extracting modules take seconds: they are phases too.
+    // Fetching, unpacking packages and extracting modules take seconds: they are phases too.
     let started = Instant::now();
     let mut preparing = |phase: &str| {
         eprintln!("[prepare {:>5.1}s] {phase}", started.elapsed().as_secs_f64())
     };
+    let input = kernel_input(image, cli.modules.clone(), &mut preparing)?;
     let mut kernel = boot::prepare_kernel(&input, workdir.path(), &mut preparing)?;
     if cli.bare_boot && cli.modules.is_none() {
         // A bare boot: without modules the guest's /init finds no KVM, says so and powers off.
@@ -273,6 +271,34 @@ fn console_log_path(path: &Path, kind: VendorKind, several: bool) -> PathBuf {
     name.push(format!(".{kind}"));
     PathBuf::from(name)
 }
+
+/// What `--kernel` names: a path as it is, or `debian:SUITE|VERSION`, fetched into the kernel
+/// cache (`cargo xtask kernels` uses the same) as its packages.
+fn kernel_input(
+    given: &Path,
+    modules: Option<PathBuf>,
+    on_progress: &mut dyn FnMut(&str),
+) -> anyhow::Result<KernelInput> {
+    let request = given
+        .to_str()
+        .and_then(|text| text.strip_prefix(DEBIAN_PREFIX))
+        .filter(|_| !given.exists());
+    let Some(request) = request else {
+        return Ok(KernelInput {
+            image: given.to_path_buf(),
+            modules,
+        });
+    };
+    let cache = debian::kernels::default_cache_dir()?;
+    let fetched = debian::kernels::fetch_request(request, &cache, on_progress)?;
+    Ok(KernelInput {
+        image: fetched.image,
+        modules: modules.or(fetched.modules),
+    })
+}
+
+/// `--kernel debian:sid`, `--kernel debian:6.12.117`.
+const DEBIAN_PREFIX: &str = "debian:";
 
 /// What one boot produced.
 struct Outcome {

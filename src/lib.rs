@@ -6,6 +6,7 @@ pub mod arch;
 pub mod boot;
 pub mod cli;
 pub mod clock;
+pub mod debian;
 pub mod elf;
 pub mod exit;
 pub mod host;

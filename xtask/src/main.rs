@@ -1,7 +1,6 @@
 //! Developer tasks for nestfault, run as `cargo xtask <task>`.
 #![deny(clippy::undocumented_unsafe_blocks)]
 
-mod apt;
 mod bench;
 mod e2e;
 mod kernels;

@@ -15,8 +15,8 @@ use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
 
-use crate::apt::Apt;
-use crate::kernels::{self, Series};
+use nestfault::debian::apt::Apt;
+use nestfault::debian::kernels::{obtain, Series};
 
 /// The suite with the newest kernels, and the series that has both fixes.
 const SUITE: &str = "sid";
@@ -171,7 +171,9 @@ fn source_tree(cache: &Path) -> Result<PathBuf> {
     if fs::read_to_string(&stamp).is_ok_and(|text| text.trim() == version) && tree.is_dir() {
         return Ok(tree);
     }
-    let deb = kernels::obtain(&apt, &package, &version, &root)?;
+    let deb = obtain(&apt, &package, &version, &root, &mut |phase| {
+        println!("e2e tree: {phase}")
+    })?;
     println!("e2e tree: unpacking {}", deb.display());
     if tree.exists() {
         fs::remove_dir_all(&tree).with_context(|| format!("cannot remove {}", tree.display()))?;

@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, SystemTime};
 
-use anyhow::{bail, Context, Result};
+use super::DebianError;
+
+type Result<T> = std::result::Result<T, DebianError>;
 
 /// Where apt's sources are configured on Debian.
 const DEB822_SOURCES: &str = "/etc/apt/sources.list.d/debian.sources";
@@ -154,10 +156,10 @@ pub fn system_sources() -> Result<Vec<Source>> {
         sources.extend(parse_one_line(&text));
     }
     if sources.is_empty() {
-        bail!(
+        return Err(DebianError::NoSources(format!(
             "no apt sources found in {DEB822_SOURCES}, {SOURCES_DIR}/*.sources or \
              {ONE_LINE_SOURCES}: this needs a Debian system with apt configured"
-        );
+        )));
     }
     Ok(sources)
 }
@@ -203,18 +205,21 @@ impl Apt {
     /// mirror; the system's sources, lists and caches stay untouched.
     pub fn private(dir: &Path, suite: &str) -> Result<Self> {
         let sources = system_sources()?;
-        let main = main_archive(&sources).context(
-            "the system's apt sources have no Debian main archive entry (Types: deb with a \
-             plain suite such as bookworm) to take the mirror from",
-        )?;
+        let main = main_archive(&sources).ok_or_else(|| {
+            DebianError::NoSources(
+                "the system's apt sources have no Debian main archive entry (Types: deb with a \
+                 plain suite such as bookworm) to take the mirror from"
+                    .into(),
+            )
+        })?;
         let lists = dir.join("lists");
         fs::create_dir_all(lists.join("partial"))
-            .with_context(|| format!("cannot create {}", lists.display()))?;
+            .map_err(|e| DebianError::io("create", &lists, e))?;
         // The .sources extension makes apt read the file as deb822, so an
         // inline Signed-By key block carries over as it is.
         let source_file = dir.join(format!("nestfault-{suite}.sources"));
         fs::write(&source_file, private_sources_text(main, suite))
-            .with_context(|| format!("cannot write {}", source_file.display()))?;
+            .map_err(|e| DebianError::io("write", &source_file, e))?;
         let options = [
             format!("Dir::Etc::SourceList={}", source_file.display()),
             "Dir::Etc::SourceParts=/dev/null".to_owned(),
@@ -239,6 +244,8 @@ impl Apt {
 
     fn command(&self, program: &str) -> Command {
         let mut command = Command::new(program);
+        // Its output is parsed: no translations.
+        command.env("LC_ALL", "C");
         for option in &self.options {
             command.arg("-o").arg(option);
         }
@@ -250,17 +257,25 @@ impl Apt {
         command
     }
 
-    fn run(&self, mut command: Command, what: &str) -> Result<Output> {
-        let output = command
-            .output()
-            .with_context(|| format!("cannot run apt for {what}: is apt installed?"))?;
+    fn run(&self, command: Command, what: &str) -> Result<Output> {
+        self.run_with_hint(command, what, "")
+    }
+
+    fn run_with_hint(&self, mut command: Command, what: &str, hint: &'static str) -> Result<Output> {
+        let output = command.output().map_err(|cause| match cause.kind() {
+            std::io::ErrorKind::NotFound => DebianError::AptMissing {
+                program: format!("{:?}", command.get_program()).replace('"', ""),
+            },
+            _ => DebianError::io("run", what, cause),
+        })?;
         if !output.status.success() {
-            bail!(
-                "{what} failed ({}), using {}:\n{}",
-                output.status,
-                self.label,
-                String::from_utf8_lossy(&output.stderr).trim()
-            );
+            return Err(DebianError::AptFailed {
+                what: what.to_owned(),
+                status: output.status.to_string(),
+                using: self.label.clone(),
+                stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+                hint,
+            });
         }
         Ok(output)
     }
@@ -268,35 +283,21 @@ impl Apt {
     pub fn update(&self) -> Result<()> {
         let mut command = self.command("apt-get");
         command.args(["-q", "update"]);
-        self.run(command, "apt-get update")
+        let hint = if self.private_lists.is_none() {
+            "; updating the system's package lists needs root: run `sudo apt-get update` and \
+             try again"
+        } else {
+            "; could not fetch the package lists: is the Debian mirror reachable?"
+        };
+        self.run_with_hint(command, "apt-get update", hint)
             .map(|_| ())
-            .context(if self.private_lists.is_none() {
-                "updating the system's package lists needs root: run `sudo apt-get update` \
-                 and try again"
-            } else {
-                "could not fetch the package lists: is the Debian mirror reachable?"
-            })
     }
 
     /// Refreshes a private configuration's lists when missing or stale.
     pub fn update_if_stale(&self) -> Result<()> {
-        let Some(lists) = &self.private_lists else {
-            return Ok(());
-        };
-        let newest = fs::read_dir(lists)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|entry| entry.file_name().to_string_lossy().ends_with("_Packages"))
-            .filter_map(|entry| entry.metadata().ok()?.modified().ok())
-            .max();
-        let fresh = newest
-            .and_then(|time| SystemTime::now().duration_since(time).ok())
-            .is_some_and(|age| age < LISTS_MAX_AGE);
-        if fresh {
-            Ok(())
-        } else {
-            self.update()
+        match &self.private_lists {
+            Some(lists) if !lists_are_fresh(lists) => self.update(),
+            _ => Ok(()),
         }
     }
 
@@ -332,13 +333,27 @@ impl Apt {
             .args(["-q", "download"])
             .arg(format!("{package}={version}"));
         self.run(command, &format!("apt-get download {package}"))?;
-        downloaded_file(dir, package, version).with_context(|| {
-            format!(
+        downloaded_file(dir, package, version).ok_or_else(|| {
+            DebianError::NotFound(format!(
                 "apt-get download {package} left no .deb in {}",
                 dir.display()
-            )
+            ))
         })
     }
+}
+
+/// Whether `lists` holds package lists younger than LISTS_MAX_AGE.
+fn lists_are_fresh(lists: &Path) -> bool {
+    fs::read_dir(lists)
+        .into_iter()
+        .flatten()
+        .flatten()
+        // apt may keep the lists compressed: `..._Packages.lz4`.
+        .filter(|entry| entry.file_name().to_string_lossy().contains("_Packages"))
+        .filter_map(|entry| entry.metadata().ok()?.modified().ok())
+        .max()
+        .and_then(|time| SystemTime::now().duration_since(time).ok())
+        .is_some_and(|age| age < LISTS_MAX_AGE)
 }
 
 fn running_as_root() -> bool {
@@ -546,6 +561,18 @@ Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
             assert_eq!(compare_versions(a, b), expected, "{a} vs {b}");
             assert_eq!(compare_versions(b, a), expected.reverse(), "{b} vs {a}");
         }
+    }
+
+    #[test]
+    fn compressed_lists_count_as_fresh() {
+        let dir = std::env::temp_dir().join(format!("nestfault-lists-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        assert!(!lists_are_fresh(&dir));
+        fs::write(dir.join("mirror_dists_sid_InRelease"), b"").unwrap();
+        assert!(!lists_are_fresh(&dir));
+        fs::write(dir.join("mirror_dists_sid_main_binary-amd64_Packages.lz4"), b"").unwrap();
+        assert!(lists_are_fresh(&dir));
+        fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
