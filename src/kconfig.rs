@@ -288,7 +288,11 @@ fn depends_of(tree: &Path, name: &str) -> String {
     let mut found = Vec::new();
     visit_kconfig_files(tree, &mut |path, text| {
         for depends in definition_depends(text, name) {
-            let place = path.strip_prefix(tree).unwrap_or(path).display().to_string();
+            let place = path
+                .strip_prefix(tree)
+                .unwrap_or(path)
+                .display()
+                .to_string();
             found.push((place, depends));
         }
     });

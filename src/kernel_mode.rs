@@ -138,7 +138,10 @@ pub fn run(cli: &Cli, image: &Path, all: &[Case]) -> anyhow::Result<(String, Vec
     // Fetching, unpacking packages and extracting modules take seconds: they are phases too.
     let started = Instant::now();
     let mut preparing = |phase: &str| {
-        eprintln!("[prepare {:>5.1}s] {phase}", started.elapsed().as_secs_f64())
+        eprintln!(
+            "[prepare {:>5.1}s] {phase}",
+            started.elapsed().as_secs_f64()
+        )
     };
     let input = kernel_input(image, cli.modules.clone(), &mut preparing)?;
     let mut kernel = boot::prepare_kernel(&input, workdir.path(), &mut preparing)?;

@@ -355,7 +355,9 @@ pub(crate) fn watch(
     } else {
         let (status, _) = exit.expect("the loop ends only after the emulator ended");
         match status.code() {
-            Some(code) if state.power_off_at.is_some() && running.power_off_codes.contains(&code) => {
+            Some(code)
+                if state.power_off_at.is_some() && running.power_off_codes.contains(&code) =>
+            {
                 BootEnd::PoweredOff
             }
             Some(0) => BootEnd::Reset,

@@ -4,8 +4,8 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use super::{deb, tree};
 use super::error::BootError;
+use super::{deb, tree};
 
 /// What the user gave: `--kernel IMAGE [--modules DIR]`.
 ///

@@ -3,10 +3,10 @@
 //! PVH entry point where it has one (see `pvh`).
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 use std::process::{Command, Stdio};
 use std::sync::mpsc::channel;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::console::{self, Progress, Running, Stream};
 use super::emulator::{Location, Requirement};

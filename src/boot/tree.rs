@@ -82,7 +82,8 @@ mod tests {
     use super::*;
 
     fn scratch(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("nestfault-tree-{name}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("nestfault-tree-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         dir
@@ -115,7 +116,11 @@ mod tests {
             tree.join("modules.order"),
             "virt/lib/irqbypass.o\narch/x86/kvm/kvm.o\narch/x86/kvm/kvm-amd.ko\n",
         );
-        for module in ["virt/lib/irqbypass.ko", "arch/x86/kvm/kvm.ko", "arch/x86/kvm/kvm-amd.ko"] {
+        for module in [
+            "virt/lib/irqbypass.ko",
+            "arch/x86/kvm/kvm.ko",
+            "arch/x86/kvm/kvm-amd.ko",
+        ] {
             write(tree.join(module), module);
         }
         write(tree.join("modules.builtin"), "kernel/lib/x.ko\n");

@@ -261,7 +261,12 @@ impl Apt {
         self.run_with_hint(command, what, "")
     }
 
-    fn run_with_hint(&self, mut command: Command, what: &str, hint: &'static str) -> Result<Output> {
+    fn run_with_hint(
+        &self,
+        mut command: Command,
+        what: &str,
+        hint: &'static str,
+    ) -> Result<Output> {
         let output = command.output().map_err(|cause| match cause.kind() {
             std::io::ErrorKind::NotFound => DebianError::AptMissing {
                 program: format!("{:?}", command.get_program()).replace('"', ""),
@@ -570,7 +575,11 @@ Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
         assert!(!lists_are_fresh(&dir));
         fs::write(dir.join("mirror_dists_sid_InRelease"), b"").unwrap();
         assert!(!lists_are_fresh(&dir));
-        fs::write(dir.join("mirror_dists_sid_main_binary-amd64_Packages.lz4"), b"").unwrap();
+        fs::write(
+            dir.join("mirror_dists_sid_main_binary-amd64_Packages.lz4"),
+            b"",
+        )
+        .unwrap();
         assert!(lists_are_fresh(&dir));
         fs::remove_dir_all(dir).unwrap();
     }

@@ -138,10 +138,8 @@ const VERSION_SUITES: [&str; 3] = ["sid", "trixie", "bookworm"];
 /// layout, or a kernel version (`6.12.117`, `6.12`) in any of the suites Debian keeps kernels in.
 pub fn specs_for_request(request: &str) -> Result<Vec<KernelSpec>> {
     let label = format!("debian:{request}");
-    let is_suite = !request.is_empty()
-        && request
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b == b'-');
+    let is_suite =
+        !request.is_empty() && request.bytes().all(|b| b.is_ascii_lowercase() || b == b'-');
     if is_suite {
         return Ok([SPLIT, SINGLE]
             .into_iter()
@@ -161,7 +159,9 @@ pub fn specs_for_request(request: &str) -> Result<Vec<KernelSpec>> {
     Ok(VERSION_SUITES
         .into_iter()
         .flat_map(|suite| {
-            [SPLIT, SINGLE].into_iter().map(move |layout| (suite, layout))
+            [SPLIT, SINGLE]
+                .into_iter()
+                .map(move |layout| (suite, layout))
         })
         .map(|(suite, layout)| KernelSpec {
             label: label.clone(),
@@ -211,9 +211,8 @@ pub fn default_cache_dir() -> Result<PathBuf> {
     if let Some(dir) = std::env::var_os(CACHE_ENV) {
         return Ok(PathBuf::from(dir));
     }
-    let home = std::env::var_os("HOME").ok_or_else(|| {
-        DebianError::NoCache(format!("neither ${CACHE_ENV} nor $HOME is set"))
-    })?;
+    let home = std::env::var_os("HOME")
+        .ok_or_else(|| DebianError::NoCache(format!("neither ${CACHE_ENV} nor $HOME is set")))?;
     Ok(PathBuf::from(home).join(".cache/nestfault/kernels"))
 }
 
@@ -294,7 +293,10 @@ fn fetch(
         Some(found) => found,
         // The system's lists may predate the package, or be absent.
         None if spec.suite == Suite::System => {
-            on_progress(&format!("{}: nothing found; running apt-get update", spec.label));
+            on_progress(&format!(
+                "{}: nothing found; running apt-get update",
+                spec.label
+            ));
             apt.update()?;
             match newest(spec, &apt)? {
                 Some(found) => found,
@@ -409,7 +411,10 @@ pub fn obtain(
     on_progress: &mut dyn FnMut(&str),
 ) -> Result<PathBuf> {
     if let Some(file) = apt::downloaded_file(dir, package, version) {
-        on_progress(&format!("{package} {version}: already in {}", dir.display()));
+        on_progress(&format!(
+            "{package} {version}: already in {}",
+            dir.display()
+        ));
         return Ok(file);
     }
     on_progress(&format!("{package} {version}: downloading"));
@@ -487,7 +492,10 @@ mod tests {
             abi_of(&sid, "linux-binary-unsigned-7.3.1+deb14-amd64"),
             Some("7.3.1+deb14")
         );
-        assert_eq!(abi_of(&sid, "linux-binary-unsigned-7.1.9+deb14-amd64"), None);
+        assert_eq!(
+            abi_of(&sid, "linux-binary-unsigned-7.1.9+deb14-amd64"),
+            None
+        );
     }
 
     #[test]
@@ -510,12 +518,15 @@ mod tests {
             .all(|s| s.suite == Suite::Private("sid".into()) && s.version.is_none()));
         assert_eq!(sid[0].layout, SPLIT);
         let backports = specs_for_request("trixie-backports").unwrap();
-        assert_eq!(backports[0].suite, Suite::Private("trixie-backports".into()));
+        assert_eq!(
+            backports[0].suite,
+            Suite::Private("trixie-backports".into())
+        );
         let version = specs_for_request("6.12.117").unwrap();
         assert_eq!(version.len(), VERSION_SUITES.len() * 2);
-        assert!(version
-            .iter()
-            .all(|s| s.series == Series::Exactly(6, 12) && s.version.as_deref() == Some("6.12.117")));
+        assert!(version.iter().all(
+            |s| s.series == Series::Exactly(6, 12) && s.version.as_deref() == Some("6.12.117")
+        ));
         for bad in ["", "6", "Sid", "6.x", "../etc", "6.12;rm"] {
             assert!(
                 matches!(specs_for_request(bad), Err(DebianError::BadRequest(_))),

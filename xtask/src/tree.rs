@@ -27,8 +27,7 @@ const BRANCH: &str = "nestfault-bisect";
 /// The programs and headers a kernel build needs, and the packages with them.
 const BUILD_PROGRAMS: [&str; 8] = ["gcc", "make", "flex", "bison", "bc", "cpio", "git", "xz"];
 const BUILD_HEADERS: [&str; 2] = ["/usr/include/gelf.h", "/usr/include/openssl/opensslv.h"];
-const BUILD_PACKAGES: &str =
-    "gcc make flex bison bc libelf-dev libssl-dev cpio git xz-utils dpkg";
+const BUILD_PACKAGES: &str = "gcc make flex bison bc libelf-dev libssl-dev cpio git xz-utils dpkg";
 
 /// The file and line the revert changes: before 7.2 an NPF injected by the emulator always
 /// carried GUEST_FINAL; the fix takes the stage from the walker's error code instead.
@@ -97,9 +96,8 @@ pub fn run(cache: &Path, nestfault: &Path, workspace: &Path) -> Result<()> {
 
 fn check_build_tools() -> Result<()> {
     let on_path = |program: &str| {
-        std::env::var_os("PATH").is_some_and(|path| {
-            std::env::split_paths(&path).any(|dir| dir.join(program).is_file())
-        })
+        std::env::var_os("PATH")
+            .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
     };
     let mut missing: Vec<&str> = BUILD_PROGRAMS
         .into_iter()
@@ -121,8 +119,8 @@ fn check_build_tools() -> Result<()> {
 
 /// The `git bisect run` line of the README's kernel developer's loop, exactly as written there.
 pub fn readme_recipe(readme: &Path) -> Result<String> {
-    let text = fs::read_to_string(readme)
-        .with_context(|| format!("cannot read {}", readme.display()))?;
+    let text =
+        fs::read_to_string(readme).with_context(|| format!("cannot read {}", readme.display()))?;
     let section = text
         .split("\n## ")
         .find(|section| section.starts_with("The kernel developer's loop"))
@@ -158,12 +156,9 @@ fn source_tree(cache: &Path) -> Result<PathBuf> {
         };
         series(a).cmp(&series(b))
     });
-    let (package, version) = candidates.pop().with_context(|| {
-        format!(
-            "no linux-source-X.Y of series {FIXED:?} in {}",
-            apt.label()
-        )
-    })?;
+    let (package, version) = candidates
+        .pop()
+        .with_context(|| format!("no linux-source-X.Y of series {FIXED:?} in {}", apt.label()))?;
     let root = cache.join("tree");
     fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
     let tree = root.join(&package);
@@ -190,7 +185,12 @@ fn source_tree(cache: &Path) -> Result<PathBuf> {
         ]),
         "unpacking the linux-source package",
     )?;
-    ensure!(tree.is_dir(), "{} did not unpack into {}", deb.display(), tree.display());
+    ensure!(
+        tree.is_dir(),
+        "{} did not unpack into {}",
+        deb.display(),
+        tree.display()
+    );
     fs::write(&stamp, &version).with_context(|| format!("cannot write {}", stamp.display()))?;
     // Unpacked, the package is 160 MB of nothing.
     fs::remove_file(&deb).ok();
@@ -212,7 +212,10 @@ fn prepare_repository(tree: &Path) -> Result<()> {
         }
         git(tree, &["init", "-q"])?;
         git(tree, &["add", "-A"])?;
-        git(tree, &["commit", "-q", "-m", "Debian's linux-source, as unpacked"])?;
+        git(
+            tree,
+            &["commit", "-q", "-m", "Debian's linux-source, as unpacked"],
+        )?;
         git(tree, &["tag", BASE_TAG])?;
     }
     // A bisect interrupted last time.
@@ -256,8 +259,9 @@ fn bisect(tree: &Path, recipe: &str, nestfault: &Path) -> Result<String> {
         .parent()
         .context("the nestfault binary has no directory")?;
     let path = std::env::var_os("PATH").unwrap_or_default();
-    let path = std::env::join_paths(std::iter::once(bin.to_owned()).chain(std::env::split_paths(&path)))
-        .context("building PATH")?;
+    let path =
+        std::env::join_paths(std::iter::once(bin.to_owned()).chain(std::env::split_paths(&path)))
+            .context("building PATH")?;
     git(tree, &["bisect", "start", BRANCH, BASE_TAG])?;
     let output = Command::new("sh")
         .current_dir(tree)
@@ -303,7 +307,12 @@ fn git(tree: &Path, args: &[&str]) -> Result<String> {
     let output = Command::new("git")
         .current_dir(tree)
         .env("LC_ALL", "C")
-        .args(["-c", "user.name=nestfault e2e", "-c", "user.email=e2e@nestfault.invalid"])
+        .args([
+            "-c",
+            "user.name=nestfault e2e",
+            "-c",
+            "user.email=e2e@nestfault.invalid",
+        ])
         .args(args)
         .output()
         .with_context(|| format!("cannot run git {}", args.join(" ")))?;
@@ -348,7 +357,10 @@ mod tests {
              ```\ngit bisect run sh -c 'true'\n```\n",
         )
         .unwrap();
-        assert_eq!(readme_recipe(&readme).unwrap(), "git bisect run sh -c 'true'");
+        assert_eq!(
+            readme_recipe(&readme).unwrap(),
+            "git bisect run sh -c 'true'"
+        );
         fs::remove_dir_all(dir).unwrap();
     }
 }
