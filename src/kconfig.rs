@@ -209,8 +209,10 @@ pub fn configure_tree(tree: &Path, kvm: KvmBuild) -> Result<Vec<Dropped>, Kconfi
         return Err(KconfigError::ToolsMissing(missing));
     }
     run_in(tree, Command::new("make").arg("tinyconfig"))?;
-    // Beside .config, where make's own outputs go; removed again below.
-    let fragment_path = tree.join(".nestfault-kconfig.fragment");
+    // Beside .config, where make's own outputs go; removed again below. Named relative to the
+    // tree, where the script runs.
+    let fragment_name = ".nestfault-kconfig.fragment";
+    let fragment_path = tree.join(fragment_name);
     fs::write(&fragment_path, fragment(kvm)).map_err(|cause| KconfigError::Io {
         action: "write",
         path: fragment_path.clone(),
@@ -220,8 +222,7 @@ pub fn configure_tree(tree: &Path, kvm: KvmBuild) -> Result<Vec<Dropped>, Kconfi
         tree,
         Command::new("sh")
             .arg("scripts/kconfig/merge_config.sh")
-            .args(["-m", ".config"])
-            .arg(&fragment_path),
+            .args(["-m", ".config", fragment_name]),
     );
     let _ = fs::remove_file(&fragment_path);
     merged?;

@@ -16,7 +16,7 @@ use std::time::Instant;
 use anyhow::{bail, ensure, Context, Result};
 
 use nestfault::debian::apt::Apt;
-use nestfault::debian::kernels::{obtain, Series};
+use nestfault::debian::kernels::{major_minor, obtain, Series};
 
 /// The suite with the newest kernels, and the series that has both fixes.
 const SUITE: &str = "sid";
@@ -146,16 +146,8 @@ fn source_tree(cache: &Path) -> Result<PathBuf> {
         })
         .collect();
     let mut candidates = apt.candidates(&names)?;
-    candidates.sort_by(|(a, _), (b, _)| {
-        let series = |name: &str| -> (u32, u32) {
-            let mut numbers = name
-                .trim_start_matches("linux-source-")
-                .split('.')
-                .map(|n| n.parse().unwrap_or(0));
-            (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0))
-        };
-        series(a).cmp(&series(b))
-    });
+    // The newest series last.
+    candidates.sort_by_key(|(name, _)| major_minor(name.trim_start_matches("linux-source-")));
     let (package, version) = candidates
         .pop()
         .with_context(|| format!("no linux-source-X.Y of series {FIXED:?} in {}", apt.label()))?;
