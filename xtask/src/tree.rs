@@ -16,6 +16,7 @@ use std::time::Instant;
 use anyhow::{bail, ensure, Context, Result};
 
 use nestfault::debian::apt::Apt;
+use nestfault::kconfig;
 use nestfault::debian::kernels::{major_minor, obtain, Series};
 
 /// The suite with the newest kernels, and the series that has both fixes.
@@ -27,7 +28,9 @@ const BRANCH: &str = "nestfault-bisect";
 /// The programs and headers a kernel build needs, and the packages with them.
 const BUILD_PROGRAMS: [&str; 8] = ["gcc", "make", "flex", "bison", "bc", "cpio", "git", "xz"];
 const BUILD_HEADERS: [&str; 2] = ["/usr/include/gelf.h", "/usr/include/openssl/opensslv.h"];
-const BUILD_PACKAGES: &str = "gcc make flex bison bc libelf-dev libssl-dev cpio git xz-utils dpkg";
+/// Besides a kernel build's own (nestfault::kconfig::BUILD_PACKAGES): git for the bisect, xz for
+/// the source tarball.
+const STAGE_PACKAGES: &str = "git xz-utils";
 
 /// The file and line the revert changes: before 7.2 an NPF injected by the emulator always
 /// carried GUEST_FINAL; the fix takes the stage from the walker's error code instead.
@@ -110,9 +113,10 @@ fn check_build_tools() -> Result<()> {
     );
     ensure!(
         missing.is_empty(),
-        "building a kernel needs {}: install with `sudo apt-get install {BUILD_PACKAGES}` \
+        "building a kernel needs {}: install with `sudo apt-get install {} {STAGE_PACKAGES}` \
          (.ci/run does)",
-        missing.join(", ")
+        missing.join(", "),
+        kconfig::BUILD_PACKAGES
     );
     Ok(())
 }
