@@ -196,7 +196,14 @@ fn source_tree(cache: &Path) -> Result<PathBuf> {
 /// A git repository whose first commit, tagged, is Debian's source; checked out on a fresh
 /// bisect branch. Build outputs survive (they are ignored), so a rebuild is incremental.
 fn prepare_repository(tree: &Path) -> Result<()> {
-    if !tree.join(".git").is_dir() {
+    let tagged = git(tree, &["rev-parse", "-q", "--verify", BASE_TAG]).is_ok();
+    if !tagged {
+        // Never set up, or an earlier run stopped halfway.
+        let repository = tree.join(".git");
+        if repository.exists() {
+            fs::remove_dir_all(&repository)
+                .with_context(|| format!("cannot remove {}", repository.display()))?;
+        }
         // Debian's .gitignore ends with a packaging block ignoring everything at the top level:
         // without removing it, `git add` adds nothing.
         let gitignore = tree.join(".gitignore");
@@ -298,10 +305,13 @@ fn commit_all(tree: &Path, message: &str) -> Result<()> {
     git(tree, &["commit", "-q", "-m", message]).map(|_| ())
 }
 
-/// Runs git in `tree` with a fixed identity; returns its trimmed stdout.
+/// Runs git on `tree`'s own repository (never one around it) with a fixed identity; returns its
+/// trimmed stdout.
 fn git(tree: &Path, args: &[&str]) -> Result<String> {
     let output = Command::new("git")
         .current_dir(tree)
+        .env("GIT_DIR", tree.join(".git"))
+        .env("GIT_WORK_TREE", tree)
         .env("LC_ALL", "C")
         .args([
             "-c",
