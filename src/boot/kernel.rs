@@ -39,7 +39,7 @@ pub fn prepare_kernel(
     on_progress: &mut dyn FnMut(&str),
 ) -> Result<PreparedKernel, BootError> {
     std::fs::create_dir_all(workdir).map_err(|e| BootError::io("create", workdir, e))?;
-    let (vmlinuz, release, packaged_modules) = if tree::is_tree(&input.image) {
+    let (vmlinuz, release, packaged_modules) = if input.image.is_dir() {
         let built = tree::open(&input.image, workdir)?;
         let release = bzimage_release_of(&built.image)?;
         (built.image, release, built.modules_dir)

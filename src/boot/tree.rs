@@ -17,12 +17,15 @@ pub(crate) struct BuiltTree {
     pub(crate) modules_dir: Option<PathBuf>,
 }
 
-/// Whether `dir` looks like a kernel source or build tree (`O=` build directories included).
-pub(crate) fn is_tree(dir: &Path) -> bool {
-    dir.is_dir() && (dir.join("Makefile").is_file() || dir.join(".config").is_file())
-}
-
+/// Opens `tree`, a kernel source tree or `O=` build directory that has been built.
 pub(crate) fn open(tree: &Path, workdir: &Path) -> Result<BuiltTree, BootError> {
+    if !tree.join("Makefile").is_file() && !tree.join(".config").is_file() {
+        return Err(BootError::NotAKernel {
+            path: tree.to_owned(),
+            reason: "a directory, but no kernel tree (it has neither a Makefile nor a .config)"
+                .into(),
+        });
+    }
     let image = tree.join(BZIMAGE);
     if !image.is_file() {
         return Err(BootError::TreeNotBuilt {
@@ -139,6 +142,8 @@ mod tests {
     #[test]
     fn an_unbuilt_tree_says_what_to_make() {
         let tree = scratch("unbuilt");
+        let err = open(&tree, &tree.join("work")).err().unwrap();
+        assert!(matches!(err, BootError::NotAKernel { .. }), "{err}");
         write(tree.join(".config"), "CONFIG_KVM=m\n");
         let err = open(&tree, &tree.join("work")).err().unwrap();
         assert!(err.to_string().contains("make bzImage"), "{err}");
