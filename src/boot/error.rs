@@ -26,7 +26,7 @@ pub enum BootError {
     },
 
     #[error(
-        "{} is not a Linux kernel image: {reason}; pass a bzImage/vmlinuz, or a Debian \
+        "{} is not a Linux kernel image: {reason}; pass a bzImage/vmlinuz, a built kernel tree, or a Debian \
          linux-image-*-unsigned / linux-binary-unsigned-* .deb",
         path.display()
     )]

@@ -16,8 +16,8 @@ use std::time::Instant;
 use anyhow::{bail, ensure, Context, Result};
 
 use nestfault::debian::apt::Apt;
-use nestfault::kconfig;
 use nestfault::debian::kernels::{major_minor, obtain, Series};
+use nestfault::kconfig;
 
 /// The suite with the newest kernels, and the series that has both fixes.
 const SUITE: &str = "sid";
