@@ -26,8 +26,8 @@ pub enum BootError {
     },
 
     #[error(
-        "{} is not a Linux kernel image: {reason}; pass a bzImage/vmlinuz, a built kernel tree, or a Debian \
-         linux-image-*-unsigned / linux-binary-unsigned-* .deb",
+        "{} is not a Linux kernel image: {reason}; pass a bzImage/vmlinuz, a built kernel \
+         tree, or a Debian linux-image-*-unsigned / linux-binary-unsigned-* .deb",
         path.display()
     )]
     NotAKernel { path: PathBuf, reason: String },
