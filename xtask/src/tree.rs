@@ -49,7 +49,12 @@ pub fn run(cache: &Path, nestfault: &Path, workspace: &Path) -> Result<()> {
         started.elapsed().as_secs_f64(),
         tree.display()
     );
+    let step = Instant::now();
     prepare_repository(&tree)?;
+    println!(
+        "e2e tree: repository ready in {:.0} s",
+        step.elapsed().as_secs_f64()
+    );
 
     let step = Instant::now();
     run_checked(
@@ -222,7 +227,7 @@ fn prepare_repository(tree: &Path) -> Result<()> {
         git(tree, &["tag", BASE_TAG])?;
     }
     // A bisect interrupted last time.
-    git(tree, &["bisect", "reset", "-q"]).ok();
+    git(tree, &["bisect", "reset"]).ok();
     git(tree, &["checkout", "-q", "-f", "-B", BRANCH, BASE_TAG])?;
     Ok(())
 }
@@ -274,7 +279,7 @@ fn bisect(tree: &Path, recipe: &str, nestfault: &Path) -> Result<String> {
         .output()
         .context("running git bisect run");
     let log = git(tree, &["bisect", "log"]).unwrap_or_default();
-    git(tree, &["bisect", "reset", "-q"])?;
+    git(tree, &["bisect", "reset"])?;
     let output = output?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     print!("{stdout}");
