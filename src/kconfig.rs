@@ -463,6 +463,27 @@ mod tests {
     }
 
     #[test]
+    fn dropped_settings_are_an_error_naming_each_and_why() {
+        let config = "CONFIG_ACPI=y\n# CONFIG_PCI is not set\nCONFIG_KVM=m\n";
+        let lost = dropped(config, KvmBuild::BuiltIn, |name| {
+            format!("drivers/x/Kconfig: depends on NOT_{name}")
+        });
+        let error = KconfigError::Dropped {
+            config: PathBuf::from("/t/.config"),
+            settings: lost,
+        };
+        let text = error.to_string();
+        assert!(
+            text.contains(
+                "  CONFIG_PCI=y (got unset):\n      drivers/x/Kconfig: depends on NOT_PCI"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("  CONFIG_KVM=y (got m):"), "{text}");
+        assert!(!text.contains("CONFIG_ACPI"), "{text}");
+    }
+
+    #[test]
     fn reads_config_values_exactly() {
         let config = "CONFIG_KVM_AMD=m\nCONFIG_KVM=y\n# CONFIG_KVM_XEN is not set\n";
         assert_eq!(config_value(config, "KVM"), Some("y"));
