@@ -303,17 +303,20 @@ fn depends_of(tree: &Path, name: &str) -> String {
     found
         .into_iter()
         .map(|(place, depends)| match depends.as_slice() {
-            [] => format!("{place}: no `depends on`; set by `select` or a choice"),
+            [] => format!("{place}: no `depends on`: see its prompt's `if`, or what selects it"),
             lines => format!("{place}: {}", lines.join("; ")),
         })
         .collect::<Vec<_>>()
         .join("\n")
 }
 
+/// Visits the Kconfig files under `dir`, leaving out other architectures than x86 (`arch/*/`):
+/// their definitions of a symbol do not apply.
 fn visit_kconfig_files(dir: &Path, visit: &mut dyn FnMut(&Path, &str)) {
     let Ok(entries) = fs::read_dir(dir) else {
         return;
     };
+    let in_arch = dir.file_name().is_some_and(|name| name == "arch");
     for entry in entries.flatten() {
         let path = entry.path();
         let Ok(file_type) = entry.file_type() else {
@@ -321,7 +324,8 @@ fn visit_kconfig_files(dir: &Path, visit: &mut dyn FnMut(&Path, &str)) {
         };
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if file_type.is_dir() && !name.starts_with('.') {
+        let other_arch = in_arch && name != "x86";
+        if file_type.is_dir() && !name.starts_with('.') && !other_arch {
             visit_kconfig_files(&path, visit);
         } else if file_type.is_file() && name.starts_with("Kconfig") {
             if let Ok(text) = fs::read_to_string(&path) {
