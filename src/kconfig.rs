@@ -13,7 +13,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::boot::Location;
+use crate::boot::{config_value, Location};
 
 /// How KVM is built: into the kernel (nothing to load; the fastest loop) or as modules, which
 /// `--kernel DIR` takes from the tree.
@@ -260,15 +260,6 @@ fn run_in(tree: &Path, command: &mut Command) -> Result<(), KconfigError> {
     })
 }
 
-/// The value `.config` text gives `CONFIG_<name>`, None when unset.
-pub fn config_value<'a>(config: &'a str, name: &str) -> Option<&'a str> {
-    config.lines().find_map(|line| {
-        line.strip_prefix("CONFIG_")?
-            .strip_prefix(name)?
-            .strip_prefix('=')
-    })
-}
-
 /// The wanted settings `config` lacks, each with `why_of(name)`.
 fn dropped(config: &str, kvm: KvmBuild, why_of: impl Fn(&str) -> String) -> Vec<Dropped> {
     settings(kvm)
@@ -485,14 +476,6 @@ mod tests {
         );
         assert!(text.contains("  CONFIG_KVM=y (got m):"), "{text}");
         assert!(!text.contains("CONFIG_ACPI"), "{text}");
-    }
-
-    #[test]
-    fn reads_config_values_exactly() {
-        let config = "CONFIG_KVM_AMD=m\nCONFIG_KVM=y\n# CONFIG_KVM_XEN is not set\n";
-        assert_eq!(config_value(config, "KVM"), Some("y"));
-        assert_eq!(config_value(config, "KVM_AMD"), Some("m"));
-        assert_eq!(config_value(config, "KVM_XEN"), None);
     }
 
     #[test]

@@ -63,6 +63,7 @@ pub use inner::paths::FILES_DIR as GUEST_FILES_DIR;
 pub use inner::{inner_setup, power_off, running_as_init};
 pub use kernel::{prepare_kernel, KernelInput, PreparedKernel};
 pub use tempdir::{private_dir, remove_stale_dirs};
+pub use tree::config_value;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Emulator {

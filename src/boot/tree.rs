@@ -6,7 +6,6 @@ use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
 use super::error::BootError;
-use crate::kconfig::config_value;
 
 /// Where kbuild leaves the x86 boot image.
 const BZIMAGE: &str = "arch/x86/boot/bzImage";
@@ -80,6 +79,15 @@ fn gather_modules(tree: &Path, into: &Path) -> Result<PathBuf, BootError> {
     Ok(into.to_owned())
 }
 
+/// The value `.config` text gives `CONFIG_<name>`, None when unset.
+pub fn config_value<'a>(config: &'a str, name: &str) -> Option<&'a str> {
+    config.lines().find_map(|line| {
+        line.strip_prefix("CONFIG_")?
+            .strip_prefix(name)?
+            .strip_prefix('=')
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,6 +103,14 @@ mod tests {
     fn write(path: PathBuf, text: &str) {
         fs::create_dir_all(path.parent().unwrap()).unwrap();
         fs::write(path, text).unwrap();
+    }
+
+    #[test]
+    fn reads_config_values_exactly() {
+        let config = "CONFIG_KVM_AMD=m\nCONFIG_KVM=y\n# CONFIG_KVM_XEN is not set\n";
+        assert_eq!(config_value(config, "KVM"), Some("y"));
+        assert_eq!(config_value(config, "KVM_AMD"), Some("m"));
+        assert_eq!(config_value(config, "KVM_XEN"), None);
     }
 
     #[test]
