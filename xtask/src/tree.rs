@@ -2,10 +2,11 @@
 //! linux-source of the newest fixed series. Configure with `nestfault kconfig --tree`, build
 //! bzImage, run the SVM suite on the tree (all pass); then commit a revert of the SVM fix's
 //! effect between two harmless commits and let `git bisect run`, with the README's own recipe,
-//! find it.
+//! find it. Last, a copy of the same source with KVM as modules (`kconfig --modules`) must pass
+//! too: `--kernel DIR` takes the .ko files from the tree.
 //!
-//! The unpacked source and its build stay in the cache (`<cache>/tree/`), as a git repository
-//! whose first commit is Debian's source: a second run checks that commit out again and
+//! The unpacked source and its builds stay in the cache (`<cache>/tree/`), the source as a git
+//! repository whose first commit is Debian's: a second run checks that commit out again and
 //! rebuilds only what the bisect's commits touched.
 
 use std::fs;
@@ -17,7 +18,7 @@ use anyhow::{bail, ensure, Context, Result};
 
 use nestfault::debian::apt::Apt;
 use nestfault::debian::kernels::{major_minor, obtain, Series};
-use nestfault::kconfig;
+use nestfault::kconfig::{self, KvmBuild};
 
 /// The suite with the newest kernels, and the series that has both fixes.
 const SUITE: &str = "sid";
@@ -56,35 +57,7 @@ pub fn run(cache: &Path, nestfault: &Path, workspace: &Path) -> Result<()> {
         step.elapsed().as_secs_f64()
     );
 
-    let step = Instant::now();
-    run_checked(
-        Command::new(nestfault)
-            .args(["kconfig", "--tree"])
-            .arg(&tree),
-        "nestfault kconfig --tree",
-    )?;
-    make_bzimage(&tree)?;
-    println!(
-        "e2e tree: configured and built in {:.0} s",
-        step.elapsed().as_secs_f64()
-    );
-
-    let step = Instant::now();
-    let status = Command::new(nestfault)
-        .arg("--kernel")
-        .arg(&tree)
-        .args(["--vendor", "svm"])
-        .status()
-        .context("running nestfault --kernel on the tree")?;
-    ensure!(
-        status.code() == Some(0),
-        "nestfault --kernel {} --vendor svm: {status}, wanted 0 (the fixed source passes)",
-        tree.display()
-    );
-    println!(
-        "e2e tree: the SVM suite passed on the tree in {:.1} s",
-        step.elapsed().as_secs_f64()
-    );
+    configure_build_and_pass(&tree, nestfault, KvmBuild::BuiltIn)?;
 
     let revert = commit_bisect_history(&tree)?;
     let step = Instant::now();
@@ -94,12 +67,89 @@ pub fn run(cache: &Path, nestfault: &Path, workspace: &Path) -> Result<()> {
         "git bisect named {first_bad}, not the revert {revert}"
     );
     println!(
-        "e2e tree: git bisect named the revert {} in {:.0} s (stage total {:.0} s)",
+        "e2e tree: git bisect named the revert {} in {:.0} s",
         &revert[..12],
         step.elapsed().as_secs_f64(),
+    );
+
+    // The same source with KVM as modules: `--kernel DIR` takes the .ko files from the tree.
+    let modular = modular_copy(&tree)?;
+    configure_build_and_pass(&modular, nestfault, KvmBuild::Modules)?;
+    println!(
+        "e2e tree: stage total {:.0} s",
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// `nestfault kconfig --tree`, `make`, then `nestfault --kernel DIR --vendor svm`, which must
+/// pass: the source is Debian's, with the fix.
+fn configure_build_and_pass(tree: &Path, nestfault: &Path, kvm: KvmBuild) -> Result<()> {
+    let step = Instant::now();
+    let mut kconfig = Command::new(nestfault);
+    kconfig.args(["kconfig", "--tree"]).arg(tree);
+    let targets: &[&str] = match kvm {
+        KvmBuild::BuiltIn => &["bzImage"],
+        KvmBuild::Modules => {
+            kconfig.arg("--modules");
+            &["bzImage", "modules"]
+        }
+    };
+    run_checked(&mut kconfig, "nestfault kconfig --tree")?;
+    make(tree, targets)?;
+    println!(
+        "e2e tree: {} configured and built ({}) in {:.0} s",
+        tree.display(),
+        targets.join(" "),
+        step.elapsed().as_secs_f64()
+    );
+    let step = Instant::now();
+    let status = Command::new(nestfault)
+        .arg("--kernel")
+        .arg(tree)
+        .args(["--vendor", "svm"])
+        .status()
+        .context("running nestfault --kernel on the tree")?;
+    ensure!(
+        status.code() == Some(0),
+        "nestfault --kernel {} --vendor svm: {status}, wanted 0 (the fixed source passes)",
+        tree.display()
+    );
+    println!(
+        "e2e tree: the SVM suite passed on {} in {:.1} s",
+        tree.display(),
+        step.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// A plain copy of Debian's source (the tagged commit) beside the tree, for the modular build;
+/// made again when the source changed.
+fn modular_copy(tree: &Path) -> Result<PathBuf> {
+    let mut name = tree.file_name().unwrap_or_default().to_os_string();
+    name.push("-modules");
+    let copy = tree.with_file_name(name);
+    let base = git(tree, &["rev-parse", BASE_TAG])?;
+    let stamp = copy.join(".nestfault-source");
+    if fs::read_to_string(&stamp).is_ok_and(|text| text.trim() == base) {
+        return Ok(copy);
+    }
+    if copy.exists() {
+        fs::remove_dir_all(&copy).with_context(|| format!("cannot remove {}", copy.display()))?;
+    }
+    fs::create_dir_all(&copy).with_context(|| format!("cannot create {}", copy.display()))?;
+    run_checked(
+        Command::new("sh").current_dir(tree).args([
+            "-c",
+            "git archive \"$1\" | tar -x -C \"$2\"",
+            "sh",
+            BASE_TAG,
+            &copy.display().to_string(),
+        ]),
+        "copying the source for the modular build",
+    )?;
+    fs::write(&stamp, &base).with_context(|| format!("cannot write {}", stamp.display()))?;
+    Ok(copy)
 }
 
 fn check_build_tools() -> Result<()> {
@@ -293,15 +343,15 @@ fn bisect(tree: &Path, recipe: &str, nestfault: &Path) -> Result<String> {
         .with_context(|| format!("git bisect named no first bad commit; bisect log:\n{log}"))
 }
 
-fn make_bzimage(tree: &Path) -> Result<()> {
+fn make(tree: &Path, targets: &[&str]) -> Result<()> {
     let jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
     run_checked(
         Command::new("make")
             .current_dir(tree)
             .arg(format!("-j{jobs}"))
-            .arg("bzImage")
+            .args(targets)
             .stdout(Stdio::null()),
-        "make bzImage",
+        &format!("make {}", targets.join(" ")),
     )
 }
 
