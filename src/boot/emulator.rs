@@ -15,7 +15,8 @@ pub(crate) struct Requirement {
     pub(crate) package: &'static str,
 }
 
-pub(crate) enum Location {
+/// Where something the host must provide is found: a program in PATH or a file.
+pub enum Location {
     /// A program looked up in PATH.
     Program(&'static str),
     /// A file at one of these paths.
@@ -23,7 +24,7 @@ pub(crate) enum Location {
 }
 
 impl Location {
-    pub(crate) fn find(&self) -> Option<PathBuf> {
+    pub fn find(&self) -> Option<PathBuf> {
         match self {
             Location::Program(name) => std::env::var_os("PATH").and_then(|path| {
                 std::env::split_paths(&path)

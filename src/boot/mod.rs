@@ -56,7 +56,7 @@ use std::time::Duration;
 
 pub use cmdline::fast_boot_help;
 pub use emulator::choose_emulator;
-pub(crate) use emulator::Location;
+pub use emulator::Location;
 pub use error::BootError;
 pub use initramfs::build_initramfs;
 pub use inner::paths::FILES_DIR as GUEST_FILES_DIR;

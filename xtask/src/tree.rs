@@ -16,6 +16,7 @@ use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
 
+use nestfault::boot::Location;
 use nestfault::debian::apt::Apt;
 use nestfault::debian::kernels::{major_minor, obtain, Series};
 use nestfault::kconfig::{self, KvmBuild};
@@ -41,7 +42,7 @@ const REVERTED_LINE: &str = "fault_stage = PFERR_GUEST_FINAL_MASK;";
 
 /// Runs the stage; `nestfault` is the binary under test, put first in PATH for the recipe.
 pub fn run(cache: &Path, nestfault: &Path, workspace: &Path) -> Result<()> {
-    check_build_tools()?;
+    ensure_build_tools()?;
     let recipe = readme_recipe(&workspace.join("README.md"))?;
     let started = Instant::now();
     let tree = source_tree(cache)?;
@@ -152,28 +153,52 @@ fn modular_copy(tree: &Path) -> Result<PathBuf> {
     Ok(copy)
 }
 
-fn check_build_tools() -> Result<()> {
-    let on_path = |program: &str| {
-        std::env::var_os("PATH")
-            .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
-    };
+/// What building a kernel needs, installed first when missing and running as root (as .ci/run
+/// does); otherwise an error with the install command.
+fn ensure_build_tools() -> Result<()> {
+    let missing = missing_build_tools();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let packages = format!("{} {STAGE_PACKAGES}", kconfig::BUILD_PACKAGES);
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    ensure!(
+        root,
+        "building a kernel needs {}: install with `sudo apt-get install {packages}`",
+        missing.join(", ")
+    );
+    println!(
+        "e2e tree: installing {packages} (missing: {})",
+        missing.join(", ")
+    );
+    run_checked(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(packages.split_whitespace()),
+        "apt-get install",
+    )?;
+    let still = missing_build_tools();
+    ensure!(
+        still.is_empty(),
+        "still missing after apt-get install: {}",
+        still.join(", ")
+    );
+    Ok(())
+}
+
+fn missing_build_tools() -> Vec<&'static str> {
     let mut missing: Vec<&str> = BUILD_PROGRAMS
         .into_iter()
-        .filter(|program| !on_path(program))
+        .filter(|program| Location::Program(program).find().is_none())
         .collect();
     missing.extend(
         BUILD_HEADERS
             .into_iter()
             .filter(|header| !Path::new(header).is_file()),
     );
-    ensure!(
-        missing.is_empty(),
-        "building a kernel needs {}: install with `sudo apt-get install {} {STAGE_PACKAGES}` \
-         (.ci/run does)",
-        missing.join(", "),
-        kconfig::BUILD_PACKAGES
-    );
-    Ok(())
+    missing
 }
 
 /// The `git bisect run` line of the README's kernel developer's loop, exactly as written there.
