@@ -61,17 +61,14 @@ fn gather_modules(tree: &Path, into: &Path) -> Result<PathBuf, BootError> {
     for entry in order.lines().map(str::trim).filter(|line| !line.is_empty()) {
         // kbuild lists `dir/name.o` (newer) or `dir/name.ko` (older); the module is the .ko.
         let module = Path::new(entry.strip_suffix(".o").unwrap_or(entry)).with_extension("ko");
-        let built = tree.join(&module);
-        if !built.is_file() {
-            return Err(not_built());
-        }
+        // Absolute: the link must resolve from where it lies, whatever form `tree` came in.
+        let built = fs::canonicalize(tree.join(&module)).map_err(|_| not_built())?;
         let link = into.join("kernel").join(&module);
         let parent = link.parent().unwrap_or(into);
         fs::create_dir_all(parent).map_err(|e| BootError::io("create", parent, e))?;
         symlink(&built, &link).map_err(|e| BootError::io("link", &link, e))?;
     }
-    let builtin = tree.join("modules.builtin");
-    if builtin.is_file() {
+    if let Ok(builtin) = fs::canonicalize(tree.join("modules.builtin")) {
         let link = into.join("modules.builtin");
         symlink(&builtin, &link).map_err(|e| BootError::io("link", &link, e))?;
     }
@@ -151,7 +148,16 @@ mod tests {
         );
         assert!(dir.join("modules.builtin").is_file());
         // Again, as a second run in the same workdir does.
-        assert_eq!(open(&tree, &work).unwrap().modules_dir, Some(dir));
+        assert_eq!(open(&tree, &work).unwrap().modules_dir, Some(dir.clone()));
+        // The tree named relative to the current directory (`--kernel .`): links still resolve.
+        let cwd = std::env::current_dir().unwrap();
+        let up = "../".repeat(cwd.components().count() - 1);
+        let relative = Path::new(&up).join(tree.strip_prefix("/").unwrap());
+        let dir = open(&relative, &work).unwrap().modules_dir.unwrap();
+        assert_eq!(
+            fs::read_to_string(dir.join("kernel/virt/lib/irqbypass.ko")).unwrap(),
+            "virt/lib/irqbypass.ko"
+        );
         fs::remove_dir_all(tree).unwrap();
     }
 
