@@ -287,7 +287,11 @@ fn fetch(
         Suite::System => Apt::system(),
         Suite::Private(suite) => Apt::private(&cache.join(format!("apt-{suite}")), suite)?,
     };
-    on_progress(&format!("{}: resolving in {}", spec.label, apt.label()));
+    on_progress(&format!(
+        "{}: looking for {}",
+        spec.label,
+        spec_description(spec)
+    ));
     apt.update_if_stale()?;
     let found = match newest(spec, &apt)? {
         Some(found) => found,

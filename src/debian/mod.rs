@@ -41,7 +41,10 @@ pub enum DebianError {
     )]
     BadRequest(String),
 
-    #[error("no Debian kernel found: looked for {0}")]
+    #[error(
+        "no Debian kernel found: looked for {0} (the archive holds each suite's current kernel \
+         only)"
+    )]
     NotFound(String),
 }
 
