@@ -9,11 +9,11 @@
 
 use std::fmt::Write as _;
 use std::fs;
-use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::boot::{config_value, Location};
+use crate::path_io::PathIo;
 
 /// How KVM is built: into the kernel (nothing to load; the fastest loop) or as modules, which
 /// `--kernel DIR` takes from the tree.
@@ -149,12 +149,8 @@ pub enum KconfigError {
     )]
     ToolsMissing(Vec<&'static str>),
 
-    #[error("cannot {action} {}: {cause}", path.display())]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        cause: io::Error,
-    },
+    #[error(transparent)]
+    Io(PathIo),
 
     #[error(
         "{} lacks {} of the settings nestfault needs: make olddefconfig dropped them, as their \
@@ -213,11 +209,8 @@ pub fn configure_tree(tree: &Path, kvm: KvmBuild) -> Result<Vec<Dropped>, Kconfi
     // tree, where the script runs.
     let fragment_name = ".nestfault-kconfig.fragment";
     let fragment_path = tree.join(fragment_name);
-    fs::write(&fragment_path, fragment(kvm)).map_err(|cause| KconfigError::Io {
-        action: "write",
-        path: fragment_path.clone(),
-        cause,
-    })?;
+    fs::write(&fragment_path, fragment(kvm))
+        .map_err(|cause| KconfigError::Io(PathIo::new("write", fragment_path.clone(), cause)))?;
     let merged = run_in(
         tree,
         Command::new("sh")
@@ -228,11 +221,8 @@ pub fn configure_tree(tree: &Path, kvm: KvmBuild) -> Result<Vec<Dropped>, Kconfi
     merged?;
     run_in(tree, Command::new("make").arg("olddefconfig"))?;
     let config_path = tree.join(".config");
-    let config = fs::read_to_string(&config_path).map_err(|cause| KconfigError::Io {
-        action: "read",
-        path: config_path,
-        cause,
-    })?;
+    let config = fs::read_to_string(&config_path)
+        .map_err(|cause| KconfigError::Io(PathIo::new("read", config_path, cause)))?;
     Ok(dropped(&config, kvm, |name| depends_of(tree, name)))
 }
 
@@ -241,11 +231,7 @@ fn run_in(tree: &Path, command: &mut Command) -> Result<(), KconfigError> {
     let output = command
         .current_dir(tree)
         .output()
-        .map_err(|cause| KconfigError::Io {
-            action: "run",
-            path: PathBuf::from(&text),
-            cause,
-        })?;
+        .map_err(|cause| KconfigError::Io(PathIo::new("run", PathBuf::from(&text), cause)))?;
     if output.status.success() {
         return Ok(());
     }

@@ -21,6 +21,7 @@ pub mod module_param;
 pub mod observation;
 pub mod output;
 pub mod paging;
+pub mod path_io;
 pub mod repeat;
 pub mod report;
 pub mod runner;

@@ -6,14 +6,12 @@
 use std::io;
 use std::path::PathBuf;
 
+use crate::path_io::PathIo;
+
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
-    #[error("cannot {action} {}: {cause}", path.display())]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        cause: io::Error,
-    },
+    #[error(transparent)]
+    Io(PathIo),
 
     #[error(
         "{} is a kernel tree without {missing}: build it first (`{command}`)",
@@ -152,10 +150,6 @@ pub enum BootError {
 impl BootError {
     /// Shorthand for the common "cannot <action> <path>: <io error>" case.
     pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, cause: io::Error) -> Self {
-        BootError::Io {
-            action,
-            path: path.into(),
-            cause,
-        }
+        BootError::Io(PathIo::new(action, path, cause))
     }
 }

@@ -29,7 +29,8 @@
 //!
 //! Of the rest of the crate it uses only `interrupt` (a signal ends the wait for
 //! the emulator), `clock` (the deadline), `input_file` (regular files only),
-//! `host` (the CPU vendor) and `elf` (modules' .modinfo, vmlinux notes).
+//! `host` (the CPU vendor), `elf` (modules' .modinfo, vmlinux notes) and
+//! `path_io` (its I/O errors).
 
 mod bochs;
 mod cmdline;

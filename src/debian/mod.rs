@@ -8,14 +8,12 @@ pub mod kernels;
 use std::io;
 use std::path::PathBuf;
 
+use crate::path_io::PathIo;
+
 #[derive(Debug, thiserror::Error)]
 pub enum DebianError {
-    #[error("cannot {action} {}: {cause}", path.display())]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        cause: io::Error,
-    },
+    #[error(transparent)]
+    Io(PathIo),
 
     #[error("{program} not found: fetching Debian kernels needs apt (`sudo apt-get install apt`, on Debian or Ubuntu)")]
     AptMissing { program: String },
@@ -50,10 +48,6 @@ pub enum DebianError {
 
 impl DebianError {
     pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, cause: io::Error) -> Self {
-        DebianError::Io {
-            action,
-            path: path.into(),
-            cause,
-        }
+        DebianError::Io(PathIo::new(action, path, cause))
     }
 }
