@@ -173,6 +173,15 @@ pub fn run(cli: &Cli, image: &Path, all: &[Case]) -> anyhow::Result<(String, Vec
         let initramfs = workdir
             .path()
             .join(format!("initramfs-{}.cpio", planned.kind));
+        let module = kvm_vendor(planned.kind).module_name();
+        preparing(&match &kernel.modules_dir {
+            Some(dir) => format!(
+                "building the {} initramfs: {module} and its dependencies from {}",
+                planned.kind,
+                dir.display()
+            ),
+            None => format!("building the {} initramfs", planned.kind),
+        });
         boot::build_initramfs(
             &exe,
             &kernel,
@@ -181,7 +190,6 @@ pub fn run(cli: &Cli, image: &Path, all: &[Case]) -> anyhow::Result<(String, Vec
             &files,
             !cli.no_fast_boot,
             &initramfs,
-            &mut preparing,
         )?;
         initramfs_files.push(initramfs);
     }

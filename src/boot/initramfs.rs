@@ -40,19 +40,11 @@ pub fn build_initramfs(
     files: &[(String, Vec<u8>)],
     unsigned_modules: bool,
     out: &Path,
-    on_progress: &mut dyn FnMut(&str),
 ) -> Result<(), BootError> {
     let init = fs::read(init_exe).map_err(|e| BootError::io("read", init_exe, e))?;
     let runtime = runtime_files(init_exe, &init)?;
     let modules = match &kernel.modules_dir {
-        Some(dir) => {
-            on_progress(&format!(
-                "extracting {} and its dependencies from {}",
-                vendor.module_name(),
-                dir.display()
-            ));
-            modules::resolve(dir, vendor.module_name(), &kernel.release)?
-        }
+        Some(dir) => modules::resolve(dir, vendor.module_name(), &kernel.release)?,
         None => Vec::new(),
     };
     let mut unsigned = Vec::new();
@@ -64,7 +56,6 @@ pub fn build_initramfs(
             }
         }
     }
-    on_progress("building the initramfs");
 
     let file = File::create(out).map_err(|e| BootError::io("create", out, e))?;
     let mut cpio = CpioWriter::new(BufWriter::new(file));
