@@ -13,11 +13,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::console::{self, LineSender, Output, Phase, Progress, Running, Stream};
-use super::emulator::{Location, Requirement};
 use super::error::BootError;
 use super::iso;
 use super::kernel::PreparedKernel;
 use super::tempdir::private_dir;
+use super::tools::{Location, Requirement};
 use super::{BootOptions, BootReport};
 
 const PROGRAM: &str = "bochs-bin";

@@ -11,8 +11,8 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::contract::{INIT_MARKER, POWER_OFF_MARKER};
 use super::error::BootError;
-use super::inner::{INIT_MARKER, POWER_OFF_MARKER};
 use super::{BootEnd, BootOptions, BootReport};
 
 const TAIL_LINES: usize = 40;

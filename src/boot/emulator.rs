@@ -1,58 +1,11 @@
 //! Choosing an emulator, and checking that what it needs is installed.
 
-use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use super::error::BootError;
-use super::inner::is_on;
+use super::tools::Requirement;
 use super::{bochs, qemu, Emulator, KvmVendor};
-
-/// Something an emulator needs on the host, and the Debian package with it.
-pub(crate) struct Requirement {
-    pub(crate) what: &'static str,
-    pub(crate) location: Location,
-    pub(crate) package: &'static str,
-}
-
-/// Where something the host must provide is found: a program in PATH or a file.
-pub enum Location {
-    /// A program looked up in PATH.
-    Program(&'static str),
-    /// A file at one of these paths.
-    File(&'static [&'static str]),
-}
-
-impl Location {
-    pub fn find(&self) -> Option<PathBuf> {
-        match self {
-            Location::Program(name) => std::env::var_os("PATH").and_then(|path| {
-                std::env::split_paths(&path)
-                    .map(|dir| dir.join(name))
-                    .find(|candidate| candidate.is_file())
-            }),
-            Location::File(paths) => paths.iter().map(PathBuf::from).find(|p| p.is_file()),
-        }
-    }
-}
-
-/// Runs a host tool (xorriso, strip) to completion; a failure, with what the tool printed on
-/// stderr, is an error naming `what` it was doing.
-pub(crate) fn run_tool(command: &mut Command, what: &str) -> Result<(), BootError> {
-    let program = command.get_program().to_string_lossy().into_owned();
-    let output = command.output().map_err(|cause| BootError::Spawn {
-        program: program.clone(),
-        cause,
-    })?;
-    if output.status.success() {
-        return Ok(());
-    }
-    Err(BootError::ToolFailed {
-        program: format!("{program} ({what})"),
-        status: output.status.to_string(),
-        output: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-    })
-}
+use crate::module_param;
 
 fn requirements(emulator: Emulator) -> &'static [Requirement] {
     match emulator {
@@ -141,13 +94,13 @@ fn host_nests(vendor: KvmVendor) -> Result<(), String> {
             crate::host::cpu_vendor()
         ));
     }
-    let parameter = format!("/sys/module/{}/parameters/nested", vendor.module_name());
-    match fs::read_to_string(&parameter) {
-        Ok(value) if is_on(&value) => Ok(()),
-        Ok(_) => Err(format!("the host's {} has nested=0", vendor.module_name())),
-        Err(_) => Err(format!(
-            "the host has no {} module loaded ({parameter} is missing)",
-            vendor.module_name()
+    let module = vendor.module_name();
+    match module_param::read(module, "nested") {
+        Some(value) if module_param::is_on(&value) => Ok(()),
+        Some(_) => Err(format!("the host's {module} has nested=0")),
+        None => Err(format!(
+            "the host has no {module} module loaded ({} is missing)",
+            module_param::path(module, "nested")
         )),
     }
 }
@@ -162,13 +115,5 @@ mod tests {
         assert!(unsuitable(Emulator::Bochs, KvmVendor::Amd).is_some());
         assert!(unsuitable(Emulator::QemuTcg, KvmVendor::Amd).is_none());
         assert!(unsuitable(Emulator::Bochs, KvmVendor::Intel).is_none());
-    }
-
-    #[test]
-    fn missing_programs_are_not_found() {
-        assert!(Location::Program("no-such-program-nestfault")
-            .find()
-            .is_none());
-        assert!(Location::Program("sh").find().is_some());
     }
 }

@@ -9,8 +9,8 @@ use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+use super::contract::paths;
 use super::error::BootError;
-use super::inner::paths;
 use super::kernel::PreparedKernel;
 use super::modules;
 use super::tempdir::private_dir;

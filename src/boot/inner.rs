@@ -8,37 +8,10 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
+use super::contract::{paths, INIT_MARKER, POWER_OFF_MARKER};
 use super::error::BootError;
 use super::KvmVendor;
-
-/// Files that build_initramfs writes and inner_setup reads.
-pub(crate) mod paths {
-    /// One module per line, `name<TAB>parameters`, in load order.
-    pub(crate) const LOAD_ORDER: &str = "/nestfault/modules.load";
-    /// Holds `<name>.ko` for every entry of LOAD_ORDER, uncompressed, and
-    /// `<name>.unsigned.ko` where build_initramfs made an unsigned copy.
-    pub(crate) const MODULES_DIR: &str = "/nestfault/modules";
-
-    pub(crate) fn signed_module(name: &str) -> String {
-        format!("{MODULES_DIR}/{name}.ko")
-    }
-
-    pub(crate) fn unsigned_module(name: &str) -> String {
-        format!("{MODULES_DIR}/{name}.unsigned.ko")
-    }
-    /// The inner nestfault arguments, each terminated by a NUL byte.
-    pub(crate) const ARGS: &str = "/nestfault/args";
-    /// `amd` or `intel`.
-    pub(crate) const VENDOR: &str = "/nestfault/vendor";
-    /// The caller's own files (build_initramfs's `files`), by name.
-    pub const FILES_DIR: &str = "/nestfault/files";
-}
-
-/// Printed on the console once /init runs; the host reports "init running".
-pub(crate) const INIT_MARKER: &str = "nestfault-init: running";
-/// Printed by power_off just before the guest is switched off; the host
-/// tells a deliberate power-off from a crash or reset by it.
-pub(crate) const POWER_OFF_MARKER: &str = "nestfault-init: powering off";
+use crate::module_param;
 
 /// What the guest side knows once set up.
 #[derive(Clone, Debug)]
@@ -202,20 +175,11 @@ fn module_load_error(name: &str, params: &str, error: io::Error) -> BootError {
 
 fn check_nested(vendor: KvmVendor) -> Result<(), BootError> {
     let module = vendor.module_name();
-    let parameter = format!("/sys/module/{module}/parameters/nested");
-    match fs::read_to_string(&parameter) {
-        Ok(value) if is_on(&value) => Ok(()),
-        Ok(value) => Err(BootError::NestedOff {
-            module,
-            value: value.trim().to_owned(),
-        }),
-        Err(_) => Err(BootError::KvmAbsent { module }),
+    match module_param::read(module, "nested") {
+        Some(value) if module_param::is_on(&value) => Ok(()),
+        Some(value) => Err(BootError::NestedOff { module, value }),
+        None => Err(BootError::KvmAbsent { module }),
     }
-}
-
-/// Module parameters read as `Y`/`N` (bool) or `1`/`0` (int).
-pub(crate) fn is_on(value: &str) -> bool {
-    matches!(value.trim(), "Y" | "y" | "1")
 }
 
 fn kernel_release() -> String {
@@ -255,18 +219,5 @@ fn drain_console() {
     if let Ok(console) = console {
         // SAFETY: tcdrain only waits on a descriptor we hold open.
         unsafe { libc::tcdrain(console.as_raw_fd()) };
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parameter_values() {
-        assert!(is_on("Y\n"));
-        assert!(is_on("1\n"));
-        assert!(!is_on("N\n"));
-        assert!(!is_on("0"));
     }
 }

@@ -36,6 +36,7 @@ mod bochs;
 mod cmdline;
 mod compression;
 mod console;
+mod contract;
 mod deb;
 mod emulator;
 mod error;
@@ -47,6 +48,7 @@ mod modules;
 mod pvh;
 mod qemu;
 mod tempdir;
+mod tools;
 mod tree;
 mod unsigned;
 
@@ -56,14 +58,14 @@ use std::str::FromStr;
 use std::time::Duration;
 
 pub use cmdline::fast_boot_help;
+pub use contract::paths::FILES_DIR as GUEST_FILES_DIR;
 pub use emulator::choose_emulator;
-pub use emulator::Location;
 pub use error::BootError;
 pub use initramfs::build_initramfs;
-pub use inner::paths::FILES_DIR as GUEST_FILES_DIR;
 pub use inner::{inner_setup, power_off, running_as_init};
 pub use kernel::{prepare_kernel, KernelInput, PreparedKernel};
 pub use tempdir::{private_dir, remove_stale_dirs};
+pub use tools::Location;
 pub use tree::config_value;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

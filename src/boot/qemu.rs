@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::console::{self, Progress, Running, Stream};
-use super::emulator::{Location, Requirement};
 use super::error::BootError;
 use super::kernel::PreparedKernel;
 use super::pvh;
 use super::tempdir::private_dir;
+use super::tools::{Location, Requirement};
 use super::{BootOptions, BootReport, Emulator};
 
 const PROGRAM: &str = "qemu-system-x86_64";

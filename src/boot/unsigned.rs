@@ -21,8 +21,8 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use super::emulator::{run_tool, Location};
 use super::error::BootError;
+use super::tools::{run_tool, Location};
 
 /// Ends a signed module (include/linux/module_signature.h, MODULE_SIG_STRING).
 const SIGNATURE_MARKER: &[u8] = b"~Module signature appended~\n";
