@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Parser;
 
-use crate::boot::{self, BootEnd, BootOptions, Emulator, KernelInput, KvmVendor};
+use crate::boot::{self, BootEnd, BootOptions, Emulator, KernelInput};
 use crate::cli::Cli;
 use crate::debian;
 use crate::output::{self, NamedPath};
@@ -111,13 +111,6 @@ fn json_body(value: &impl serde::Serialize) -> String {
         .replace('@', "\\u0040")
 }
 
-fn kvm_vendor(kind: VendorKind) -> KvmVendor {
-    match kind {
-        VendorKind::Svm => KvmVendor::Amd,
-        VendorKind::Vmx => KvmVendor::Intel,
-    }
-}
-
 /// The outer side: one boot per vendor, all of that vendor's cases in it. Returns the kernel's
 /// release and a verdict per selected case. Whatever must be fixed before a verdict is possible
 /// (an emulator missing or unsuitable, an unusable --console-log) is an error before any boot.
@@ -173,7 +166,7 @@ pub fn run(cli: &Cli, image: &Path, all: &[Case]) -> anyhow::Result<(String, Vec
         let initramfs = workdir
             .path()
             .join(format!("initramfs-{}.cpio", planned.kind));
-        let module = kvm_vendor(planned.kind).module_name();
+        let module = crate::arch::kvm_module(planned.kind);
         preparing(&match &kernel.modules_dir {
             Some(dir) => format!(
                 "building the {} initramfs: {module} and its dependencies from {}",
@@ -185,7 +178,7 @@ pub fn run(cli: &Cli, image: &Path, all: &[Case]) -> anyhow::Result<(String, Vec
         boot::build_initramfs(
             &exe,
             &kernel,
-            kvm_vendor(planned.kind),
+            planned.kind,
             &inner_args,
             &files,
             !cli.no_fast_boot,
@@ -249,7 +242,7 @@ fn plan_boots(cli: &Cli, cases: &[Case]) -> anyhow::Result<Vec<PlannedBoot>> {
     }
     let mut boots = Vec::new();
     for &kind in &kinds {
-        let emulator = boot::choose_emulator(cli.emulator.requested(), kvm_vendor(kind))?;
+        let emulator = boot::choose_emulator(cli.emulator.requested(), kind)?;
         let console_log = match &cli.console_log {
             Some(path) => {
                 let path = console_log_path(path, kind, kinds.len() > 1);

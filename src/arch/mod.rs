@@ -69,6 +69,32 @@ pub fn open_finding(case: &Case) -> Option<&'static Finding> {
     }
 }
 
+/// The KVM module that offers `kind`.
+pub fn kvm_module(kind: VendorKind) -> &'static str {
+    match kind {
+        VendorKind::Svm => svm::KVM_MODULE,
+        VendorKind::Vmx => vmx::KVM_MODULE,
+    }
+}
+
+/// The load parameters a kernel under test's `module` gets, as far as the module declares them
+/// (eptad, for one, is missing from some kernels): `nested=1` for the vendor module always, its
+/// nested-paging switches, and kvm.ko's forced-emulation prefix for the forced path.
+pub fn module_parameters(kind: VendorKind, module: &str, declared: &[String]) -> String {
+    let wanted: &[(&str, &str)] = match kind {
+        _ if module == "kvm" => &[("force_emulation_prefix", "1")],
+        _ if module != kvm_module(kind) => &[],
+        VendorKind::Svm => &[("nested", "1"), ("npt", "1")],
+        VendorKind::Vmx => &[("nested", "1"), ("ept", "1"), ("eptad", "1")],
+    };
+    wanted
+        .iter()
+        .filter(|(name, _)| *name == "nested" || declared.iter().any(|d| d == name))
+        .map(|(name, value)| format!("{name}={value}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Leaf `function` (subleaf 0) of the vCPU's CPUID.
 pub fn cpuid_leaf(cpuid: &CpuId, function: u32) -> Option<kvm_bindings::kvm_cpuid_entry2> {
     cpuid
@@ -91,9 +117,10 @@ pub fn has_bit(
 /// Why this host's KVM cannot run `kind` nested, or `None` if it can: checks what L1 would be
 /// offered (KVM_GET_SUPPORTED_CPUID), and names the module parameter behind a missing bit.
 pub fn missing_nested_support(cpuid: &CpuId, kind: VendorKind) -> Option<String> {
-    let (module, missing) = match kind {
-        VendorKind::Svm => (svm::KVM_MODULE, svm::missing_cpuid(cpuid)),
-        VendorKind::Vmx => (vmx::KVM_MODULE, vmx::missing_cpuid(cpuid)),
+    let module = kvm_module(kind);
+    let missing = match kind {
+        VendorKind::Svm => svm::missing_cpuid(cpuid),
+        VendorKind::Vmx => vmx::missing_cpuid(cpuid),
     };
     let what = missing?;
     let why = match module_param::read(module, "nested") {
@@ -332,6 +359,29 @@ pub fn for_tests(kind: VendorKind) -> Box<dyn Vendor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parameters_follow_what_the_module_declares() {
+        let declared = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        let svm = VendorKind::Svm;
+        let vmx = VendorKind::Vmx;
+        let amd = declared(&["nested", "npt", "avic"]);
+        assert_eq!(module_parameters(svm, "kvm_amd", &amd), "nested=1 npt=1");
+        let intel = declared(&["nested", "ept", "eptad"]);
+        assert_eq!(
+            module_parameters(vmx, "kvm_intel", &intel),
+            "nested=1 ept=1 eptad=1"
+        );
+        let old = declared(&["ept"]);
+        assert_eq!(module_parameters(vmx, "kvm_intel", &old), "nested=1 ept=1");
+        let kvm = declared(&["force_emulation_prefix", "tdp_mmu"]);
+        assert_eq!(
+            module_parameters(svm, "kvm", &kvm),
+            "force_emulation_prefix=1"
+        );
+        assert_eq!(module_parameters(svm, "irqbypass", &kvm), "");
+        assert_eq!(module_parameters(vmx, "kvm_amd", &amd), "");
+    }
 
     #[test]
     fn bit_helpers_name_bits() {

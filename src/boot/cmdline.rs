@@ -37,7 +37,7 @@ const REQUIRED: &[KernelParam] = &[
     KernelParam {
         text: "kvm.force_emulation_prefix=1",
         why: "enables the forced-emulation path when KVM is built in (a modular kvm.ko gets it \
-              as a load parameter instead, see KvmVendor::module_parameters)",
+              as a load parameter instead, see arch::module_parameters)",
     },
 ];
 

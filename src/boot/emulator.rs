@@ -4,8 +4,10 @@ use std::path::Path;
 
 use super::error::BootError;
 use super::tools::Requirement;
-use super::{bochs, qemu, Emulator, KvmVendor};
+use super::{bochs, qemu, Emulator};
+use crate::arch;
 use crate::module_param;
+use crate::scenario::VendorKind;
 
 fn requirements(emulator: Emulator) -> &'static [Requirement] {
     match emulator {
@@ -44,7 +46,7 @@ pub(crate) fn check_installed(emulator: Emulator) -> Result<(), BootError> {
 /// TCG for AMD, Bochs for Intel.
 pub fn choose_emulator(
     requested: Option<Emulator>,
-    vendor: KvmVendor,
+    vendor: VendorKind,
 ) -> Result<Emulator, BootError> {
     let chosen = match requested {
         Some(emulator) => {
@@ -58,35 +60,35 @@ pub fn choose_emulator(
         }
         None if host_nests(vendor).is_ok() => Emulator::QemuKvm,
         None => match vendor {
-            KvmVendor::Amd => Emulator::QemuTcg,
-            KvmVendor::Intel => Emulator::Bochs,
+            VendorKind::Svm => Emulator::QemuTcg,
+            VendorKind::Vmx => Emulator::Bochs,
         },
     };
     check_installed(chosen)?;
     Ok(chosen)
 }
 
-fn unsuitable(emulator: Emulator, vendor: KvmVendor) -> Option<String> {
+fn unsuitable(emulator: Emulator, vendor: VendorKind) -> Option<String> {
     match (emulator, vendor) {
         (Emulator::QemuKvm, _) => host_nests(vendor).err(),
-        (Emulator::QemuTcg, KvmVendor::Intel) => {
-            Some("QEMU's TCG does not emulate Intel VMX; use bochs for the intel vendor".into())
+        (Emulator::QemuTcg, VendorKind::Vmx) => {
+            Some("QEMU's TCG does not emulate Intel VMX; use bochs for the vmx vendor".into())
         }
-        (Emulator::Bochs, KvmVendor::Amd) => Some(
-            "Debian's Bochs is used for Intel VMX only; use qemu-tcg for the amd vendor".into(),
+        (Emulator::Bochs, VendorKind::Svm) => Some(
+            "Debian's Bochs is used for Intel VMX only; use qemu-tcg for the svm vendor".into(),
         ),
         _ => None,
     }
 }
 
 /// Ok when the host's KVM can give a guest this vendor's virtualization.
-fn host_nests(vendor: KvmVendor) -> Result<(), String> {
+fn host_nests(vendor: VendorKind) -> Result<(), String> {
     if !Path::new("/dev/kvm").exists() {
         return Err("the host has no /dev/kvm".into());
     }
     let matches = match vendor {
-        KvmVendor::Amd => crate::host::cpu_is_amd(),
-        KvmVendor::Intel => crate::host::cpu_is_intel(),
+        VendorKind::Svm => crate::host::cpu_is_amd(),
+        VendorKind::Vmx => crate::host::cpu_is_intel(),
     };
     if !matches {
         return Err(format!(
@@ -94,7 +96,7 @@ fn host_nests(vendor: KvmVendor) -> Result<(), String> {
             crate::host::cpu_vendor()
         ));
     }
-    let module = vendor.module_name();
+    let module = arch::kvm_module(vendor);
     match module_param::read(module, "nested") {
         Some(value) if module_param::is_on(&value) => Ok(()),
         Some(_) => Err(format!("the host's {module} has nested=0")),
@@ -111,9 +113,9 @@ mod tests {
 
     #[test]
     fn refuses_impossible_pairs() {
-        assert!(unsuitable(Emulator::QemuTcg, KvmVendor::Intel).is_some());
-        assert!(unsuitable(Emulator::Bochs, KvmVendor::Amd).is_some());
-        assert!(unsuitable(Emulator::QemuTcg, KvmVendor::Amd).is_none());
-        assert!(unsuitable(Emulator::Bochs, KvmVendor::Intel).is_none());
+        assert!(unsuitable(Emulator::QemuTcg, VendorKind::Vmx).is_some());
+        assert!(unsuitable(Emulator::Bochs, VendorKind::Svm).is_some());
+        assert!(unsuitable(Emulator::QemuTcg, VendorKind::Svm).is_none());
+        assert!(unsuitable(Emulator::Bochs, VendorKind::Vmx).is_none());
     }
 }

@@ -15,8 +15,9 @@ use super::kernel::PreparedKernel;
 use super::modules;
 use super::tempdir::private_dir;
 use super::unsigned::unsigned_copy;
-use super::KvmVendor;
+use crate::arch;
 use crate::elf::{Elf, EM_X86_64};
+use crate::scenario::VendorKind;
 
 /// Where the dynamic linker of a Debian system finds libraries without an
 /// ld.so.cache; libraries are searched here and put at the same place.
@@ -35,7 +36,7 @@ const LIBRARY_DIRS: [&str; 6] = [
 pub fn build_initramfs(
     init_exe: &Path,
     kernel: &PreparedKernel,
-    vendor: KvmVendor,
+    vendor: VendorKind,
     inner_args: &[String],
     files: &[(String, Vec<u8>)],
     unsigned_modules: bool,
@@ -44,7 +45,7 @@ pub fn build_initramfs(
     let init = fs::read(init_exe).map_err(|e| BootError::io("read", init_exe, e))?;
     let runtime = runtime_files(init_exe, &init)?;
     let modules = match &kernel.modules_dir {
-        Some(dir) => modules::resolve(dir, vendor.module_name(), &kernel.release)?,
+        Some(dir) => modules::resolve(dir, arch::kvm_module(vendor), &kernel.release)?,
         None => Vec::new(),
     };
     let mut unsigned = Vec::new();
@@ -79,7 +80,7 @@ pub fn build_initramfs(
         }
         let mut load_order = String::new();
         for module in &modules {
-            let params = vendor.module_parameters(&module.name, &module.info.params);
+            let params = arch::module_parameters(vendor, &module.name, &module.info.params);
             load_order.push_str(&format!("{}\t{}\n", module.name, params));
             let path = paths::signed_module(&module.name);
             cpio.file(path.trim_start_matches('/'), 0o644, &module.image)?;
@@ -104,7 +105,7 @@ pub fn build_initramfs(
         cpio.file(
             paths::VENDOR.trim_start_matches('/'),
             0o644,
-            vendor.to_string().as_bytes(),
+            vendor.name().as_bytes(),
         )?;
         cpio.finish()?.flush()
     })();

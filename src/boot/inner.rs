@@ -10,8 +10,9 @@ use std::path::Path;
 
 use super::contract::{paths, INIT_MARKER, POWER_OFF_MARKER};
 use super::error::BootError;
-use super::KvmVendor;
+use crate::arch;
 use crate::module_param;
+use crate::scenario::VendorKind;
 
 /// What the guest side knows once set up.
 #[derive(Clone, Debug)]
@@ -41,10 +42,11 @@ pub fn inner_setup() -> Result<InnerEnv, BootError> {
     // not cut into nestfault's output lines. Failing to do so is harmless.
     let _ = fs::write("/proc/sys/kernel/printk", "1");
 
-    let vendor = read_text(paths::VENDOR)?
-        .trim()
-        .parse::<KvmVendor>()
-        .map_err(|_| BootError::NotOurInitramfs {
+    let vendor_name = read_text(paths::VENDOR)?;
+    let vendor = VendorKind::ALL
+        .into_iter()
+        .find(|kind| kind.name() == vendor_name.trim())
+        .ok_or_else(|| BootError::NotOurInitramfs {
             path: paths::VENDOR.into(),
         })?;
     let args = read_text(paths::ARGS)?
@@ -173,8 +175,8 @@ fn module_load_error(name: &str, params: &str, error: io::Error) -> BootError {
     }
 }
 
-fn check_nested(vendor: KvmVendor) -> Result<(), BootError> {
-    let module = vendor.module_name();
+fn check_nested(vendor: VendorKind) -> Result<(), BootError> {
+    let module = arch::kvm_module(vendor);
     match module_param::read(module, "nested") {
         Some(value) if module_param::is_on(&value) => Ok(()),
         Some(value) => Err(BootError::NestedOff { module, value }),

@@ -102,60 +102,6 @@ impl FromStr for Emulator {
     }
 }
 
-/// Which KVM module the kernel under test loads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum KvmVendor {
-    Amd,
-    Intel,
-}
-
-impl KvmVendor {
-    pub fn module_name(self) -> &'static str {
-        match self {
-            KvmVendor::Amd => "kvm_amd",
-            KvmVendor::Intel => "kvm_intel",
-        }
-    }
-
-    /// The parameters wanted for `module`, as far as it declares them (eptad, for one, is
-    /// missing from some kernels); `nested=1` for the vendor module always, and kvm.ko's
-    /// forced-emulation prefix for the forced path.
-    pub(crate) fn module_parameters(self, module: &str, declared: &[String]) -> String {
-        let wanted: &[(&str, &str)] = match self {
-            _ if module == "kvm" => &[("force_emulation_prefix", "1")],
-            _ if module != self.module_name() => &[],
-            KvmVendor::Amd => &[("nested", "1"), ("npt", "1")],
-            KvmVendor::Intel => &[("nested", "1"), ("ept", "1"), ("eptad", "1")],
-        };
-        wanted
-            .iter()
-            .filter(|(name, _)| *name == "nested" || declared.iter().any(|d| d == name))
-            .map(|(name, value)| format!("{name}={value}"))
-            .collect::<Vec<_>>()
-            .join(" ")
-    }
-}
-
-impl fmt::Display for KvmVendor {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            KvmVendor::Amd => "amd",
-            KvmVendor::Intel => "intel",
-        })
-    }
-}
-
-impl FromStr for KvmVendor {
-    type Err = String;
-    fn from_str(text: &str) -> Result<Self, String> {
-        match text {
-            "amd" => Ok(KvmVendor::Amd),
-            "intel" => Ok(KvmVendor::Intel),
-            _ => Err(format!("unknown vendor {text:?}: use amd or intel")),
-        }
-    }
-}
-
 #[derive(Clone, Debug)]
 pub struct BootOptions {
     /// The whole boot, from starting the emulator to its end; then it is killed.
@@ -267,35 +213,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parameters_follow_what_the_module_declares() {
-        let declared = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
-        assert_eq!(
-            KvmVendor::Amd.module_parameters("kvm_amd", &declared(&["nested", "npt", "avic"])),
-            "nested=1 npt=1"
-        );
-        assert_eq!(
-            KvmVendor::Intel.module_parameters("kvm_intel", &declared(&["nested", "ept", "eptad"])),
-            "nested=1 ept=1 eptad=1"
-        );
-        assert_eq!(
-            KvmVendor::Intel.module_parameters("kvm_intel", &declared(&["ept"])),
-            "nested=1 ept=1"
-        );
-        let kvm = declared(&["force_emulation_prefix", "tdp_mmu"]);
-        assert_eq!(
-            KvmVendor::Amd.module_parameters("kvm", &kvm),
-            "force_emulation_prefix=1"
-        );
-        assert_eq!(KvmVendor::Amd.module_parameters("irqbypass", &kvm), "");
-    }
-
-    #[test]
     fn names_round_trip() {
         for emulator in [Emulator::QemuKvm, Emulator::QemuTcg, Emulator::Bochs] {
             assert_eq!(emulator.to_string().parse::<Emulator>(), Ok(emulator));
-        }
-        for vendor in [KvmVendor::Amd, KvmVendor::Intel] {
-            assert_eq!(vendor.to_string().parse::<KvmVendor>(), Ok(vendor));
         }
         assert!("vmware".parse::<Emulator>().is_err());
     }
