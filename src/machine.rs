@@ -118,3 +118,16 @@ impl FaultSite {
             .map_or(self.data_gpa, |entry| entry & !(PAGE_SIZE - 1))
     }
 }
+
+impl FaultSite {
+    /// A site as the layout builds one, for the oracle's tests: the walk's entries at index 0 of
+    /// their tables below the root (PML4E, PDPTE, PDE, PTE), a data page in L1's memory.
+    #[cfg(test)]
+    pub fn sample() -> Self {
+        FaultSite {
+            gva: 0x80_0000_0000,
+            data_gpa: 0x21_0000,
+            walk: vec![0x14_0008, 0x20_3000, 0x20_4000, 0x20_5000],
+        }
+    }
+}

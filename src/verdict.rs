@@ -303,11 +303,7 @@ mod tests {
     use nestfault_protocol::{Executor, Mailbox};
 
     fn site() -> FaultSite {
-        FaultSite {
-            gva: 0x80_0000_0000,
-            data_gpa: 0x21_0000,
-            walk: vec![0x14_0008, 0x20_3000, 0x20_4000, 0x20_5000],
-        }
+        FaultSite::sample()
     }
 
     fn observed(exit: [u64; 4]) -> Observation {

@@ -445,13 +445,8 @@ mod tests {
         Svm::new(SvmCapabilities::QEMU_TCG)
     }
 
-    /// A walk as the layout builds it: PML4E, PDPTE, PDE, PTE, each at index 0 but the root's.
-    pub(crate) fn site() -> FaultSite {
-        FaultSite {
-            gva: 0x80_0000_0000,
-            data_gpa: 0x21_0000,
-            walk: vec![0x14_0008, 0x20_3000, 0x20_4000, 0x20_5000],
-        }
+    fn site() -> FaultSite {
+        FaultSite::sample()
     }
 
     fn exit_info_1(id: &str) -> u64 {

@@ -609,11 +609,7 @@ mod tests {
     use crate::scenario::built_in_case;
 
     fn site() -> FaultSite {
-        FaultSite {
-            gva: 0x80_0000_0000,
-            data_gpa: 0x21_0000,
-            walk: vec![0x14_0008, 0x20_3000, 0x20_4000, 0x20_5000],
-        }
+        FaultSite::sample()
     }
 
     fn vmx() -> Vmx {

@@ -12,10 +12,10 @@ use std::sync::mpsc::{channel, Sender};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::backend::{BootRequest, EmulatorBackend};
 use super::console::{self, LineSender, Output, Phase, Progress, Running, Stream};
 use super::error::BootError;
 use super::iso;
-use super::kernel::PreparedKernel;
 use super::tempdir::private_dir;
 use super::tools::{Location, Requirement};
 use super::{BootOptions, BootReport};
@@ -24,7 +24,7 @@ const PROGRAM: &str = "bochs-bin";
 const BIOS: &str = "/usr/share/bochs/BIOS-bochs-latest";
 const VGA_BIOS: &str = "/usr/share/vgabios/vgabios.bin";
 
-pub(crate) const REQUIREMENTS: &[Requirement] = &[
+const REQUIREMENTS: &[Requirement] = &[
     Requirement {
         what: PROGRAM,
         location: Location::Program(PROGRAM),
@@ -95,13 +95,34 @@ fn bochsrc(opts: &BootOptions, iso: &Path, serial: &Path, log: &Path) -> String 
     )
 }
 
-pub(crate) fn boot(
-    kernel: &PreparedKernel,
-    initramfs: &Path,
-    opts: &BootOptions,
+/// Bochs, which emulates Intel VMX with EPT.
+pub(crate) struct Bochs;
+
+impl EmulatorBackend for Bochs {
+    fn requirements(&self) -> &'static [Requirement] {
+        REQUIREMENTS
+    }
+
+    fn boot(
+        &self,
+        request: &BootRequest,
+        on_line: &mut dyn FnMut(&str),
+        on_progress: &mut dyn FnMut(&str),
+    ) -> Result<BootReport, BootError> {
+        boot(request, on_line, on_progress)
+    }
+}
+
+fn boot(
+    request: &BootRequest,
     on_line: &mut dyn FnMut(&str),
     on_progress: &mut dyn FnMut(&str),
 ) -> Result<BootReport, BootError> {
+    let BootRequest {
+        kernel,
+        initramfs,
+        opts,
+    } = *request;
     let dir = private_dir("bochs")?;
     on_progress("building the boot ISO");
     let cmdline = opts.kernel_cmdline();

@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use super::backend::EmulatorBackend;
 use super::error::BootError;
 use super::tools::Requirement;
 use super::{bochs, qemu, Emulator};
@@ -9,11 +10,16 @@ use crate::arch;
 use crate::module_param;
 use crate::scenario::VendorKind;
 
-fn requirements(emulator: Emulator) -> &'static [Requirement] {
+/// The backend behind `emulator`.
+pub(crate) fn backend(emulator: Emulator) -> Box<dyn EmulatorBackend> {
     match emulator {
-        Emulator::QemuKvm | Emulator::QemuTcg => qemu::REQUIREMENTS,
-        Emulator::Bochs => bochs::REQUIREMENTS,
+        Emulator::QemuKvm | Emulator::QemuTcg => Box::new(qemu::Qemu { emulator }),
+        Emulator::Bochs => Box::new(bochs::Bochs),
     }
+}
+
+fn requirements(emulator: Emulator) -> &'static [Requirement] {
+    backend(emulator).requirements()
 }
 
 /// Fails naming every missing piece and the packages to install.

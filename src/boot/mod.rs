@@ -32,6 +32,7 @@
 //! `host` (the CPU vendor), `elf` (modules' .modinfo, vmlinux notes) and
 //! `path_io` (its I/O errors).
 
+mod backend;
 mod bochs;
 mod cmdline;
 mod compression;
@@ -200,12 +201,12 @@ pub fn boot(
     on_progress: &mut dyn FnMut(&str),
 ) -> Result<BootReport, BootError> {
     emulator::check_installed(emulator)?;
-    match emulator {
-        Emulator::QemuKvm | Emulator::QemuTcg => {
-            qemu::boot(emulator, kernel, initramfs, opts, on_line, on_progress)
-        }
-        Emulator::Bochs => bochs::boot(kernel, initramfs, opts, on_line, on_progress),
-    }
+    let request = backend::BootRequest {
+        kernel,
+        initramfs,
+        opts,
+    };
+    emulator::backend(emulator).boot(&request, on_line, on_progress)
 }
 
 #[cfg(test)]

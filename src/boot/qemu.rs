@@ -8,6 +8,7 @@ use std::sync::mpsc::channel;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::backend::{BootRequest, EmulatorBackend};
 use super::console::{self, Progress, Running, Stream};
 use super::error::BootError;
 use super::kernel::PreparedKernel;
@@ -18,7 +19,7 @@ use super::{BootOptions, BootReport, Emulator};
 
 const PROGRAM: &str = "qemu-system-x86_64";
 
-pub(crate) const REQUIREMENTS: &[Requirement] = &[Requirement {
+const REQUIREMENTS: &[Requirement] = &[Requirement {
     what: PROGRAM,
     location: Location::Program(PROGRAM),
     package: "qemu-system-x86",
@@ -60,14 +61,37 @@ pub(crate) fn command(
     command
 }
 
-pub(crate) fn boot(
+/// QEMU, with the host's KVM or with TCG.
+pub(crate) struct Qemu {
+    pub(crate) emulator: Emulator,
+}
+
+impl EmulatorBackend for Qemu {
+    fn requirements(&self) -> &'static [Requirement] {
+        REQUIREMENTS
+    }
+
+    fn boot(
+        &self,
+        request: &BootRequest,
+        on_line: &mut dyn FnMut(&str),
+        on_progress: &mut dyn FnMut(&str),
+    ) -> Result<BootReport, BootError> {
+        boot(self.emulator, request, on_line, on_progress)
+    }
+}
+
+fn boot(
     emulator: Emulator,
-    kernel: &PreparedKernel,
-    initramfs: &Path,
-    opts: &BootOptions,
+    request: &BootRequest,
     on_line: &mut dyn FnMut(&str),
     on_progress: &mut dyn FnMut(&str),
 ) -> Result<BootReport, BootError> {
+    let BootRequest {
+        kernel,
+        initramfs,
+        opts,
+    } = *request;
     let dir = private_dir("qemu")?;
     let image = kernel_image(kernel, opts, dir.path(), on_progress)?;
     let mut command = command(emulator, &image, initramfs, opts);
