@@ -19,6 +19,7 @@ use crate::scenario::{self, Case, VendorKind};
 use crate::verdict::{Status, Verdict};
 use crate::{repeat, report};
 
+/// `--emulator`: one of the boot layer's emulators, or `auto` to let it choose.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum EmulatorChoice {
     Auto,
@@ -28,7 +29,7 @@ pub enum EmulatorChoice {
 }
 
 impl EmulatorChoice {
-    fn requested(self) -> Option<Emulator> {
+    pub fn requested(self) -> Option<Emulator> {
         match self {
             EmulatorChoice::Auto => None,
             EmulatorChoice::QemuKvm => Some(Emulator::QemuKvm),
@@ -546,6 +547,16 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    /// `--emulator` spells each emulator the way reports name it.
+    #[test]
+    fn emulator_choices_are_the_reported_names() {
+        use clap::ValueEnum;
+        for emulator in [Emulator::QemuKvm, Emulator::QemuTcg, Emulator::Bochs] {
+            let choice = EmulatorChoice::from_str(&emulator.to_string(), false);
+            assert_eq!(choice.map(EmulatorChoice::requested), Ok(Some(emulator)));
+        }
+    }
     use crate::verdict::ExitValues;
 
     fn verdict() -> Verdict {

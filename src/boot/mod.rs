@@ -55,7 +55,6 @@ mod unsigned;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
 pub use cmdline::fast_boot_help;
@@ -86,20 +85,6 @@ impl fmt::Display for Emulator {
             Emulator::QemuTcg => "qemu-tcg",
             Emulator::Bochs => "bochs",
         })
-    }
-}
-
-impl FromStr for Emulator {
-    type Err = String;
-    fn from_str(text: &str) -> Result<Self, String> {
-        match text {
-            "qemu-kvm" => Ok(Emulator::QemuKvm),
-            "qemu-tcg" => Ok(Emulator::QemuTcg),
-            "bochs" => Ok(Emulator::Bochs),
-            _ => Err(format!(
-                "unknown emulator {text:?}: use qemu-kvm, qemu-tcg or bochs"
-            )),
-        }
     }
 }
 
@@ -207,17 +192,4 @@ pub fn boot(
         opts,
     };
     emulator::backend(emulator).boot(&request, on_line, on_progress)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_round_trip() {
-        for emulator in [Emulator::QemuKvm, Emulator::QemuTcg, Emulator::Bochs] {
-            assert_eq!(emulator.to_string().parse::<Emulator>(), Ok(emulator));
-        }
-        assert!("vmware".parse::<Emulator>().is_err());
-    }
 }
