@@ -109,77 +109,70 @@ impl EmulatorBackend for Bochs {
         on_line: &mut dyn FnMut(&str),
         on_progress: &mut dyn FnMut(&str),
     ) -> Result<BootReport, BootError> {
-        boot(request, on_line, on_progress)
-    }
-}
+        let BootRequest {
+            kernel,
+            initramfs,
+            opts,
+        } = *request;
+        let dir = private_dir("bochs")?;
+        on_progress("building the boot ISO");
+        let cmdline = opts.kernel_cmdline();
+        let iso = iso::build_iso(dir.path(), &kernel.vmlinuz, initramfs, &cmdline)?;
+        let serial = dir.path().join("serial.txt");
+        let log = dir.path().join("bochs.log");
+        let config = dir.path().join("bochsrc");
+        let rc = dir.path().join("debugger.rc");
+        fs::write(&config, bochsrc(opts, &iso, &serial, &log))
+            .map_err(|e| BootError::io("write", &config, e))?;
+        // Debian's Bochs has its debugger built in and waits at the first
+        // instruction: tell it to go on.
+        fs::write(&rc, "continue\n").map_err(|e| BootError::io("write", &rc, e))?;
 
-fn boot(
-    request: &BootRequest,
-    on_line: &mut dyn FnMut(&str),
-    on_progress: &mut dyn FnMut(&str),
-) -> Result<BootReport, BootError> {
-    let BootRequest {
-        kernel,
-        initramfs,
-        opts,
-    } = *request;
-    let dir = private_dir("bochs")?;
-    on_progress("building the boot ISO");
-    let cmdline = opts.kernel_cmdline();
-    let iso = iso::build_iso(dir.path(), &kernel.vmlinuz, initramfs, &cmdline)?;
-    let serial = dir.path().join("serial.txt");
-    let log = dir.path().join("bochs.log");
-    let config = dir.path().join("bochsrc");
-    let rc = dir.path().join("debugger.rc");
-    fs::write(&config, bochsrc(opts, &iso, &serial, &log))
-        .map_err(|e| BootError::io("write", &config, e))?;
-    // Debian's Bochs has its debugger built in and waits at the first
-    // instruction: tell it to go on.
-    fs::write(&rc, "continue\n").map_err(|e| BootError::io("write", &rc, e))?;
+        let (master, slave) = open_pty()?;
+        let slave_copy = slave
+            .try_clone()
+            .map_err(|e| BootError::io("duplicate", "the pseudo-terminal", e))?;
+        let mut command = Command::new(PROGRAM);
+        command
+            .arg("-q")
+            .arg("-f")
+            .arg(&config)
+            .arg("-rc")
+            .arg(&rc)
+            .current_dir(dir.path())
+            .env("TERM", "vt100")
+            .stdin(Stdio::from(slave))
+            .stdout(Stdio::from(slave_copy))
+            .stderr(Stdio::piped());
+        let mut child = console::start_emulator(&mut command, PROGRAM, true, on_progress)?;
+        // Our copies of the slave side go with the command, so that the master
+        // reads EOF/EIO once Bochs is gone.
+        drop(command);
+        drain_terminal(master);
 
-    let (master, slave) = open_pty()?;
-    let slave_copy = slave
-        .try_clone()
-        .map_err(|e| BootError::io("duplicate", "the pseudo-terminal", e))?;
-    let mut command = Command::new(PROGRAM);
-    command
-        .arg("-q")
-        .arg("-f")
-        .arg(&config)
-        .arg("-rc")
-        .arg(&rc)
-        .current_dir(dir.path())
-        .env("TERM", "vt100")
-        .stdin(Stdio::from(slave))
-        .stdout(Stdio::from(slave_copy))
-        .stderr(Stdio::piped());
-    let mut child = console::start_emulator(&mut command, PROGRAM, true, on_progress)?;
-    // Our copies of the slave side go with the command, so that the master
-    // reads EOF/EIO once Bochs is gone.
-    drop(command);
-    drain_terminal(master);
-
-    let (sender, output) = channel();
-    if let Some(stderr) = child.stderr.take() {
-        console::spawn_line_reader(stderr, sender.clone(), Stream::Emulator);
+        let (sender, output) = channel();
+        if let Some(stderr) = child.stderr.take() {
+            console::spawn_line_reader(stderr, sender.clone(), Stream::Emulator);
+        }
+        let ended = Arc::new(AtomicBool::new(false));
+        follow_file(serial, Arc::clone(&ended), sender);
+        let running = Running {
+            child,
+            output,
+            ended,
+            power_off_codes: &[0, 1],
+            label: "[bochs]",
+            noise: is_noise,
+            // Bochs's guest runs in virtual time and drains its UART first: more room than QEMU.
+            power_off_grace: Duration::from_secs(5),
+        };
+        let mut report =
+            console::watch(running, Progress::new(PHASES), opts, on_line, on_progress)?;
+        if !report.end.explained_by_console() {
+            report.tail.extend(log_tail(&log));
+        }
+        Ok(report)
     }
-    let ended = Arc::new(AtomicBool::new(false));
-    follow_file(serial, Arc::clone(&ended), sender);
-    let running = Running {
-        child,
-        output,
-        ended,
-        power_off_codes: &[0, 1],
-        label: "[bochs]",
-        noise: is_noise,
-        // Bochs's guest runs in virtual time and drains its UART first: more room than QEMU.
-        power_off_grace: Duration::from_secs(5),
-    };
-    let mut report = console::watch(running, Progress::new(PHASES), opts, on_line, on_progress)?;
-    if !report.end.explained_by_console() {
-        report.tail.extend(log_tail(&log));
-    }
-    Ok(report)
 }
 
 fn open_pty() -> Result<(OwnedFd, OwnedFd), BootError> {

@@ -77,50 +77,41 @@ impl EmulatorBackend for Qemu {
         on_line: &mut dyn FnMut(&str),
         on_progress: &mut dyn FnMut(&str),
     ) -> Result<BootReport, BootError> {
-        boot(self.emulator, request, on_line, on_progress)
+        let BootRequest {
+            kernel,
+            initramfs,
+            opts,
+        } = *request;
+        let dir = private_dir("qemu")?;
+        let image = kernel_image(kernel, opts, dir.path(), on_progress)?;
+        let mut command = command(self.emulator, &image, initramfs, opts);
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = console::start_emulator(&mut command, PROGRAM, false, on_progress)?;
+        let (sender, output) = channel();
+        if let Some(stdout) = child.stdout.take() {
+            console::spawn_line_reader(stdout, sender.clone(), Stream::Console);
+        }
+        if let Some(stderr) = child.stderr.take() {
+            console::spawn_line_reader(stderr, sender, Stream::Emulator);
+        }
+        // QEMU loads the kernel itself: it boots as soon as QEMU runs.
+        let mut progress = Progress::new(&[]);
+        progress.reach("kernel booting", on_progress);
+        let running = Running {
+            child,
+            output,
+            ended: Arc::default(),
+            power_off_codes: &[0],
+            label: "[qemu]",
+            noise: |_| false,
+            // QEMU ends within a second of an ACPI power-off (measured: the whole run takes 2 s).
+            power_off_grace: Duration::from_secs(2),
+        };
+        console::watch(running, progress, opts, on_line, on_progress)
     }
-}
-
-fn boot(
-    emulator: Emulator,
-    request: &BootRequest,
-    on_line: &mut dyn FnMut(&str),
-    on_progress: &mut dyn FnMut(&str),
-) -> Result<BootReport, BootError> {
-    let BootRequest {
-        kernel,
-        initramfs,
-        opts,
-    } = *request;
-    let dir = private_dir("qemu")?;
-    let image = kernel_image(kernel, opts, dir.path(), on_progress)?;
-    let mut command = command(emulator, &image, initramfs, opts);
-    command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = console::start_emulator(&mut command, PROGRAM, false, on_progress)?;
-    let (sender, output) = channel();
-    if let Some(stdout) = child.stdout.take() {
-        console::spawn_line_reader(stdout, sender.clone(), Stream::Console);
-    }
-    if let Some(stderr) = child.stderr.take() {
-        console::spawn_line_reader(stderr, sender, Stream::Emulator);
-    }
-    // QEMU loads the kernel itself: it boots as soon as QEMU runs.
-    let mut progress = Progress::new(&[]);
-    progress.reach("kernel booting", on_progress);
-    let running = Running {
-        child,
-        output,
-        ended: Arc::default(),
-        power_off_codes: &[0],
-        label: "[qemu]",
-        noise: |_| false,
-        // QEMU ends within a second of an ACPI power-off (measured: the whole run takes 2 s).
-        power_off_grace: Duration::from_secs(2),
-    };
-    console::watch(running, progress, opts, on_line, on_progress)
 }
 
 /// The image to boot: the vmlinux inside the bzImage when it has a PVH entry
