@@ -186,9 +186,6 @@ impl Cli {
 
 /// The whole program: what `main` returns.
 pub fn main() -> ExitCode {
-    if boot::running_as_init() {
-        kernel_mode::inner_main();
-    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(error) => {

@@ -3,18 +3,15 @@
 //! record per line on the console; the outer process turns them back into verdicts and renders
 //! the usual report. One verdict type, one renderer, two transports.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use clap::Parser;
 
 use crate::boot::{self, BootEnd, BootOptions, Emulator, KernelInput};
 use crate::cli::Cli;
 use crate::debian;
 use crate::output::{self, NamedPath};
-use crate::runner::RunOptions;
 use crate::scenario::{self, Case, VendorKind};
 use crate::verdict::{Status, Verdict};
 use crate::{repeat, report};
@@ -54,7 +51,7 @@ pub enum Record {
 const TAG: &str = "@nestfault:";
 
 /// Starts the guest's console line that says which modules it loaded, and how.
-const LOADED: &str = "nestfault-init: loaded ";
+pub(crate) const LOADED: &str = "nestfault-init: loaded ";
 
 impl Record {
     /// The record as one console line: the tag, the kind, and (but for `done`) a JSON body. JSON
@@ -495,50 +492,6 @@ fn collate(cases: &[Case], outcome: Outcome, repeat: u32) -> Vec<Verdict> {
             verdict
         })
         .collect()
-}
-
-/// The inner side: this binary as /init of the kernel under test.
-pub fn inner_main() -> ! {
-    let mut console = std::io::stdout();
-    let mut say = |record: Record| {
-        let _ = writeln!(console, "{}", record.to_line());
-        let _ = console.flush();
-    };
-    match boot::inner_setup() {
-        Err(error) => say(Record::Untestable(error.to_string())),
-        Ok(env) => {
-            say(Record::Kernel(env.kernel_release.clone()));
-            // Not a record: for the progress output, the console log and --verbose.
-            println!("{LOADED}{}", env.loaded.join(", "));
-            let args = std::iter::once("nestfault".to_string()).chain(env.args);
-            match Cli::try_parse_from(args)
-                .map_err(anyhow::Error::from)
-                .and_then(|cli| inner_run(&cli, &mut say))
-            {
-                Ok(()) => say(Record::Done),
-                Err(error) => say(Record::Untestable(format!(
-                    "inner harness error: {error:#}"
-                ))),
-            }
-        }
-    }
-    boot::power_off()
-}
-
-fn inner_run(cli: &Cli, say: &mut dyn FnMut(Record)) -> anyhow::Result<()> {
-    if cli.bare_boot {
-        // Set up (modules loaded) and done: what the benchmark compares a full run with.
-        return Ok(());
-    }
-    let cases = cli.select(&cli.cases()?, &cli.explicit_vendors().unwrap_or_default())?;
-    let options = RunOptions {
-        timeout: Duration::from_secs(cli.timeout.unwrap_or(30)),
-    };
-    // Every run's verdict goes out as it lands; the outer side merges them (collate).
-    repeat::run(&cases, &options, cli.repeat, &mut |verdict| {
-        say(Record::Verdict(Box::new(verdict.clone())))
-    });
-    Ok(())
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ pub mod clock;
 pub mod debian;
 pub mod elf;
 pub mod exit;
+pub mod guest_init;
 pub mod host;
 pub mod input_file;
 pub mod interrupt;
