@@ -8,8 +8,8 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::boot;
-use crate::cli::Cli;
 use crate::kernel_mode::{Record, LOADED};
+use crate::options::Cli;
 use crate::repeat;
 use crate::runner::RunOptions;
 

@@ -9,32 +9,12 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use crate::boot::{self, BootEnd, BootOptions, Emulator, KernelInput};
-use crate::cli::Cli;
 use crate::debian;
+use crate::options::Cli;
 use crate::output::{self, NamedPath};
 use crate::scenario::{self, Case, VendorKind};
 use crate::verdict::{Status, Verdict};
 use crate::{repeat, report};
-
-/// `--emulator`: one of the boot layer's emulators, or `auto` to let it choose.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum EmulatorChoice {
-    Auto,
-    QemuKvm,
-    QemuTcg,
-    Bochs,
-}
-
-impl EmulatorChoice {
-    pub fn requested(self) -> Option<Emulator> {
-        match self {
-            EmulatorChoice::Auto => None,
-            EmulatorChoice::QemuKvm => Some(Emulator::QemuKvm),
-            EmulatorChoice::QemuTcg => Some(Emulator::QemuTcg),
-            EmulatorChoice::Bochs => Some(Emulator::Bochs),
-        }
-    }
-}
 
 /// One line of the inner process's console stream.
 #[derive(Clone, Debug, PartialEq)]
@@ -501,15 +481,6 @@ mod tests {
 
     use super::*;
 
-    /// `--emulator` spells each emulator the way reports name it.
-    #[test]
-    fn emulator_choices_are_the_reported_names() {
-        use clap::ValueEnum;
-        for emulator in [Emulator::QemuKvm, Emulator::QemuTcg, Emulator::Bochs] {
-            let choice = EmulatorChoice::from_str(&emulator.to_string(), false);
-            assert_eq!(choice.map(EmulatorChoice::requested), Ok(Some(emulator)));
-        }
-    }
     use crate::verdict::ExitValues;
 
     fn verdict() -> Verdict {

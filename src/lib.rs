@@ -20,6 +20,7 @@ pub mod machine;
 pub mod mailbox;
 pub mod module_param;
 pub mod observation;
+pub mod options;
 pub mod output;
 pub mod paging;
 pub mod path_io;

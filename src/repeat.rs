@@ -5,10 +5,9 @@
 
 use std::fmt::Write as _;
 
-use crate::report::exit_values_text;
 use crate::runner::{self, RunOptions};
 use crate::scenario::Case;
-use crate::verdict::{Status, Verdict};
+use crate::verdict::{ExitValues, Status, Verdict};
 
 /// Runs all of `cases`, then all of them again, `times` times in all (each pass is one
 /// [`runner::run`], so hardware paths keep running before emulated ones), and returns one merged
@@ -86,7 +85,7 @@ fn flaky_diagnosis(outcomes: &[Outcome], run_count: usize) -> String {
             .representative
             .actual
             .as_ref()
-            .map(exit_values_text)
+            .map(ExitValues::text)
             .filter(|text| !text.is_empty());
         let _ = write!(
             text,

@@ -35,6 +35,16 @@ impl ExitValues {
         )
     }
 
+    /// `name=0x...`, space-separated, in report order.
+    pub fn text(&self) -> String {
+        let fields: Vec<String> = self
+            .0
+            .iter()
+            .map(|(name, value)| format!("{name}={value:#x}"))
+            .collect();
+        fields.join(" ")
+    }
+
     pub fn get(&self, name: &str) -> Option<u64> {
         self.0.iter().find(|(n, _)| n == name).map(|&(_, v)| v)
     }

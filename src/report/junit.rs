@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use quick_junit::{NonSuccessKind, Property, Report, TestCase, TestCaseStatus, TestSuite};
 
-use super::{exit_values_text, vendor_names};
+use super::vendor_names;
 use crate::verdict::{Status, Verdict};
 
 pub fn render(kernel: &str, verdicts: &[Verdict], out: &mut dyn Write) -> io::Result<()> {
@@ -57,12 +57,9 @@ fn status(verdict: &Verdict) -> TestCaseStatus {
     status.set_message(summary);
     let mut text = diagnosis.to_string();
     if verdict.status == Status::Fail {
-        text.push_str(&format!(
-            "\nexpected: {}",
-            exit_values_text(&verdict.expected)
-        ));
+        text.push_str(&format!("\nexpected: {}", verdict.expected.text()));
         if let Some(actual) = &verdict.actual {
-            text.push_str(&format!("\nactual:   {}", exit_values_text(actual)));
+            text.push_str(&format!("\nactual:   {}", actual.text()));
         }
     }
     if text != summary {

@@ -79,16 +79,6 @@ fn vendors(verdicts: &[Verdict]) -> String {
         .join(",")
 }
 
-/// Exit fields as `name=0x...`, space-separated, in comparison order.
-pub fn exit_values_text(values: &ExitValues) -> String {
-    let fields: Vec<String> = values
-        .0
-        .iter()
-        .map(|(name, value)| format!("{name}={value:#x}"))
-        .collect();
-    fields.join(" ")
-}
-
 /// How many verdicts have each status, for the summary lines of the text formats.
 struct Counts {
     pass: usize,
