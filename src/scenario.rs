@@ -143,6 +143,24 @@ pub struct Scenario {
 }
 
 impl Scenario {
+    fn at(
+        name: String,
+        summary: String,
+        point: Point,
+        runs: Vec<(VendorKind, AccessPath)>,
+    ) -> Self {
+        Scenario {
+            name,
+            summary,
+            target: point.target,
+            fault: point.fault,
+            access: point.access,
+            nested_leaf: point.nested_leaf,
+            l2_leaf: point.l2_leaf,
+            runs,
+        }
+    }
+
     /// `<target>_<fault>_<access>`, then `_nested_<size>` and `_l2_<size>` for leaves that are
     /// not 4 KiB.
     fn derived_name(point: &Point) -> String {
@@ -415,16 +433,11 @@ impl Matrix {
                 continue;
             }
             let seed = parsed.seed.iter().find(|seed| point_of!(seed) == point);
-            matrix.scenarios.push(Scenario {
-                name: seed.map_or_else(|| Scenario::derived_name(&point), |s| s.name.clone()),
-                summary: Scenario::describe(&point),
-                target: point.target,
-                fault: point.fault,
-                access: point.access,
-                nested_leaf: point.nested_leaf,
-                l2_leaf: point.l2_leaf,
-                runs,
-            });
+            let name = seed.map_or_else(|| Scenario::derived_name(&point), |s| s.name.clone());
+            let summary = Scenario::describe(&point);
+            matrix
+                .scenarios
+                .push(Scenario::at(name, summary, point, runs));
         }
         for seed in &parsed.seed {
             if !matrix.scenarios.iter().any(|s| s.name == seed.name) {
@@ -528,16 +541,7 @@ impl Matrix {
                 reasons.join("\n  ")
             )));
         }
-        Ok(Scenario {
-            name: name.to_string(),
-            summary: parsed.summary,
-            target: point.target,
-            fault: point.fault,
-            access: point.access,
-            nested_leaf: point.nested_leaf,
-            l2_leaf: point.l2_leaf,
-            runs,
-        })
+        Ok(Scenario::at(name.to_string(), parsed.summary, point, runs))
     }
 }
 

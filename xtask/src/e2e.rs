@@ -184,7 +184,7 @@ pub fn workspace_root() -> PathBuf {
 
 struct Run {
     kernel: FetchedKernel,
-    vendor: &'static str,
+    vendor: VendorKind,
 }
 
 pub fn run(args: &E2eArgs) -> Result<()> {
@@ -197,9 +197,16 @@ pub fn run(args: &E2eArgs) -> Result<()> {
     // The built-in matrix and the example scenario file, so that --scenarios-dir is proven on
     // real kernels too.
     let extra = workspace.join("scenarios/examples");
-    let vendors: Vec<&'static str> = ["vmx", "svm"]
+    if let Some(unknown) = args
+        .vendors
+        .iter()
+        .find(|name| !VendorKind::ALL.iter().any(|kind| kind.name() == *name))
+    {
+        bail!("unknown --vendor {unknown:?}: use svm or vmx");
+    }
+    let vendors: Vec<VendorKind> = [VendorKind::Vmx, VendorKind::Svm]
         .into_iter()
-        .filter(|v| args.vendors.is_empty() || args.vendors.iter().any(|a| a == v))
+        .filter(|v| args.vendors.is_empty() || args.vendors.iter().any(|a| a == v.name()))
         .collect();
     // Bochs runs first: they are the long ones.
     let queue: Mutex<Vec<Run>> = Mutex::new(
@@ -319,11 +326,7 @@ fn interruption(nestfault: &Path, kernel: &FetchedKernel) -> Result<f64> {
 }
 
 /// The cases a run of `vendor` with the example scenarios selects.
-fn selected_cases(extra: &Path, vendor: &str) -> Result<Vec<Case>> {
-    let vendor = match vendor {
-        "svm" => VendorKind::Svm,
-        _ => VendorKind::Vmx,
-    };
+fn selected_cases(extra: &Path, vendor: VendorKind) -> Result<Vec<Case>> {
     let scenarios = scenario::with_dir(extra).context("loading the scenarios")?;
     Ok(scenario::expand(&scenarios)
         .into_iter()
@@ -339,7 +342,13 @@ fn run_one(nestfault: &Path, extra: &Path, logs: &Path, run: &Run) -> Result<(Ve
     let mut command = kernel_command(nestfault, &run.kernel);
     command.arg("--scenarios-dir").arg(extra);
     command
-        .args(["--vendor", run.vendor, "--format", "json", "--console-log"])
+        .args([
+            "--vendor",
+            run.vendor.name(),
+            "--format",
+            "json",
+            "--console-log",
+        ])
         .arg(log("console"));
     let started = Instant::now();
     let output = command
