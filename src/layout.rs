@@ -389,7 +389,7 @@ mod tests {
             .memory
             .read("the mailbox", MAILBOX_GPA, PAGE_SIZE)
             .unwrap();
-        let mailbox = GuestMailbox::from_bytes(bytes).unwrap();
+        let mailbox = GuestMailbox::from_bytes(&bytes).unwrap();
         let field = if format == Format::Npt { 0xb0 } else { 0x201a };
         let write = mailbox
             .queued_writes()

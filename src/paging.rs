@@ -4,6 +4,9 @@
 //! A fault is an edit of a built table, addressed by what it breaks: [`PageTable::set_leaf`] on the
 //! GPA of the data page, or of a page-table page that [`PageTable::walk`] names.
 
+use std::collections::BTreeMap;
+use std::ops::Range;
+
 use thiserror::Error;
 
 use crate::scenario::LeafSize;
@@ -178,28 +181,37 @@ pub enum LayoutError {
     NotMapped { format: Format, address: u64 },
 }
 
-/// L1's physical memory as a byte image, with a bump allocator for table pages. Built in full
-/// before the VM exists, then copied into guest memory in one go.
+/// L1's physical memory as the pages written to it, with a bump allocator for table pages. Built
+/// in full before the VM exists, then copied into guest memory in one go.
 pub struct PhysImage {
-    bytes: Vec<u8>,
+    size: u64,
+    /// The pages written so far, by guest-physical address; every other page is zero. Sparse
+    /// because an image is a few dozen pages of 2 MiB, and a dense one cost each case a 2 MiB
+    /// allocation and a scan for the pages to copy, under an emulated L0 several ms.
+    pages: BTreeMap<u64, Box<[u8; PAGE_SIZE as usize]>>,
     next_free: u64,
 }
+
+const ZERO_PAGE: [u8; PAGE_SIZE as usize] = [0; PAGE_SIZE as usize];
 
 impl PhysImage {
     /// `size` bytes of zeroed memory; pages for tables and data come from `[pool_start, size)`.
     pub fn new(size: u64, pool_start: u64) -> Self {
         Self {
-            bytes: vec![0; size as usize],
+            size,
+            pages: BTreeMap::new(),
             next_free: pool_start,
         }
     }
 
     pub fn size(&self) -> u64 {
-        self.bytes.len() as u64
+        self.size
     }
 
-    pub fn bytes(&self) -> &[u8] {
-        &self.bytes
+    /// The pages that are not known to be zero, as (guest-physical address, contents), in
+    /// address order.
+    pub fn pages(&self) -> impl Iterator<Item = (u64, &[u8])> {
+        self.pages.iter().map(|(&gpa, page)| (gpa, &page[..]))
     }
 
     /// A zeroed, page-aligned page from the pool.
@@ -218,14 +230,9 @@ impl PhysImage {
         self.next_free = self.next_free.next_multiple_of(align);
     }
 
-    fn range(
-        &self,
-        what: &'static str,
-        address: u64,
-        len: u64,
-    ) -> Result<std::ops::Range<usize>, LayoutError> {
+    fn check_range(&self, what: &'static str, address: u64, len: u64) -> Result<(), LayoutError> {
         match address.checked_add(len) {
-            Some(end) if end <= self.size() => Ok(address as usize..end as usize),
+            Some(end) if end <= self.size() => Ok(()),
             _ => Err(LayoutError::OutOfRange {
                 what,
                 address,
@@ -235,19 +242,51 @@ impl PhysImage {
         }
     }
 
+    /// `data` split at page boundaries, each piece with its page and its offset in that page.
+    fn pieces(address: u64, data_len: u64) -> impl Iterator<Item = (u64, usize, Range<usize>)> {
+        let mut done = 0;
+        std::iter::from_fn(move || {
+            (done < data_len).then(|| {
+                let at = address + done;
+                let (page, offset) = (at & !(PAGE_SIZE - 1), (at & (PAGE_SIZE - 1)) as usize);
+                let len = (PAGE_SIZE - offset as u64).min(data_len - done);
+                let piece = (page, offset, done as usize..(done + len) as usize);
+                done += len;
+                piece
+            })
+        })
+    }
+
     pub fn write(
         &mut self,
         what: &'static str,
         address: u64,
         data: &[u8],
     ) -> Result<(), LayoutError> {
-        let range = self.range(what, address, data.len() as u64)?;
-        self.bytes[range].copy_from_slice(data);
+        self.check_range(what, address, data.len() as u64)?;
+        for (page, offset, piece) in Self::pieces(address, data.len() as u64) {
+            let piece = &data[piece];
+            // Zeros over a page never written leave it zero, and absent.
+            if !self.pages.contains_key(&page) && piece.iter().all(|&byte| byte == 0) {
+                continue;
+            }
+            let contents = self
+                .pages
+                .entry(page)
+                .or_insert_with(|| Box::new(ZERO_PAGE));
+            contents[offset..offset + piece.len()].copy_from_slice(piece);
+        }
         Ok(())
     }
 
-    pub fn read(&self, what: &'static str, address: u64, len: u64) -> Result<&[u8], LayoutError> {
-        Ok(&self.bytes[self.range(what, address, len)?])
+    pub fn read(&self, what: &'static str, address: u64, len: u64) -> Result<Vec<u8>, LayoutError> {
+        self.check_range(what, address, len)?;
+        let mut bytes = Vec::with_capacity(len as usize);
+        for (page, offset, piece) in Self::pieces(address, len) {
+            let contents = self.pages.get(&page).map_or(&ZERO_PAGE, |page| &**page);
+            bytes.extend_from_slice(&contents[offset..offset + piece.len()]);
+        }
+        Ok(bytes)
     }
 
     pub fn write_u64(
