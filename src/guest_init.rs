@@ -52,7 +52,7 @@ fn inner_run(cli: &Cli, say: &mut dyn FnMut(Record)) -> anyhow::Result<()> {
     };
     // Every run's verdict goes out as it lands; the outer side merges them (collate).
     repeat::run(&cases, &options, cli.repeat, &mut |verdict| {
-        say(Record::Verdict(Box::new(verdict.clone())))
+        say(Record::Verdict(Box::new(verdict.run_result())))
     });
     Ok(())
 }

@@ -8,7 +8,7 @@ mod support;
 use std::time::Duration;
 
 use nestfault::kernel_mode::Record;
-use nestfault::verdict::{ExitValues, Status, Verdict};
+use nestfault::verdict::{ExitValues, RunResult, Status};
 use support::{output_within, path_str, text, wait_at_most, Scratch};
 
 const CASE: &str = "svm/pt_page_unmapped/emulated";
@@ -20,12 +20,8 @@ fn kernel_line() -> String {
 
 fn passed_line() -> String {
     let values = ExitValues(vec![("exit_code".into(), 0x400)]);
-    Record::Verdict(Box::new(Verdict {
+    Record::Verdict(Box::new(RunResult {
         id: CASE.into(),
-        vendor: "svm".into(),
-        scenario: "pt_page_unmapped".into(),
-        path: "emulated".into(),
-        axes: Default::default(),
         status: Status::Pass,
         expected: values.clone(),
         actual: Some(values),
