@@ -119,6 +119,25 @@ impl<'a> Elf<'a> {
             .collect()
     }
 
+    /// The entry point (e_entry).
+    pub(crate) fn entry(&self) -> Result<u64, String> {
+        self.field_u64(24)
+    }
+
+    /// Each PT_LOAD segment as (physical address, file contents, size in memory).
+    pub(crate) fn loadable_segments(&self) -> Result<Vec<(u64, &'a [u8], u64)>, String> {
+        self.program_headers()?
+            .into_iter()
+            .filter(|ph| ph.kind == PT_LOAD)
+            .map(|ph| {
+                if ph.filesz > ph.memsz {
+                    return Err("a segment is bigger in the file than in memory".into());
+                }
+                Ok((ph.paddr, self.slice(ph.offset, ph.filesz)?, ph.memsz))
+            })
+            .collect()
+    }
+
     /// The program interpreter (PT_INTERP), e.g. /lib64/ld-linux-x86-64.so.2;
     /// None for a static executable.
     pub(crate) fn interpreter(&self) -> Result<Option<String>, String> {

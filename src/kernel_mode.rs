@@ -529,7 +529,10 @@ mod tests {
         sent.actual = Some(ExitValues(vec![("exit_reason".into(), 49)]));
         sent.duration_ms = 41;
         let line = Record::Verdict(Box::new(sent.run_result())).to_line();
-        assert!(!line.contains("\"target\""), "the axes are the host's: {line}");
+        assert!(
+            !line.contains("\"target\""),
+            "the axes are the host's: {line}"
+        );
         let [Record::Verdict(result)] = &Record::parse(&line)[..] else {
             panic!("not one verdict record: {line}");
         };

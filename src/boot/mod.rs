@@ -19,9 +19,10 @@
 //!   module's `.modinfo`), `args` and `vendor`.
 //! - Speed levers (`BootOptions::fast_boot`, on by default): kernel
 //!   parameters that skip boot work the kernel does for itself (`cmdline`),
-//!   the Bochs BIOS's boot-menu wait, QEMU's PVH boot of the uncompressed
-//!   kernel (`pvh`), unsigned modules. Each says why it cannot change a
-//!   verdict; `--no-fast-boot` boots without all of them.
+//!   the Bochs BIOS's boot-menu wait, booting the uncompressed kernel
+//!   (`vmlinux`: QEMU's PVH entry, Bochs' `direct` boot), unsigned modules.
+//!   Each says why it cannot change a verdict; `--no-fast-boot` boots without
+//!   all of them.
 //! - Console protocol: the guest prints `nestfault-init: running` when /init
 //!   starts and `nestfault-init: powering off` just before powering off; the
 //!   host derives the "init running" phase and [`BootEnd::PoweredOff`] from
@@ -39,6 +40,7 @@ mod compression;
 mod console;
 mod contract;
 mod deb;
+mod direct;
 mod emulator;
 mod error;
 mod initramfs;
@@ -46,12 +48,12 @@ mod inner;
 mod iso;
 mod kernel;
 mod modules;
-mod pvh;
 mod qemu;
 mod tempdir;
 mod tools;
 mod tree;
 mod unsigned;
+mod vmlinux;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

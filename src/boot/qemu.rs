@@ -1,6 +1,6 @@
 //! QEMU: loads the kernel and initramfs itself, serial console on stdout.
 //! With the speed levers on, it boots the uncompressed kernel through its
-//! PVH entry point where it has one (see `pvh`).
+//! PVH entry point where it has one (see `vmlinux`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -12,9 +12,9 @@ use super::backend::{BootRequest, EmulatorBackend};
 use super::console::{self, Progress, Running, Stream};
 use super::error::BootError;
 use super::kernel::PreparedKernel;
-use super::pvh;
 use super::tempdir::private_dir;
 use super::tools::{Location, Requirement};
+use super::vmlinux;
 use super::{BootOptions, BootReport, Emulator};
 
 const PROGRAM: &str = "qemu-system-x86_64";
@@ -126,15 +126,16 @@ fn kernel_image(
         return Ok(kernel.vmlinuz.clone());
     }
     on_progress("finding the vmlinux for a PVH boot (extracted once, then cached)");
-    Ok(
-        match pvh::extract_vmlinux(&kernel.vmlinuz, pvh::cache_dir(), dir)? {
-            Ok(vmlinux) => vmlinux,
-            Err(why) => {
-                on_progress(&format!("booting the bzImage: {why}"));
-                kernel.vmlinuz.clone()
-            }
-        },
-    )
+    let pvh = vmlinux::extract_vmlinux(&kernel.vmlinuz, vmlinux::cache_dir(), dir)?
+        .map(|path| Ok(vmlinux::pvh_entry(&path)?.map(|()| path)))
+        .unwrap_or_else(|why| Ok(Err(why)))?;
+    Ok(match pvh {
+        Ok(vmlinux) => vmlinux,
+        Err(why) => {
+            on_progress(&format!("booting the bzImage: {why}"));
+            kernel.vmlinuz.clone()
+        }
+    })
 }
 
 #[cfg(test)]

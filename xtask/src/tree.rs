@@ -216,6 +216,34 @@ pub fn readme_recipe(readme: &Path) -> Result<String> {
         .context("the README's kernel developer's loop has no `git bisect run` line")
 }
 
+/// The tree this stage built with KVM built in (`nestfault kconfig --tree`), if one is in the
+/// cache, for the benchmark; the newest series first. Its commit is whatever the last bisect
+/// step built: fine for timing, which is all the benchmark wants of it.
+pub fn cached_build(cache: &Path) -> Option<PathBuf> {
+    let mut built: Vec<PathBuf> = fs::read_dir(cache.join("tree"))
+        .ok()?
+        .filter_map(|entry| Some(entry.ok()?.path()))
+        .filter(|path| {
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            let series = name.strip_prefix("linux-source-").unwrap_or_default();
+            // linux-source-7.2, not the modular copy linux-source-7.2-modules.
+            let plain = series
+                .bytes()
+                .all(|byte| byte.is_ascii_digit() || byte == b'.');
+            plain && major_minor(series).is_some() && path.join("arch/x86/boot/bzImage").is_file()
+        })
+        .collect();
+    built.sort_by_key(|path| {
+        major_minor(
+            path.file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .trim_start_matches("linux-source-"),
+        )
+    });
+    built.pop()
+}
+
 /// The unpacked linux-source of the newest fixed series in `<cache>/tree`, fetched and unpacked
 /// unless already there.
 fn source_tree(cache: &Path) -> Result<PathBuf> {
