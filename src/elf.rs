@@ -26,6 +26,14 @@ pub(crate) struct Elf<'a> {
     pub(crate) machine: u16,
 }
 
+/// A PT_LOAD segment: where it goes, its bytes from the file, and its size in memory (the rest
+/// zero).
+pub(crate) struct LoadSegment<'a> {
+    pub(crate) paddr: u64,
+    pub(crate) contents: &'a [u8],
+    pub(crate) memsz: u64,
+}
+
 struct ProgramHeader {
     kind: u32,
     offset: u64,
@@ -124,8 +132,8 @@ impl<'a> Elf<'a> {
         self.field_u64(24)
     }
 
-    /// Each PT_LOAD segment as (physical address, file contents, size in memory).
-    pub(crate) fn loadable_segments(&self) -> Result<Vec<(u64, &'a [u8], u64)>, String> {
+    /// The PT_LOAD segments.
+    pub(crate) fn loadable_segments(&self) -> Result<Vec<LoadSegment<'a>>, String> {
         self.program_headers()?
             .into_iter()
             .filter(|ph| ph.kind == PT_LOAD)
@@ -133,7 +141,11 @@ impl<'a> Elf<'a> {
                 if ph.filesz > ph.memsz {
                     return Err("a segment is bigger in the file than in memory".into());
                 }
-                Ok((ph.paddr, self.slice(ph.offset, ph.filesz)?, ph.memsz))
+                Ok(LoadSegment {
+                    paddr: ph.paddr,
+                    contents: self.slice(ph.offset, ph.filesz)?,
+                    memsz: ph.memsz,
+                })
             })
             .collect()
     }
@@ -248,27 +260,30 @@ pub fn load(image: &[u8], memory: &mut PhysImage, region: Range<u64>) -> Result<
             elf.machine
         )));
     }
-    let entry = elf.field_u64(24).map_err(ElfError::NotAnExecutable)?;
-    let headers = elf.program_headers().map_err(ElfError::NotAnExecutable)?;
-    for ph in headers.iter().filter(|ph| ph.kind == PT_LOAD) {
+    let entry = elf.entry().map_err(ElfError::NotAnExecutable)?;
+    for segment in elf.loadable_segments().map_err(ElfError::NotAnExecutable)? {
         let out_of_region = || ElfError::OutOfRegion {
-            start: ph.paddr,
-            end: ph.paddr.saturating_add(ph.memsz),
+            start: segment.paddr,
+            end: segment.paddr.saturating_add(segment.memsz),
             region: region.clone(),
         };
-        let end = ph.paddr.checked_add(ph.memsz).ok_or_else(out_of_region)?;
-        if ph.paddr < region.start || end > region.end || ph.filesz > ph.memsz {
+        let end = segment
+            .paddr
+            .checked_add(segment.memsz)
+            .ok_or_else(out_of_region)?;
+        if segment.paddr < region.start || end > region.end {
             return Err(out_of_region());
         }
-        let contents = elf
-            .slice(ph.offset, ph.filesz)
-            .map_err(ElfError::NotAnExecutable)?;
         memory
-            .write("the stub", ph.paddr, contents)
+            .write("the stub", segment.paddr, segment.contents)
             .map_err(|_| out_of_region())?;
-        let bss = vec![0; (ph.memsz - ph.filesz) as usize];
+        let bss = vec![0; (segment.memsz - segment.contents.len() as u64) as usize];
         memory
-            .write("the stub", ph.paddr + ph.filesz, &bss)
+            .write(
+                "the stub",
+                segment.paddr + segment.contents.len() as u64,
+                &bss,
+            )
             .map_err(|_| out_of_region())?;
     }
     Ok(entry)
@@ -321,24 +336,34 @@ pub mod tests {
         assert!(elf.section(".no-such-section").unwrap().is_none());
     }
 
-    /// A minimal executable: one PT_LOAD of `hlt` at 0x10_0000, entry there.
-    pub fn tiny_stub() -> Vec<u8> {
-        let mut elf = vec![0u8; 0x80];
+    /// An x86-64 executable with these PT_LOAD segments, (physical address, contents, size in
+    /// memory) each, virtual address = physical.
+    pub fn executable(entry: u64, segments: &[(u64, &[u8], u64)]) -> Vec<u8> {
+        let headers_end = 0x40 + 56 * segments.len();
+        let mut elf = vec![0u8; headers_end];
         elf[..6].copy_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1]);
         elf[16..18].copy_from_slice(&ET_EXEC.to_le_bytes());
         elf[18..20].copy_from_slice(&EM_X86_64.to_le_bytes());
-        elf[24..32].copy_from_slice(&0x10_0000u64.to_le_bytes());
+        elf[24..32].copy_from_slice(&entry.to_le_bytes());
         elf[32..40].copy_from_slice(&0x40u64.to_le_bytes());
         elf[54..56].copy_from_slice(&56u16.to_le_bytes());
-        elf[56..58].copy_from_slice(&1u16.to_le_bytes());
-        let ph = 0x40;
-        elf[ph..ph + 4].copy_from_slice(&PT_LOAD.to_le_bytes());
-        elf[ph + 8..ph + 16].copy_from_slice(&0x78u64.to_le_bytes());
-        elf[ph + 24..ph + 32].copy_from_slice(&0x10_0000u64.to_le_bytes());
-        elf[ph + 32..ph + 40].copy_from_slice(&1u64.to_le_bytes());
-        elf[ph + 40..ph + 48].copy_from_slice(&0x10u64.to_le_bytes());
-        elf[0x78] = 0xf4;
+        elf[56..58].copy_from_slice(&(segments.len() as u16).to_le_bytes());
+        for (index, (paddr, contents, memsz)) in segments.iter().enumerate() {
+            let (ph, offset) = (0x40 + 56 * index, elf.len() as u64);
+            elf[ph..ph + 4].copy_from_slice(&PT_LOAD.to_le_bytes());
+            elf[ph + 8..ph + 16].copy_from_slice(&offset.to_le_bytes());
+            elf[ph + 16..ph + 24].copy_from_slice(&paddr.to_le_bytes());
+            elf[ph + 24..ph + 32].copy_from_slice(&paddr.to_le_bytes());
+            elf[ph + 32..ph + 40].copy_from_slice(&(contents.len() as u64).to_le_bytes());
+            elf[ph + 40..ph + 48].copy_from_slice(&memsz.to_le_bytes());
+            elf.extend_from_slice(contents);
+        }
         elf
+    }
+
+    /// A minimal executable: one PT_LOAD of `hlt` at 0x10_0000, entry there.
+    pub fn tiny_stub() -> Vec<u8> {
+        executable(0x10_0000, &[(0x10_0000, &[0xf4], 0x10)])
     }
 
     /// An ELF with one PT_NOTE segment holding these (owner, type) notes, each with a 4-byte

@@ -167,10 +167,10 @@ struct FlatKernel {
 fn flatten(vmlinux: &[u8], memory_bytes: u64) -> Result<FlatKernel, String> {
     let elf = Elf::parse(vmlinux)?;
     let segments = elf.loadable_segments()?;
-    let start = segments.iter().map(|(paddr, ..)| *paddr).min();
+    let start = segments.iter().map(|segment| segment.paddr).min();
     let end = segments
         .iter()
-        .map(|(paddr, _, memsz)| paddr.checked_add(*memsz))
+        .map(|segment| segment.paddr.checked_add(segment.memsz))
         .try_fold(0u64, |end, segment_end| segment_end.map(|e| end.max(e)));
     let (Some(start), Some(end)) = (start, end) else {
         return Err("no loadable segment, or one that ends past 2^64".into());
@@ -188,9 +188,9 @@ fn flatten(vmlinux: &[u8], memory_bytes: u64) -> Result<FlatKernel, String> {
         ));
     }
     let mut bytes = vec![0u8; (end - start) as usize];
-    for (paddr, contents, _) in segments {
-        let at = (paddr - start) as usize;
-        bytes[at..at + contents.len()].copy_from_slice(contents);
+    for segment in segments {
+        let at = (segment.paddr - start) as usize;
+        bytes[at..at + segment.contents.len()].copy_from_slice(segment.contents);
     }
     let used = bytes
         .iter()
@@ -279,4 +279,89 @@ pub(crate) fn prepare(
     let ramdisk = dir.join("direct-boot-ramdisk");
     fs::write(&ramdisk, ramdisk_bytes).map_err(|e| BootError::io("write", &ramdisk, e))?;
     Ok(Ok(DirectBoot { kernel, ramdisk }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::elf::tests::executable;
+
+    const MEMORY: u64 = 512 << 20;
+
+    /// Text at 16 MiB; data after a gap, ending in zeros, and a .bss beyond its file bytes.
+    fn kernel() -> Vec<u8> {
+        let text = [0x90u8; 0x1800];
+        let mut data = vec![0u8; 0x1000];
+        data[..3].copy_from_slice(&[1, 2, 3]);
+        executable(
+            0x100_0010,
+            &[(0x100_0000, &text, 0x1800), (0x100_4000, &data, 0x3000)],
+        )
+    }
+
+    #[test]
+    fn flattens_to_the_bytes_from_the_first_address_on() {
+        let flat = flatten(&kernel(), MEMORY).unwrap();
+        assert_eq!((flat.start, flat.entry), (0x100_0000, 0x100_0010));
+        // Text, the gap as zeros, then data up to its last non-zero byte (rounded to 4).
+        assert_eq!(flat.bytes.len(), 0x4004);
+        assert!(flat.bytes[..0x1800].iter().all(|&byte| byte == 0x90));
+        assert!(flat.bytes[0x1800..0x4000].iter().all(|&byte| byte == 0));
+        assert_eq!(&flat.bytes[0x4000..], &[1, 2, 3, 0]);
+        // The rest of the image, to the end of .bss, is zeroed by the program.
+        assert_eq!(flat.bytes.len() as u64 + flat.zeros, 0x7000);
+        assert_eq!(skip(&flat), 0x5000);
+    }
+
+    #[test]
+    fn declines_what_it_cannot_place_or_enter() {
+        let low = executable(0x1000, &[(0x1000, &[0x90], 1)]);
+        assert!(flatten(&low, MEMORY).unwrap_err().contains("not where"));
+        let outside = executable(0x200_0000, &[(0x100_0000, &[0x90], 1)]);
+        assert!(flatten(&outside, MEMORY)
+            .unwrap_err()
+            .contains("entry point"));
+        let huge = executable(0x100_0000, &[(0x100_0000, &[0x90], MEMORY / 2)]);
+        assert!(flatten(&huge, MEMORY).unwrap_err().contains("not where"));
+        assert!(flatten(b"not an elf", MEMORY).is_err());
+    }
+
+    #[test]
+    fn the_loader_image_is_the_setup_code_then_the_program_with_its_parameters() {
+        let mut bzimage = vec![0u8; 3 * 512 + 100];
+        bzimage[0x1f1] = 2;
+        bzimage[0x202..0x206].copy_from_slice(b"HdrS");
+        bzimage[0x300] = 0xaa; // in the setup code
+        let flat = flatten(&kernel(), MEMORY).unwrap();
+        let image = loader_image(&bzimage, &flat).unwrap();
+        let program = program();
+        // The parameters are the program's last bytes, zero as assembled.
+        assert!(program[program.len() - PARAMS_LEN..]
+            .iter()
+            .all(|&b| b == 0));
+        assert_eq!(program[0], 0xfc, "the program starts with cld");
+        assert_eq!(&image[..0x1f4], &bzimage[..0x1f4]);
+        assert_eq!(image[0x300], 0xaa);
+        let syssize = u32::from_le_bytes(image[0x1f4..0x1f8].try_into().unwrap()) as usize;
+        assert_eq!(syssize, program.len().div_ceil(16));
+        assert_eq!(image.len(), 3 * 512 + program.len());
+        let params: Vec<u32> = image[image.len() - PARAMS_LEN..]
+            .chunks_exact(4)
+            .map(|word| u32::from_le_bytes(word.try_into().unwrap()))
+            .collect();
+        assert_eq!(
+            params,
+            [
+                0x100_0000,
+                0x4004 / 4,
+                (0x7000 - 0x4004) / 4,
+                0x5000,
+                TABLES,
+                0x100_0010
+            ]
+        );
+        let mut not_a_bzimage = bzimage;
+        not_a_bzimage[0x202] = b'X';
+        assert!(loader_image(&not_a_bzimage, &flat).is_err());
+    }
 }

@@ -21,6 +21,11 @@ use crate::elf::{Elf, EM_X86_64};
 const PVH_NOTE_OWNER: &[u8] = b"Xen";
 const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
 
+/// The cache's name for "this bzImage yields no vmlinux", with the reason inside. It names the
+/// extractor's generation: raise it whenever extraction learns a payload it failed on, so that an
+/// older nestfault's "cannot" is not believed (2: xz payloads, whose size trailer 1 misread).
+const NO_VMLINUX: &str = "no-vmlinux-2";
+
 /// How many extracted kernels the cache keeps (each is some 60 MB).
 const CACHE_KEEP: usize = 3;
 
@@ -45,7 +50,7 @@ pub(crate) fn extract_vmlinux(
         if touch(&cached) {
             return Ok(Ok(cached));
         }
-        if let Ok(why) = fs::read_to_string(cache.join(format!("{key}.no-vmlinux"))) {
+        if let Ok(why) = fs::read_to_string(cache.join(format!("{key}.{NO_VMLINUX}"))) {
             return Ok(Err(why));
         }
     }
@@ -65,7 +70,7 @@ pub(crate) fn extract_vmlinux(
     };
     let (name, contents) = match &vmlinux {
         Ok(vmlinux) => (format!("{key}.vmlinux"), vmlinux.as_slice()),
-        Err(why) => (format!("{key}.no-vmlinux"), why.as_bytes()),
+        Err(why) => (format!("{key}.{NO_VMLINUX}"), why.as_bytes()),
     };
     // Written under a temporary name and renamed, so that a concurrent run
     // never boots half a file.
@@ -167,9 +172,9 @@ fn payload(image: &[u8]) -> Result<&[u8], String> {
         .ok_or_else(|| "the payload lies past the end of the image".into())
 }
 
-/// Decompresses the payload, recognised by its magic number. The kernel
-/// appends the decompressed size after the stream; the decoders stop at the
-/// stream's end and never read it.
+/// Decompresses the payload, recognised by its magic number. The kernel's build appends the
+/// decompressed size (32 bits, little endian) after the stream: it is cut off before decoding
+/// (xz reads on after a stream and takes it for a broken next one) and checked afterwards.
 fn decompress(payload: &[u8]) -> Result<Vec<u8>, String> {
     let compression = if payload.starts_with(&[0x1f, 0x8b]) {
         Compression::Gzip
@@ -180,11 +185,23 @@ fn decompress(payload: &[u8]) -> Result<Vec<u8>, String> {
     } else {
         return Err("its payload is compressed with lz4, lzo, bzip2 or lzma, which nestfault does not decompress".into());
     };
-    let mut vmlinux = Vec::with_capacity(payload.len() * 5);
+    let split = payload
+        .len()
+        .checked_sub(4)
+        .ok_or("its payload is too short")?;
+    let (stream, size) = payload.split_at(split);
+    let size = u32::from_le_bytes(size.try_into().expect("4 bytes")) as usize;
+    let mut vmlinux = Vec::with_capacity(size);
     compression
-        .decoder(payload)
+        .decoder(stream)
         .and_then(|mut decoder| decoder.read_to_end(&mut vmlinux))
         .map_err(|e| format!("its payload does not decompress: {e}"))?;
+    if vmlinux.len() != size {
+        return Err(format!(
+            "its payload decompresses to {} bytes, not the {size} its trailer says",
+            vmlinux.len()
+        ));
+    }
     Ok(vmlinux)
 }
 
@@ -211,13 +228,26 @@ mod tests {
     use std::io::Write;
 
     /// A bzImage of boot protocol 2.15 whose payload is `vmlinux`, gzipped, followed by the size
-    /// the kernel appends.
+    /// the kernel's build appends.
     fn bzimage(vmlinux: &[u8]) -> Vec<u8> {
         let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         gzip.write_all(vmlinux).unwrap();
-        let mut payload = gzip.finish().unwrap();
-        let length = payload.len() as u32;
+        bzimage_with(gzip.finish().unwrap(), vmlinux)
+    }
+
+    /// The same with an xz payload, as Debian's 6.1 kernels have.
+    fn xz_bzimage(vmlinux: &[u8]) -> Vec<u8> {
+        let options = lzma_rust2::XzOptions::with_preset(1);
+        let mut xz = lzma_rust2::XzWriter::new(Vec::new(), options).unwrap();
+        xz.write_all(vmlinux).unwrap();
+        bzimage_with(xz.finish().unwrap(), vmlinux)
+    }
+
+    /// payload_length counts the size trailer, as in a real bzImage (7.2's: 0xd9eebc bytes, the
+    /// last four 62173500, its vmlinux's size).
+    fn bzimage_with(mut payload: Vec<u8>, vmlinux: &[u8]) -> Vec<u8> {
         payload.extend_from_slice(&(vmlinux.len() as u32).to_le_bytes());
+        let length = payload.len() as u32;
         let mut image = vec![0u8; 5 * 512 + 0x100];
         image[0x1f1] = 4;
         image[0x202..0x206].copy_from_slice(b"HdrS");
@@ -256,6 +286,18 @@ mod tests {
         fs::write(&path, with_notes(&[(b"Xen", 17)])).unwrap();
         let why = pvh_entry(&path).unwrap().unwrap_err();
         assert!(why.contains("no PVH entry point"), "{why}");
+    }
+
+    #[test]
+    fn an_xz_payload_with_its_size_trailer_decompresses() {
+        let vmlinux = with_notes(&[(b"Xen", XEN_ELFNOTE_PHYS32_ENTRY)]);
+        let image = xz_bzimage(&vmlinux);
+        assert_eq!(payload(&image).and_then(decompress), Ok(vmlinux.clone()));
+        let mut lying = image;
+        let at = lying.len() - 4;
+        lying[at] ^= 1;
+        let why = payload(&lying).and_then(decompress).unwrap_err();
+        assert!(why.contains("not the"), "{why}");
     }
 
     #[test]
