@@ -2,7 +2,7 @@
 //! and a verdict for each. Hardware paths run before emulated ones, so that every emulated verdict
 //! can say whether the emulator agreed with the CPU.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::mpsc::{self, SyncSender};
 use std::time::{Duration, Instant};
 
@@ -44,43 +44,57 @@ pub fn run(
     };
     // Only a speed-up (see Anchor): a run without it gets the same verdicts.
     let _anchor = vm::Anchor::new(&kvm).ok();
-    let mut verdicts: Vec<Option<Verdict>> = vec![None; cases.len()];
-    let mut order: Vec<usize> = (0..cases.len()).collect();
-    order.sort_by_key(|&i| {
-        (
-            cases[i].vendor,
-            cases[i].scenario.name.clone(),
-            cases[i].path != AccessPath::Hardware,
-        )
-    });
-    let mut hardware_results: HashMap<(VendorKind, String), Verdict> = HashMap::new();
     let forced_emulation = vm::forced_emulation_prefix();
+    let mut verdicts: Vec<Option<Verdict>> = vec![None; cases.len()];
     std::thread::scope(|scope| {
         let reaper = Reaper::spawn(scope);
-        for i in order {
-            let case = &cases[i];
-            let missing = crate::arch::missing_nested_support(&cpuid, case.vendor).or_else(|| {
-                (case.path == AccessPath::Forced)
-                    .then(|| forced_emulation.clone().err())
-                    .flatten()
-            });
-            let verdict = match missing {
-                _ if crate::interrupt::requested() => {
-                    Verdict::without_run(case, Status::Error, crate::interrupt::reason())
+        for scenario in by_scenario(cases) {
+            // A scenario's hardware path first: its emulated paths are compared with it.
+            let mut hardware: Option<Verdict> = None;
+            for i in scenario {
+                let case = &cases[i];
+                let missing =
+                    crate::arch::missing_nested_support(&cpuid, case.vendor).or_else(|| {
+                        (case.path == AccessPath::Forced)
+                            .then(|| forced_emulation.clone().err())
+                            .flatten()
+                    });
+                let verdict = match missing {
+                    _ if crate::interrupt::requested() => {
+                        Verdict::without_run(case, Status::Error, crate::interrupt::reason())
+                    }
+                    Some(reason) => Verdict::without_run(case, Status::Skip, reason),
+                    None => run_one(&kvm, &cpuid, case, options, hardware.as_ref(), &reaper),
+                };
+                if case.path == AccessPath::Hardware {
+                    hardware = Some(verdict.clone());
                 }
-                Some(reason) => Verdict::without_run(case, Status::Skip, reason),
-                None => run_one(&kvm, &cpuid, case, options, &hardware_results, &reaper),
-            };
-            if case.path == AccessPath::Hardware {
-                hardware_results.insert((case.vendor, case.scenario.name.clone()), verdict.clone());
+                verdicts[i] = Some(announce(on_verdict, verdict));
             }
-            verdicts[i] = Some(announce(on_verdict, verdict));
         }
         // Leaving the scope waits for the reaper to destroy the last VMs.
     });
     verdicts
         .into_iter()
         .map(|v| v.expect("every case ran"))
+        .collect()
+}
+
+/// The cases' indices by scenario (and vendor), the hardware path first in each.
+fn by_scenario(cases: &[Case]) -> Vec<Vec<usize>> {
+    let mut scenarios: BTreeMap<(VendorKind, &str), Vec<usize>> = BTreeMap::new();
+    for (i, case) in cases.iter().enumerate() {
+        scenarios
+            .entry((case.vendor, case.scenario.name.as_str()))
+            .or_default()
+            .push(i);
+    }
+    scenarios
+        .into_values()
+        .map(|mut scenario| {
+            scenario.sort_by_key(|&i| cases[i].path != AccessPath::Hardware);
+            scenario
+        })
         .collect()
 }
 
@@ -122,7 +136,7 @@ fn run_one(
     cpuid: &CpuId,
     case: &Case,
     options: &RunOptions,
-    hardware: &HashMap<(VendorKind, String), Verdict>,
+    hardware: Option<&Verdict>,
     reaper: &Reaper,
 ) -> Verdict {
     let started = Instant::now();
@@ -164,7 +178,7 @@ fn run_one(
         duration_ms,
     );
     if case.path != AccessPath::Hardware {
-        if let Some(hardware) = hardware.get(&(case.vendor, case.scenario.name.clone())) {
+        if let Some(hardware) = hardware {
             // The hardware path's masks are what the CPU may legitimately report differently.
             let mut hardware_case = case.clone();
             hardware_case.path = AccessPath::Hardware;
