@@ -193,7 +193,13 @@ fn boot_files(
     }
     on_progress("finding the vmlinux for a direct boot (extracted once, then cached)");
     let direct = match vmlinux::extract_vmlinux(&kernel.vmlinuz, vmlinux::cache_dir(), dir)? {
-        Ok(vmlinux) => direct::prepare(&kernel.vmlinuz, &vmlinux, initramfs, opts.memory_mib, dir)?,
+        Ok(vmlinux) => direct::prepare(
+            &kernel.vmlinuz,
+            &vmlinux.path,
+            initramfs,
+            opts.memory_mib,
+            dir,
+        )?,
         Err(why) => Err(why),
     };
     Ok(match direct {

@@ -127,8 +127,7 @@ fn kernel_image(
     }
     on_progress("finding the vmlinux for a PVH boot (extracted once, then cached)");
     let pvh = vmlinux::extract_vmlinux(&kernel.vmlinuz, vmlinux::cache_dir(), dir)?
-        .map(|path| Ok(vmlinux::pvh_entry(&path)?.map(|()| path)))
-        .unwrap_or_else(|why| Ok(Err(why)))?;
+        .and_then(|vmlinux| vmlinux.pvh.map(|()| vmlinux.path));
     Ok(match pvh {
         Ok(vmlinux) => vmlinux,
         Err(why) => {

@@ -29,6 +29,14 @@ const NO_VMLINUX: &str = "no-vmlinux-2";
 /// How many extracted kernels the cache keeps (each is some 60 MB).
 const CACHE_KEEP: usize = 3;
 
+/// An extracted vmlinux.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Vmlinux {
+    pub(crate) path: PathBuf,
+    /// Whether QEMU can start it at its PVH entry point; if not, why not.
+    pub(crate) pvh: Result<(), String>,
+}
+
 /// The vmlinux inside `bzimage`, if its payload is compressed in a way this
 /// crate can undo (gzip, xz, zstd) and is an x86-64 ELF; otherwise why not,
 /// for the progress output.
@@ -36,19 +44,23 @@ const CACHE_KEEP: usize = 3;
 /// Decompressing costs the host about what it saves the guest under TCG, so
 /// results are cached in `cache` (normally [`cache_dir`]) by the SHA-256 of
 /// the bzImage: a rerun of the same kernel, as in the e2e tests and the
-/// bench, skips it. Without a usable cache the vmlinux goes to `dir`.
+/// bench, skips it. Whether it has a PVH entry point is kept beside it (a
+/// `.no-pvh-entry` file with the reason), so that a rerun need not read it.
+/// Without a usable cache the vmlinux goes to `dir`.
 pub(crate) fn extract_vmlinux(
     bzimage: &Path,
     cache: Option<PathBuf>,
     dir: &Path,
-) -> Result<Result<PathBuf, String>, BootError> {
+) -> Result<Result<Vmlinux, String>, BootError> {
     let image = fs::read(bzimage).map_err(|e| BootError::io("read", bzimage, e))?;
     let key = hex(&Sha256::digest(&image));
     let cache = cache.filter(|cache| fs::create_dir_all(cache).is_ok());
+    let no_pvh_name = format!("{key}.no-pvh-entry");
     if let Some(cache) = &cache {
         let cached = cache.join(format!("{key}.vmlinux"));
         if touch(&cached) {
-            return Ok(Ok(cached));
+            let pvh = fs::read_to_string(cache.join(&no_pvh_name)).map_or(Ok(()), Err);
+            return Ok(Ok(Vmlinux { path: cached, pvh }));
         }
         if let Ok(why) = fs::read_to_string(cache.join(format!("{key}.{NO_VMLINUX}"))) {
             return Ok(Err(why));
@@ -58,18 +70,27 @@ pub(crate) fn extract_vmlinux(
         payload(&image)
             .and_then(decompress)
             .and_then(|vmlinux| match Elf::parse(&vmlinux) {
-                Ok(elf) if elf.machine == EM_X86_64 => Ok(vmlinux),
+                Ok(elf) if elf.machine == EM_X86_64 => Ok((pvh_entry(&elf), vmlinux)),
                 Ok(_) => Err("its payload is not a usable vmlinux: not an x86-64 ELF".into()),
                 Err(why) => Err(format!("its payload is not a usable vmlinux: {why}")),
             });
     let Some(cache) = cache else {
         return match vmlinux {
-            Ok(vmlinux) => write_new(&dir.join("vmlinux"), &vmlinux).map(Ok),
+            Ok((pvh, vmlinux)) => {
+                let path = write_new(&dir.join("vmlinux"), &vmlinux)?;
+                Ok(Ok(Vmlinux { path, pvh }))
+            }
             Err(why) => Ok(Err(why)),
         };
     };
     let (name, contents) = match &vmlinux {
-        Ok(vmlinux) => (format!("{key}.vmlinux"), vmlinux.as_slice()),
+        Ok((pvh, vmlinux)) => {
+            if let Err(why) = pvh {
+                // Before the vmlinux, so that nobody finds the vmlinux without it.
+                let _ = fs::write(cache.join(&no_pvh_name), why);
+            }
+            (format!("{key}.vmlinux"), vmlinux.as_slice())
+        }
         Err(why) => (format!("{key}.{NO_VMLINUX}"), why.as_bytes()),
     };
     // Written under a temporary name and renamed, so that a concurrent run
@@ -82,8 +103,8 @@ pub(crate) fn extract_vmlinux(
         .is_ok();
     prune(&cache);
     match vmlinux {
-        Ok(_) if stored => Ok(Ok(path)),
-        Ok(_) => Ok(Ok(partial)),
+        Ok((pvh, _)) if stored => Ok(Ok(Vmlinux { path, pvh })),
+        Ok((pvh, _)) => Ok(Ok(Vmlinux { path: partial, pvh })),
         Err(why) => Ok(Err(why)),
     }
 }
@@ -120,6 +141,7 @@ fn prune(cache: &Path) {
         .collect();
     kernels.sort_by_key(|(used, _)| std::cmp::Reverse(*used));
     for (_, stale) in kernels.into_iter().skip(CACHE_KEEP) {
+        let _ = fs::remove_file(stale.with_extension("no-pvh-entry"));
         let _ = fs::remove_file(stale);
     }
 }
@@ -205,19 +227,13 @@ fn decompress(payload: &[u8]) -> Result<Vec<u8>, String> {
     Ok(vmlinux)
 }
 
-/// Whether `vmlinux` (from [`extract_vmlinux`]) carries the PVH entry point QEMU needs; if not,
-/// why not.
-pub(crate) fn pvh_entry(vmlinux: &Path) -> Result<Result<(), String>, BootError> {
-    let image = fs::read(vmlinux).map_err(|e| BootError::io("read", vmlinux, e))?;
-    Ok(
-        match Elf::parse(&image)
-            .and_then(|elf| elf.has_note(PVH_NOTE_OWNER, XEN_ELFNOTE_PHYS32_ENTRY))
-        {
-            Ok(true) => Ok(()),
-            Ok(false) => Err("the kernel has no PVH entry point (CONFIG_PVH)".into()),
-            Err(why) => Err(format!("its vmlinux is not usable: {why}")),
-        },
-    )
+/// Whether the vmlinux carries the PVH entry point QEMU needs; if not, why not.
+fn pvh_entry(vmlinux: &Elf) -> Result<(), String> {
+    match vmlinux.has_note(PVH_NOTE_OWNER, XEN_ELFNOTE_PHYS32_ENTRY) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err("the kernel has no PVH entry point (CONFIG_PVH)".into()),
+        Err(why) => Err(format!("its notes are unreadable: {why}")),
+    }
 }
 
 #[cfg(test)]
@@ -259,7 +275,9 @@ mod tests {
     }
 
     /// Extracts twice, the second time from the cache, which must agree.
-    fn extract(vmlinux: &[u8]) -> Result<Vec<u8>, String> {
+    /// Extracts twice, the second time from the cache, which must agree (the PVH answer too),
+    /// and once without a cache; the vmlinux's bytes and the PVH answer.
+    fn extract(vmlinux: &[u8]) -> Result<(Vec<u8>, Result<(), String>), String> {
         let dir = private_dir("test").unwrap();
         let image = dir.path().join("bzImage");
         fs::write(&image, bzimage(vmlinux)).unwrap();
@@ -268,23 +286,24 @@ mod tests {
         let again = extract_vmlinux(&image, Some(cache), dir.path()).unwrap();
         assert_eq!(first, again);
         let uncached = extract_vmlinux(&image, None, dir.path()).unwrap();
-        assert_eq!(
-            first.as_ref().map(|path| fs::read(path).unwrap()),
-            uncached.as_ref().map(|path| fs::read(path).unwrap())
-        );
-        Ok(fs::read(first?).unwrap())
+        let contents = |extracted: &Result<Vmlinux, String>| {
+            extracted
+                .as_ref()
+                .map(|vmlinux| (fs::read(&vmlinux.path).unwrap(), vmlinux.pvh.clone()))
+                .map_err(Clone::clone)
+        };
+        assert_eq!(contents(&first), contents(&uncached));
+        contents(&first)
     }
 
     #[test]
     fn extracts_a_vmlinux_and_finds_its_pvh_note() {
         let vmlinux = with_notes(&[(b"Xen", XEN_ELFNOTE_PHYS32_ENTRY)]);
-        assert_eq!(extract(&vmlinux), Ok(vmlinux));
-        let dir = private_dir("test").unwrap();
-        let path = dir.path().join("vmlinux");
-        fs::write(&path, with_notes(&[(b"Xen", XEN_ELFNOTE_PHYS32_ENTRY)])).unwrap();
-        assert_eq!(pvh_entry(&path).unwrap(), Ok(()));
-        fs::write(&path, with_notes(&[(b"Xen", 17)])).unwrap();
-        let why = pvh_entry(&path).unwrap().unwrap_err();
+        assert_eq!(extract(&vmlinux), Ok((vmlinux, Ok(()))));
+        let without = with_notes(&[(b"Xen", 17)]);
+        let (extracted, pvh) = extract(&without).unwrap();
+        assert_eq!(extracted, without);
+        let why = pvh.unwrap_err();
         assert!(why.contains("no PVH entry point"), "{why}");
     }
 
@@ -292,7 +311,7 @@ mod tests {
     fn an_xz_payload_with_its_size_trailer_decompresses() {
         let vmlinux = with_notes(&[(b"Xen", XEN_ELFNOTE_PHYS32_ENTRY)]);
         let image = xz_bzimage(&vmlinux);
-        assert_eq!(payload(&image).and_then(decompress), Ok(vmlinux.clone()));
+        assert_eq!(payload(&image).and_then(decompress), Ok(vmlinux));
         let mut lying = image;
         let at = lying.len() - 4;
         lying[at] ^= 1;
