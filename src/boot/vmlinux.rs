@@ -45,7 +45,7 @@ pub(crate) struct Vmlinux {
 /// results are cached in `cache` (normally [`cache_dir`]) by the SHA-256 of
 /// the bzImage: a rerun of the same kernel, as in the e2e tests and the
 /// bench, skips it. Whether it has a PVH entry point is kept beside it (a
-/// `.no-pvh-entry` file with the reason), so that a rerun need not read it.
+/// `.pvh-entry` file: `yes`, or the reason), so that a rerun need not read it.
 /// Without a usable cache the vmlinux goes to `dir`.
 pub(crate) fn extract_vmlinux(
     bzimage: &Path,
@@ -55,11 +55,20 @@ pub(crate) fn extract_vmlinux(
     let image = fs::read(bzimage).map_err(|e| BootError::io("read", bzimage, e))?;
     let key = hex(&Sha256::digest(&image));
     let cache = cache.filter(|cache| fs::create_dir_all(cache).is_ok());
-    let no_pvh_name = format!("{key}.no-pvh-entry");
+    let pvh_name = format!("{key}.{PVH_ANSWER}");
     if let Some(cache) = &cache {
         let cached = cache.join(format!("{key}.vmlinux"));
         if touch(&cached) {
-            let pvh = fs::read_to_string(cache.join(&no_pvh_name)).map_or(Ok(()), Err);
+            let pvh = match fs::read_to_string(cache.join(&pvh_name)) {
+                Ok(answer) => parse_pvh_answer(answer),
+                // Cached without the answer (by an older nestfault): find it out once.
+                Err(_) => {
+                    let image = fs::read(&cached).map_err(|e| BootError::io("read", &cached, e))?;
+                    let pvh = Elf::parse(&image).and_then(|elf| pvh_entry(&elf));
+                    let _ = fs::write(cache.join(&pvh_name), pvh_answer(&pvh));
+                    pvh
+                }
+            };
             return Ok(Ok(Vmlinux { path: cached, pvh }));
         }
         if let Ok(why) = fs::read_to_string(cache.join(format!("{key}.{NO_VMLINUX}"))) {
@@ -85,10 +94,8 @@ pub(crate) fn extract_vmlinux(
     };
     let (name, contents) = match &vmlinux {
         Ok((pvh, vmlinux)) => {
-            if let Err(why) = pvh {
-                // Before the vmlinux, so that nobody finds the vmlinux without it.
-                let _ = fs::write(cache.join(&no_pvh_name), why);
-            }
+            // Before the vmlinux, so that nobody finds the vmlinux without it.
+            let _ = fs::write(cache.join(&pvh_name), pvh_answer(pvh));
             (format!("{key}.vmlinux"), vmlinux.as_slice())
         }
         Err(why) => (format!("{key}.{NO_VMLINUX}"), why.as_bytes()),
@@ -141,7 +148,7 @@ fn prune(cache: &Path) {
         .collect();
     kernels.sort_by_key(|(used, _)| std::cmp::Reverse(*used));
     for (_, stale) in kernels.into_iter().skip(CACHE_KEEP) {
-        let _ = fs::remove_file(stale.with_extension("no-pvh-entry"));
+        let _ = fs::remove_file(stale.with_extension(PVH_ANSWER));
         let _ = fs::remove_file(stale);
     }
 }
@@ -227,6 +234,24 @@ fn decompress(payload: &[u8]) -> Result<Vec<u8>, String> {
     Ok(vmlinux)
 }
 
+/// The cache's name for whether a vmlinux has a PVH entry point: `yes`, or the reason it has none.
+const PVH_ANSWER: &str = "pvh-entry";
+
+fn pvh_answer(pvh: &Result<(), String>) -> String {
+    match pvh {
+        Ok(()) => "yes".into(),
+        Err(why) => why.clone(),
+    }
+}
+
+fn parse_pvh_answer(answer: String) -> Result<(), String> {
+    if answer == "yes" {
+        Ok(())
+    } else {
+        Err(answer)
+    }
+}
+
 /// Whether the vmlinux carries the PVH entry point QEMU needs; if not, why not.
 fn pvh_entry(vmlinux: &Elf) -> Result<(), String> {
     match vmlinux.has_note(PVH_NOTE_OWNER, XEN_ELFNOTE_PHYS32_ENTRY) {
@@ -305,6 +330,31 @@ mod tests {
         assert_eq!(extracted, without);
         let why = pvh.unwrap_err();
         assert!(why.contains("no PVH entry point"), "{why}");
+    }
+
+    /// A vmlinux cached by an older nestfault has no PVH answer beside it; it is found out, not
+    /// assumed (a kernel without the note made QEMU refuse to start).
+    #[test]
+    fn a_cached_vmlinux_without_its_pvh_answer_gets_one() {
+        let dir = private_dir("test").unwrap();
+        let image = dir.path().join("bzImage");
+        fs::write(&image, bzimage(&with_notes(&[(b"Xen", 17)]))).unwrap();
+        let cache = dir.path().join("cache");
+        extract_vmlinux(&image, Some(cache.clone()), dir.path())
+            .unwrap()
+            .unwrap();
+        let answers: Vec<_> = fs::read_dir(&cache)
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .filter(|path| path.extension().is_some_and(|ext| ext == PVH_ANSWER))
+            .collect();
+        assert_eq!(answers.len(), 1, "{answers:?}");
+        fs::remove_file(&answers[0]).unwrap();
+        let again = extract_vmlinux(&image, Some(cache), dir.path())
+            .unwrap()
+            .unwrap();
+        assert!(again.pvh.unwrap_err().contains("no PVH entry point"));
+        assert!(answers[0].exists());
     }
 
     #[test]
