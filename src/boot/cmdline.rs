@@ -97,7 +97,11 @@ pub fn fast_boot_help() -> String {
         help.push_str(&format!("\n  {}: {}", param.text, param.why));
     }
     help.push_str(
-        "\nand, under Bochs, the BIOS's wait for a boot-menu key (romimage options=fastboot).",
+        "\nand, outside the kernel: the Bochs BIOS's wait for a boot-menu key (romimage \
+         options=fastboot); starting the uncompressed kernel instead of its decompressor (QEMU: \
+         its PVH entry point; Bochs: the 64-bit boot protocol), the same bytes at the same \
+         address; the KVM modules without their signatures (the signed ones where the kernel \
+         insists).",
     );
     help
 }
