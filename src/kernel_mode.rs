@@ -426,6 +426,13 @@ fn boot_and_collect(
         // Before the inner side said which kernel it runs, the kernel had not come up with KVM.
         if booted {
             Missing::Unfinished(why)
+        } else if options.fast_boot {
+            // The speed levers change how the kernel is started (PVH, Bochs' direct boot):
+            // say how to rule them out.
+            Missing::Untestable(format!(
+                "the kernel did not boot: {why}
+(booted with nestfault's speed levers:                  --no-fast-boot boots it the plain way)"
+            ))
         } else {
             Missing::Untestable(format!("the kernel did not boot: {why}"))
         }
