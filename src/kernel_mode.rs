@@ -430,8 +430,8 @@ fn boot_and_collect(
             // The speed levers change how the kernel is started (PVH, Bochs' direct boot):
             // say how to rule them out.
             Missing::Untestable(format!(
-                "the kernel did not boot: {why}
-(booted with nestfault's speed levers:                  --no-fast-boot boots it the plain way)"
+                "the kernel did not boot: {why}\n(booted with nestfault's speed levers: \
+                 --no-fast-boot boots it the plain way)"
             ))
         } else {
             Missing::Untestable(format!("the kernel did not boot: {why}"))
