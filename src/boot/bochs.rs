@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::backend::{BootRequest, EmulatorBackend};
-use super::console::{self, LineSender, Output, Phase, Progress, Running, Stream};
+use super::console::{self, LineSender, LineSplitter, Output, Phase, Progress, Running, Stream};
 use super::error::BootError;
 use super::kernel::PreparedKernel;
 use super::tempdir::private_dir;
@@ -158,7 +158,9 @@ impl EmulatorBackend for Bochs {
             console::spawn_line_reader(stderr, sender.clone(), Stream::Emulator);
         }
         let ended = Arc::new(AtomicBool::new(false));
-        follow_file(serial, Arc::clone(&ended), sender);
+        let console = LineSender::new(sender.clone(), Stream::Console);
+        follow_file(serial, Arc::clone(&ended), console);
+        follow_file(log.clone(), Arc::clone(&ended), ResetWatch::new(sender));
         let running = Running {
             child,
             output,
@@ -255,10 +257,59 @@ fn drain_terminal(master: OwnedFd) {
 
 /// Follows the serial file as Bochs writes it; reads the rest and stops once
 /// `ended` is set.
-fn follow_file(path: PathBuf, ended: Arc<AtomicBool>, sender: Sender<Output>) {
+/// What a followed file's bytes go to.
+trait FollowedFile: Send + 'static {
+    fn push(&mut self, bytes: &[u8]);
+    /// The file will not grow any more.
+    fn finish(self);
+}
+
+impl FollowedFile for LineSender {
+    fn push(&mut self, bytes: &[u8]) {
+        LineSender::push(self, bytes);
+    }
+
+    fn finish(self) {
+        LineSender::finish(self);
+    }
+}
+
+/// Watches Bochs' log for a triple fault, after which Bochs resets the machine (its
+/// reset_on_triple_fault default) and the BIOS starts again: a guest that can only loop. Its
+/// line: `exception(): 3rd (13) exception with no resolution, shutdown status is 00h, resetting`.
+struct ResetWatch {
+    lines: LineSplitter,
+    sender: Option<Sender<Output>>,
+}
+
+impl ResetWatch {
+    fn new(sender: Sender<Output>) -> Self {
+        ResetWatch {
+            lines: LineSplitter::default(),
+            sender: Some(sender),
+        }
+    }
+}
+
+impl FollowedFile for ResetWatch {
+    fn push(&mut self, bytes: &[u8]) {
+        let sender = &mut self.sender;
+        self.lines.push(bytes, |line| {
+            if line.contains("exception with no resolution") && line.contains("resetting") {
+                if let Some(sender) = sender.take() {
+                    let _ = sender.send(Output::Reset);
+                }
+            }
+        });
+    }
+
+    fn finish(self) {}
+}
+
+/// Follows a file Bochs writes (the serial port, its log) until Bochs has ended.
+fn follow_file(path: PathBuf, ended: Arc<AtomicBool>, mut into: impl FollowedFile) {
     std::thread::spawn(move || {
         let mut file = None;
-        let mut lines = LineSender::new(sender, Stream::Console);
         let mut buffer = [0u8; 4096];
         loop {
             let finishing = ended.load(Ordering::SeqCst);
@@ -268,7 +319,7 @@ fn follow_file(path: PathBuf, ended: Arc<AtomicBool>, sender: Sender<Output>) {
             if let Some(file) = file.as_mut() {
                 // Read everything there is now.
                 while let Ok(n @ 1..) = file.read(&mut buffer) {
-                    lines.push(&buffer[..n]);
+                    into.push(&buffer[..n]);
                 }
             }
             if finishing {
@@ -276,7 +327,7 @@ fn follow_file(path: PathBuf, ended: Arc<AtomicBool>, sender: Sender<Output>) {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        lines.finish();
+        into.finish();
     });
 }
 
@@ -359,6 +410,18 @@ mod tests {
         assert!(!is_noise(
             "00000000000p[      ] >>PANIC<< bochsrc: unknown option"
         ));
+    }
+
+    #[test]
+    fn a_triple_fault_in_the_log_is_told_once() {
+        let (sender, told) = std::sync::mpsc::channel();
+        let mut watch = ResetWatch::new(sender);
+        watch.push(b"00114419697e[CPU0  ] interrupt(long mode): vector must be within IDT\n");
+        watch.push(b"00114419697e[CPU0  ] exception(): 3rd (13) exception with no resol");
+        assert!(told.try_recv().is_err(), "not before the line is whole");
+        watch.push(b"ution, shutdown status is 00h, resetting\nagain: exception with no resolution, resetting\n");
+        assert!(matches!(told.try_recv(), Ok(Output::Reset)));
+        assert!(told.try_recv().is_err(), "once");
     }
 
     #[test]

@@ -35,6 +35,9 @@ pub(crate) enum Output {
     Unfinished(String),
     /// A line of the emulator's own diagnostics (its stderr).
     Emulator(String),
+    /// The emulated machine reset itself (a triple fault), which a guest does only when it
+    /// cannot go on: Bochs then starts its BIOS again, and the run would wait for its timeout.
+    Reset,
 }
 
 /// Which stream a reader follows.
@@ -293,6 +296,9 @@ pub(crate) fn watch(
                 on_line(&line);
             }
             Ok(Output::Unfinished(text)) => state.check_fatal(&text),
+            Ok(Output::Reset) => {
+                state.reset_at.get_or_insert_with(Instant::now);
+            }
             Ok(Output::Emulator(line)) => {
                 if opts.verbose {
                     eprintln!("{} {line}", running.label);
@@ -321,7 +327,10 @@ pub(crate) fn watch(
             }
         };
         let now = Instant::now();
-        let panic_over = state.panic_at.is_some_and(|at| now >= at + PANIC_GRACE);
+        let panic_over = [state.panic_at, state.reset_at]
+            .into_iter()
+            .flatten()
+            .any(|at| now >= at + PANIC_GRACE);
         let halted = state
             .power_off_at
             .is_some_and(|at| now >= at + running.power_off_grace);
@@ -348,6 +357,8 @@ pub(crate) fn watch(
 
     let end = if state.panic_at.is_some() {
         BootEnd::Panicked
+    } else if state.reset_at.is_some() {
+        BootEnd::Reset
     } else if stopped_after_power_off {
         BootEnd::DidNotPowerOff
     } else if timed_out {
@@ -385,6 +396,8 @@ struct ConsoleState {
     tail: VecDeque<String>,
     diagnostics: VecDeque<String>,
     panic_at: Option<Instant>,
+    /// When the emulator said the machine reset itself ([`Output::Reset`]).
+    reset_at: Option<Instant>,
     /// When the guest announced its power-off (POWER_OFF_MARKER).
     power_off_at: Option<Instant>,
 }
@@ -429,6 +442,17 @@ mod tests {
     }
 
     fn run_script(script: &str, timeout: Duration, power_off_codes: &'static [i32]) -> BootReport {
+        run_script_told(script, timeout, power_off_codes, |_| {})
+    }
+
+    /// `run_script`, with `tell` given the channel the readers send on, as an emulator's own
+    /// watcher (Bochs' log) would be.
+    fn run_script_told(
+        script: &str,
+        timeout: Duration,
+        power_off_codes: &'static [i32],
+        tell: impl FnOnce(Sender<Output>),
+    ) -> BootReport {
         let mut command = Command::new("sh");
         command
             .args(["-c", script])
@@ -443,7 +467,12 @@ mod tests {
             sender.clone(),
             Stream::Console,
         );
-        spawn_line_reader(child.stderr.take().unwrap(), sender, Stream::Emulator);
+        spawn_line_reader(
+            child.stderr.take().unwrap(),
+            sender.clone(),
+            Stream::Emulator,
+        );
+        tell(sender);
         let running = Running {
             child,
             output,
@@ -549,6 +578,25 @@ mod tests {
     fn exit_without_marker_is_a_reset() {
         let report = run_script("echo hello; exit 0", Duration::from_secs(10), &[0]);
         assert_eq!(report.end, BootEnd::Reset);
+    }
+
+    /// A machine that reset itself (Bochs after a triple fault, which then boots its BIOS
+    /// again) ends the boot as a reset within the grace, not at the timeout.
+    #[test]
+    fn a_reset_the_emulator_reports_ends_the_boot() {
+        let report = run_script_told(
+            "echo booting; exec sleep 30",
+            Duration::from_secs(20),
+            &[0],
+            |sender| {
+                sender.send(Output::Reset).unwrap();
+            },
+        );
+        assert_eq!(report.end, BootEnd::Reset);
+        assert!(
+            report.elapsed < PANIC_GRACE + Duration::from_secs(2),
+            "{report:?}"
+        );
     }
 
     #[test]
