@@ -26,8 +26,9 @@ const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
 /// older nestfault's "cannot" is not believed (2: xz payloads, whose size trailer 1 misread).
 const NO_VMLINUX: &str = "no-vmlinux-2";
 
-/// How many extracted kernels the cache keeps (each is some 60 MB).
-const CACHE_KEEP: usize = 3;
+/// How many extracted kernels the cache keeps (each is some 60 MB): enough for the e2e's two Debian
+/// kernels and the builds its tree stage makes, so that a rerun finds the Debian ones.
+const CACHE_KEEP: usize = 6;
 
 /// An extracted vmlinux.
 #[derive(Debug, PartialEq, Eq)]

@@ -71,6 +71,9 @@ impl Scratch {
         command
             .args(args)
             .env("TMPDIR", self.path("tmp"))
+            // The vmlinux cache (boot::vmlinux) of the scratch directory, not the user's: a fake
+            // kernel's "no vmlinux" must not land in ~/.cache.
+            .env("XDG_CACHE_HOME", self.path("cache"))
             .env("PATH", format!("{}:{path}", self.path("bin").display()))
             .stdin(Stdio::null());
         command
