@@ -15,10 +15,9 @@ use std::time::Duration;
 use super::backend::{BootRequest, EmulatorBackend};
 use super::console::{self, LineSender, LineSplitter, Output, Phase, Progress, Running, Stream};
 use super::error::BootError;
-use super::kernel::PreparedKernel;
 use super::tempdir::private_dir;
 use super::tools::{Location, Requirement};
-use super::{direct, iso, vmlinux};
+use super::{iso, start};
 use super::{BootOptions, BootReport};
 
 const PROGRAM: &str = "bochs-bin";
@@ -116,11 +115,11 @@ impl EmulatorBackend for Bochs {
             opts,
         } = *request;
         let dir = private_dir("bochs")?;
-        let (loaded_kernel, ramdisk) =
-            boot_files(kernel, initramfs, opts, dir.path(), on_progress)?;
+        // Bochs cannot start an ELF at its PVH entry: the direct boot, or the bzImage.
+        let files = start::boot_files(kernel, initramfs, opts, false, dir.path(), on_progress)?;
         on_progress("building the boot ISO");
         let cmdline = opts.kernel_cmdline();
-        let iso = iso::build_iso(dir.path(), &loaded_kernel, &ramdisk, &cmdline)?;
+        let iso = iso::build_iso(dir.path(), &files.kernel, &files.ramdisk, &cmdline)?;
         let serial = dir.path().join("serial.txt");
         let log = dir.path().join("bochs.log");
         let config = dir.path().join("bochsrc");
@@ -178,39 +177,6 @@ impl EmulatorBackend for Bochs {
         }
         Ok(report)
     }
-}
-
-/// The kernel and ramdisk isolinux is to load: with the speed levers, those of a direct boot
-/// (`direct`) where the kernel allows one, else the bzImage and the initramfs.
-fn boot_files(
-    kernel: &PreparedKernel,
-    initramfs: &Path,
-    opts: &BootOptions,
-    dir: &Path,
-    on_progress: &mut dyn FnMut(&str),
-) -> Result<(PathBuf, PathBuf), BootError> {
-    let usual = || (kernel.vmlinuz.clone(), initramfs.to_owned());
-    if !opts.fast_boot {
-        return Ok(usual());
-    }
-    on_progress("finding the vmlinux for a direct boot (extracted once, then cached)");
-    let direct = match vmlinux::extract_vmlinux(&kernel.vmlinuz, vmlinux::cache_dir(), dir)? {
-        Ok(vmlinux) => direct::prepare(
-            &kernel.vmlinuz,
-            &vmlinux.path,
-            initramfs,
-            opts.memory_mib,
-            dir,
-        )?,
-        Err(why) => Err(why),
-    };
-    Ok(match direct {
-        Ok(direct) => (direct.kernel, direct.ramdisk),
-        Err(why) => {
-            on_progress(&format!("booting the bzImage: {why}"));
-            usual()
-        }
-    })
 }
 
 fn open_pty() -> Result<(OwnedFd, OwnedFd), BootError> {

@@ -49,6 +49,7 @@ mod iso;
 mod kernel;
 mod modules;
 mod qemu;
+mod start;
 mod tempdir;
 mod tools;
 mod tree;

@@ -1,8 +1,8 @@
 //! QEMU: loads the kernel and initramfs itself, serial console on stdout.
 //! With the speed levers on, it boots the uncompressed kernel through its
-//! PVH entry point where it has one (see `vmlinux`).
+//! PVH entry point where it has one, else directly (see `start`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc::channel;
 use std::sync::Arc;
@@ -11,10 +11,9 @@ use std::time::Duration;
 use super::backend::{BootRequest, EmulatorBackend};
 use super::console::{self, Progress, Running, Stream};
 use super::error::BootError;
-use super::kernel::PreparedKernel;
+use super::start;
 use super::tempdir::private_dir;
 use super::tools::{Location, Requirement};
-use super::vmlinux;
 use super::{BootOptions, BootReport, Emulator};
 
 const PROGRAM: &str = "qemu-system-x86_64";
@@ -83,8 +82,8 @@ impl EmulatorBackend for Qemu {
             opts,
         } = *request;
         let dir = private_dir("qemu")?;
-        let image = kernel_image(kernel, opts, dir.path(), on_progress)?;
-        let mut command = command(self.emulator, &image, initramfs, opts);
+        let files = start::boot_files(kernel, initramfs, opts, true, dir.path(), on_progress)?;
+        let mut command = command(self.emulator, &files.kernel, &files.ramdisk, opts);
         command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -112,29 +111,6 @@ impl EmulatorBackend for Qemu {
         };
         console::watch(running, progress, opts, on_line, on_progress)
     }
-}
-
-/// The image to boot: the vmlinux inside the bzImage when it has a PVH entry
-/// point and the speed levers are on, else the bzImage.
-fn kernel_image(
-    kernel: &PreparedKernel,
-    opts: &BootOptions,
-    dir: &Path,
-    on_progress: &mut dyn FnMut(&str),
-) -> Result<PathBuf, BootError> {
-    if !opts.fast_boot {
-        return Ok(kernel.vmlinuz.clone());
-    }
-    on_progress("finding the vmlinux for a PVH boot (extracted once, then cached)");
-    let pvh = vmlinux::extract_vmlinux(&kernel.vmlinuz, vmlinux::cache_dir(), dir)?
-        .and_then(|vmlinux| vmlinux.pvh.map(|()| vmlinux.path));
-    Ok(match pvh {
-        Ok(vmlinux) => vmlinux,
-        Err(why) => {
-            on_progress(&format!("booting the bzImage: {why}"));
-            kernel.vmlinuz.clone()
-        }
-    })
 }
 
 #[cfg(test)]
