@@ -1,12 +1,13 @@
-//! A boot without the kernel's decompressor, for emulators that boot through a BIOS and a boot
-//! loader (Bochs). Under Bochs the decompressor is the single biggest part of a boot: ~13 s of
-//! host time for Debian 7.2's zstd kernel, against ~9 s for the boot loader to read the whole
-//! uncompressed kernel from the emulated CD (~0.2 s a MiB, measured).
+//! A boot without the kernel's decompressor, for an emulator that cannot start the kernel at its
+//! PVH entry point: Bochs, which boots through its BIOS and isolinux, and QEMU for a kernel
+//! without CONFIG_PVH (`start` chooses). Under Bochs the decompressor was the single biggest part
+//! of a boot: ~13 s of host time for Debian 7.2's zstd kernel, ~60 s for 6.1's xz one, while
+//! isolinux reads the uncompressed kernel from the emulated CD at ~15 MB/s (measured).
 //!
-//! The boot loader (isolinux) is handed a bzImage made of the kernel's own real-mode setup code
-//! and, as its protected-mode part, the small program below instead of the compressed kernel;
-//! the uncompressed kernel, flattened to the bytes it occupies from its first physical address
-//! on, leads the ramdisk, followed by the initramfs. The setup code does what it always does
+//! The boot loader (isolinux, or QEMU's own) is handed a bzImage made of the kernel's own
+//! real-mode setup code and, as its protected-mode part, the small program below instead of the
+//! compressed kernel; the uncompressed kernel, flattened to the bytes it occupies from its first
+//! physical address on, leads the ramdisk, followed by the initramfs. The setup code does what it always does
 //! (the BIOS memory map, the command line, `boot_params`) and jumps to the program in 32-bit
 //! protected mode, which does what the decompressor would have done after decompressing:
 //! - copies the kernel to its physical load address and zeroes the rest of its image (.bss);
@@ -147,7 +148,7 @@ fn program() -> &'static [u8] {
     }
 }
 
-/// What isolinux is to load instead of the bzImage and the initramfs.
+/// What the boot loader is to load instead of the bzImage and the initramfs.
 #[derive(Debug)]
 pub(crate) struct DirectBoot {
     pub(crate) kernel: PathBuf,
