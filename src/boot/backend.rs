@@ -1,10 +1,8 @@
 //! The seam between the boot layer and its emulators: one trait each emulator implements, and
 //! what a boot is asked to boot.
 
-use std::path::Path;
-
 use super::error::BootError;
-use super::kernel::PreparedKernel;
+use super::start::BootFiles;
 use super::tools::Requirement;
 use super::{BootOptions, BootReport};
 
@@ -12,6 +10,8 @@ use super::{BootOptions, BootReport};
 /// booting a kernel under test in it.
 pub(crate) trait EmulatorBackend {
     fn requirements(&self) -> &'static [Requirement];
+    /// Whether it can start an ELF vmlinux at its PVH entry point (see `start`).
+    fn starts_pvh_entry(&self) -> bool;
     fn boot(
         &self,
         request: &BootRequest,
@@ -20,10 +20,9 @@ pub(crate) trait EmulatorBackend {
     ) -> Result<BootReport, BootError>;
 }
 
-/// What a boot boots: the kernel, its initramfs, and how.
+/// What a boot boots: the files to load (`start` chose them), and how.
 #[derive(Clone, Copy)]
 pub(crate) struct BootRequest<'a> {
-    pub(crate) kernel: &'a PreparedKernel,
-    pub(crate) initramfs: &'a Path,
+    pub(crate) files: &'a BootFiles,
     pub(crate) opts: &'a BootOptions,
 }

@@ -15,9 +15,9 @@ use std::time::Duration;
 use super::backend::{BootRequest, EmulatorBackend};
 use super::console::{self, LineSender, LineSplitter, Output, Phase, Progress, Running, Stream};
 use super::error::BootError;
+use super::iso;
 use super::tempdir::private_dir;
 use super::tools::{Location, Requirement};
-use super::{iso, start};
 use super::{BootOptions, BootReport};
 
 const PROGRAM: &str = "bochs-bin";
@@ -103,20 +103,18 @@ impl EmulatorBackend for Bochs {
         REQUIREMENTS
     }
 
+    fn starts_pvh_entry(&self) -> bool {
+        false
+    }
+
     fn boot(
         &self,
         request: &BootRequest,
         on_line: &mut dyn FnMut(&str),
         on_progress: &mut dyn FnMut(&str),
     ) -> Result<BootReport, BootError> {
-        let BootRequest {
-            kernel,
-            initramfs,
-            opts,
-        } = *request;
+        let BootRequest { files, opts } = *request;
         let dir = private_dir("bochs")?;
-        // Bochs cannot start an ELF at its PVH entry: the direct boot, or the bzImage.
-        let files = start::boot_files(kernel, initramfs, opts, false, dir.path(), on_progress)?;
         on_progress("building the boot ISO");
         let cmdline = opts.kernel_cmdline();
         let iso = iso::build_iso(dir.path(), &files.kernel, &files.ramdisk, &cmdline)?;

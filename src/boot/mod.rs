@@ -189,10 +189,19 @@ pub fn boot(
     on_progress: &mut dyn FnMut(&str),
 ) -> Result<BootReport, BootError> {
     emulator::check_installed(emulator)?;
-    let request = backend::BootRequest {
+    let backend = emulator::backend(emulator);
+    let dir = tempdir::private_dir("start")?;
+    let files = start::boot_files(
         kernel,
         initramfs,
         opts,
+        backend.starts_pvh_entry(),
+        dir.path(),
+        on_progress,
+    )?;
+    let request = backend::BootRequest {
+        files: &files,
+        opts,
     };
-    emulator::backend(emulator).boot(&request, on_line, on_progress)
+    backend.boot(&request, on_line, on_progress)
 }

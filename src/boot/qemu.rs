@@ -11,8 +11,6 @@ use std::time::Duration;
 use super::backend::{BootRequest, EmulatorBackend};
 use super::console::{self, Progress, Running, Stream};
 use super::error::BootError;
-use super::start;
-use super::tempdir::private_dir;
 use super::tools::{Location, Requirement};
 use super::{BootOptions, BootReport, Emulator};
 
@@ -70,19 +68,17 @@ impl EmulatorBackend for Qemu {
         REQUIREMENTS
     }
 
+    fn starts_pvh_entry(&self) -> bool {
+        true
+    }
+
     fn boot(
         &self,
         request: &BootRequest,
         on_line: &mut dyn FnMut(&str),
         on_progress: &mut dyn FnMut(&str),
     ) -> Result<BootReport, BootError> {
-        let BootRequest {
-            kernel,
-            initramfs,
-            opts,
-        } = *request;
-        let dir = private_dir("qemu")?;
-        let files = start::boot_files(kernel, initramfs, opts, true, dir.path(), on_progress)?;
+        let BootRequest { files, opts } = *request;
         let mut command = command(self.emulator, &files.kernel, &files.ramdisk, opts);
         command
             .stdin(Stdio::null())
