@@ -3,6 +3,7 @@
 //! record per line on the console; the outer process turns them back into verdicts and renders
 //! the usual report. One verdict type, one renderer, two transports.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -345,6 +346,9 @@ fn boot_and_collect(
         )
     };
     let mut progress = |phase: &str| eprintln!("{} {phase}", stamp(started));
+    // A run's result names its case by id; the boot's cases by theirs, computed once.
+    let cases_by_id: HashMap<String, &Case> =
+        planned.cases.iter().map(|case| (case.id(), case)).collect();
     let mut on_line = |line: &str| {
         if let Some(modules) = line.trim_end().strip_prefix(LOADED) {
             eprintln!(
@@ -365,7 +369,7 @@ fn boot_and_collect(
                     );
                     // A result for no case of this boot cannot be reported; its case, if any,
                     // then lacks a run, which `collate` makes an error.
-                    if let Some(case) = planned.cases.iter().find(|case| case.id() == result.id) {
+                    if let Some(case) = cases_by_id.get(&result.id) {
                         outcome.verdicts.push(Verdict::from_run(case, *result));
                     }
                 }

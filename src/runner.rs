@@ -118,10 +118,8 @@ impl Reaper {
     }
 
     fn destroy(&self, vm: Vm) {
-        // If the reaper is gone the VM comes back, and is destroyed here.
-        if let Err(mpsc::SendError(vm)) = self.finished.send(vm) {
-            drop(vm);
-        }
+        // If the reaper is gone the VM comes back in the error, and is destroyed here.
+        let _ = self.finished.send(vm);
     }
 }
 

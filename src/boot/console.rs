@@ -327,7 +327,8 @@ pub(crate) fn watch(
             }
         };
         let now = Instant::now();
-        let panic_over = [state.panic_at, state.reset_at]
+        // After a panic or a reset the guest can only hang or loop: end it after the grace.
+        let fatal_over = [state.panic_at, state.reset_at]
             .into_iter()
             .flatten()
             .any(|at| now >= at + PANIC_GRACE);
@@ -337,7 +338,7 @@ pub(crate) fn watch(
         let status = match status {
             Some(status) => status,
             // Interrupted: stop the emulator, so that its temporary files go with us.
-            None if now >= deadline || panic_over || halted || crate::interrupt::requested() => {
+            None if now >= deadline || fatal_over || halted || crate::interrupt::requested() => {
                 stopped_after_power_off = halted;
                 timed_out = now >= deadline && !halted;
                 let _ = running.child.kill();

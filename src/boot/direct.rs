@@ -23,6 +23,7 @@
 //! image makes [`prepare`] decline, with the reason, and the bzImage boots as before.
 
 use std::fs;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use super::error::BootError;
@@ -272,13 +273,16 @@ pub(crate) fn prepare(
     };
     let kernel = dir.join("direct-boot-kernel");
     fs::write(&kernel, loader_kernel).map_err(|e| BootError::io("write", &kernel, e))?;
+    // The kernel's pages, then the initramfs copied in behind them.
     let skip = skip(&flat);
     let mut ramdisk_bytes = flat.bytes;
     ramdisk_bytes.resize(skip, 0);
-    let initramfs_bytes = fs::read(initramfs).map_err(|e| BootError::io("read", initramfs, e))?;
-    ramdisk_bytes.extend_from_slice(&initramfs_bytes);
     let ramdisk = dir.join("direct-boot-ramdisk");
-    fs::write(&ramdisk, ramdisk_bytes).map_err(|e| BootError::io("write", &ramdisk, e))?;
+    let mut out = fs::File::create(&ramdisk).map_err(|e| BootError::io("create", &ramdisk, e))?;
+    out.write_all(&ramdisk_bytes)
+        .map_err(|e| BootError::io("write", &ramdisk, e))?;
+    let mut input = fs::File::open(initramfs).map_err(|e| BootError::io("read", initramfs, e))?;
+    io::copy(&mut input, &mut out).map_err(|e| BootError::io("write", &ramdisk, e))?;
     Ok(Ok(DirectBoot { kernel, ramdisk }))
 }
 
