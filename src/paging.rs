@@ -299,8 +299,13 @@ impl PhysImage {
     }
 
     pub fn read_u64(&self, what: &'static str, address: u64) -> Result<u64, LayoutError> {
-        let bytes = self.read(what, address, 8)?;
-        Ok(u64::from_le_bytes(bytes.try_into().expect("8 bytes")))
+        self.check_range(what, address, 8)?;
+        let mut bytes = [0; 8];
+        for (page, offset, piece) in Self::pieces(address, 8) {
+            let contents = self.pages.get(&page).map_or(&ZERO_PAGE, |page| &**page);
+            bytes[piece.clone()].copy_from_slice(&contents[offset..offset + piece.len()]);
+        }
+        Ok(u64::from_le_bytes(bytes))
     }
 }
 
@@ -346,6 +351,29 @@ impl PageTable {
         size: LeafSize,
     ) -> Result<(), LayoutError> {
         let leaf_level = size.level();
+        let slot = self.leaf_table(image, address, leaf_level)? + 8 * index(address, leaf_level);
+        if self
+            .format
+            .is_present(image.read_u64("a page-table entry", slot)?)
+        {
+            return Err(self.already_mapped(address));
+        }
+        let leaf = EntryKind::Leaf { level: leaf_level };
+        image.write_u64(
+            "a page-table entry",
+            slot,
+            self.format.entry(target, perms, leaf),
+        )
+    }
+
+    /// The table at `leaf_level` on the walk of `address`, with the tables above it allocated
+    /// as needed.
+    fn leaf_table(
+        &self,
+        image: &mut PhysImage,
+        address: u64,
+        leaf_level: u32,
+    ) -> Result<u64, LayoutError> {
         let mut table = self.root;
         for level in (leaf_level + 1..=LEVELS).rev() {
             let slot = table + 8 * index(address, level);
@@ -361,19 +389,7 @@ impl PageTable {
                 entry & ADDRESS_MASK
             };
         }
-        let slot = table + 8 * index(address, leaf_level);
-        if self
-            .format
-            .is_present(image.read_u64("a page-table entry", slot)?)
-        {
-            return Err(self.already_mapped(address));
-        }
-        let leaf = EntryKind::Leaf { level: leaf_level };
-        image.write_u64(
-            "a page-table entry",
-            slot,
-            self.format.entry(target, perms, leaf),
-        )
+        Ok(table)
     }
 
     fn already_mapped(&self, address: u64) -> LayoutError {
@@ -383,16 +399,38 @@ impl PageTable {
         }
     }
 
-    /// Identity-maps `[start, end)` read-write(-execute).
+    /// Identity-maps `[start, end)` read-write(-execute) with 4 KiB pages, filling each leaf
+    /// table in one write: the same tables as [`PageTable::map`] page by page would build (and
+    /// the same error for a page already mapped), without a walk from the root per page.
     pub fn identity_map(
         &self,
         image: &mut PhysImage,
         start: u64,
         end: u64,
     ) -> Result<(), LayoutError> {
-        (start..end)
-            .step_by(PAGE_SIZE as usize)
-            .try_for_each(|page| self.map(image, page, page, Perms::RWX))
+        let leaf = EntryKind::Leaf { level: 1 };
+        let span = LeafSize::Size2M.bytes();
+        let mut address = start;
+        while address < end {
+            let chunk_end = (address - address % span + span).min(end);
+            let table = self.leaf_table(image, address, 1)?;
+            let first_slot = table + 8 * index(address, 1);
+            let len = (chunk_end - address) / PAGE_SIZE * 8;
+            let old = image.read("a page table", first_slot, len)?;
+            if let Some(at) = old.chunks_exact(8).position(|entry| {
+                self.format
+                    .is_present(u64::from_le_bytes(entry.try_into().expect("8 bytes")))
+            }) {
+                return Err(self.already_mapped(address + at as u64 * PAGE_SIZE));
+            }
+            let entries: Vec<u8> = (address..chunk_end)
+                .step_by(PAGE_SIZE as usize)
+                .flat_map(|page| self.format.entry(page, Perms::RWX, leaf).to_le_bytes())
+                .collect();
+            image.write("a page table", first_slot, &entries)?;
+            address = chunk_end;
+        }
+        Ok(())
     }
 
     /// The GPAs of the entries on the walk of `address`, root first, down to its leaf: four for a
@@ -559,6 +597,55 @@ mod tests {
         assert_eq!(
             table.translate(&image, 0x10_3000).unwrap(),
             Some((0x10_3000, Perms::RWX))
+        );
+    }
+
+    #[test]
+    fn identity_maps_build_what_mapping_page_by_page_builds() {
+        // Across a leaf-table boundary, starting and ending inside a table.
+        let (start, end) = (MIB, 2 * MIB + 3 * PAGE_SIZE);
+        for format in [Format::X86_64, Format::Npt, Format::Ept] {
+            let mut fast = PhysImage::new(8 * MIB, 4 * MIB);
+            let table = PageTable::new(format, &mut fast).unwrap();
+            table.identity_map(&mut fast, start, end).unwrap();
+            let mut slow = PhysImage::new(8 * MIB, 4 * MIB);
+            let table = PageTable::new(format, &mut slow).unwrap();
+            for page in (start..end).step_by(PAGE_SIZE as usize) {
+                table.map(&mut slow, page, page, Perms::RWX).unwrap();
+            }
+            let entries = |image: &PhysImage| -> Vec<(u64, u64)> {
+                let pages = image.pages().map(|(gpa, _)| gpa).collect::<Vec<_>>();
+                pages
+                    .into_iter()
+                    .flat_map(|gpa| (gpa..gpa + PAGE_SIZE).step_by(8))
+                    .map(|slot| (slot, image.read_u64("", slot).unwrap()))
+                    .filter(|&(_, entry)| entry != 0)
+                    .collect()
+            };
+            let (got, wanted) = (entries(&fast), entries(&slow));
+            if let Some(at) =
+                (0..got.len().max(wanted.len())).find(|&i| got.get(i) != wanted.get(i))
+            {
+                panic!(
+                    "{format:?}: entry {at} as (slot, entry) wanted {:x?} got {:x?}",
+                    wanted.get(at),
+                    got.get(at)
+                );
+            }
+            assert_eq!(fast.next_free, slow.next_free, "{format:?}: next free page");
+        }
+    }
+
+    #[test]
+    fn identity_maps_refuse_a_page_already_mapped() {
+        let mut image = PhysImage::new(8 * MIB, 4 * MIB);
+        let table = PageTable::new(Format::X86_64, &mut image).unwrap();
+        let taken = MIB + 5 * PAGE_SIZE;
+        table.map(&mut image, taken, 0, Perms::RWX).unwrap();
+        let error = table.identity_map(&mut image, MIB, 2 * MIB).unwrap_err();
+        assert!(
+            matches!(error, LayoutError::AlreadyMapped { address, .. } if address == taken),
+            "wanted AlreadyMapped at {taken:#x}, got {error:?}"
         );
     }
 
