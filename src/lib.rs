@@ -31,3 +31,4 @@ pub mod scenario;
 pub mod selection;
 pub mod verdict;
 pub mod vm;
+mod watchdog;

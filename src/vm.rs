@@ -38,7 +38,7 @@ pub enum VmError {
         wanted: usize,
         set: usize,
     },
-    #[error("cannot arm the per-case watchdog timer: {0}")]
+    #[error("{0}")]
     Watchdog(std::io::Error),
     #[error("guest memory: {0}")]
     Memory(String),
@@ -227,8 +227,8 @@ impl Vm {
     /// Runs the vCPU until the stub reports, something else stops it, or `timeout` passes.
     pub fn run(&mut self, timeout: Duration) -> Result<Observation, VmError> {
         let deadline = crate::clock::deadline_after(timeout);
-        let _watchdog = Watchdog::arm(deadline)?;
-        self.run_until(deadline)
+        crate::watchdog::while_armed(deadline, || self.run_until(deadline))
+            .map_err(VmError::Watchdog)?
     }
 
     fn run_until(&mut self, deadline: Instant) -> Result<Observation, VmError> {
@@ -375,75 +375,6 @@ fn kvm_segment_of(segment: Segment) -> kvm_segment {
         g: bit(15),
         unusable: bit(16),
         padding: 0,
-    }
-}
-
-extern "C" fn ignore_signal(_: libc::c_int) {}
-
-const WATCHDOG_SIGNAL: libc::c_int = libc::SIGUSR1;
-
-/// Kicks the thread that armed it out of KVM_RUN once a deadline has passed, by signalling it
-/// then and every 20 ms after (a signal that lands just before KVM_RUN would be lost) until it is
-/// dropped. A POSIX timer aimed at the vCPU thread rather than a watchdog thread per case:
-/// starting a thread cost each case ~0.8 ms under an emulated L0 (QEMU TCG, 7.2).
-struct Watchdog {
-    timer: libc::timer_t,
-}
-
-impl Watchdog {
-    const REPEAT: Duration = Duration::from_millis(20);
-
-    fn arm(deadline: Instant) -> Result<Self, VmError> {
-        // SAFETY: installs a handler that does nothing, without SA_RESTART, so a pending signal
-        // makes KVM_RUN return EINTR instead of being ignored or killing the process.
-        unsafe {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = ignore_signal as *const () as usize;
-            libc::sigemptyset(&mut action.sa_mask);
-            libc::sigaction(WATCHDOG_SIGNAL, &action, std::ptr::null_mut());
-        }
-        // SAFETY: a zeroed sigevent (plain integers and a null pointer) is valid to fill in.
-        let mut event: libc::sigevent = unsafe { std::mem::zeroed() };
-        event.sigev_notify = libc::SIGEV_THREAD_ID;
-        event.sigev_signo = WATCHDOG_SIGNAL;
-        // SAFETY: gettid has no preconditions.
-        event.sigev_notify_thread_id = unsafe { libc::gettid() };
-        let mut timer: libc::timer_t = std::ptr::null_mut();
-        // SAFETY: `event` and `timer` are valid for the call; the timer is deleted in Drop.
-        if unsafe { libc::timer_create(libc::CLOCK_MONOTONIC, &mut event, &mut timer) } != 0 {
-            return Err(VmError::Watchdog(std::io::Error::last_os_error()));
-        }
-        let watchdog = Self { timer };
-        // A zero first expiry would disarm the timer: a deadline already past fires at once.
-        let first = deadline
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_nanos(1));
-        let schedule = libc::itimerspec {
-            it_value: timespec(first),
-            it_interval: timespec(Self::REPEAT),
-        };
-        // SAFETY: `watchdog.timer` is the live timer created above.
-        if unsafe { libc::timer_settime(watchdog.timer, 0, &schedule, std::ptr::null_mut()) } != 0 {
-            return Err(VmError::Watchdog(std::io::Error::last_os_error()));
-        }
-        Ok(watchdog)
-    }
-}
-
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        // SAFETY: the timer was created by `arm` and is deleted once, here. A signal already
-        // pending stays harmless: the next KVM_RUN returns EINTR and the run loop goes on.
-        unsafe { libc::timer_delete(self.timer) };
-    }
-}
-
-/// `duration` as a timespec; deadlines are capped ([`crate::clock::deadline_after`]) far below
-/// where the seconds would overflow.
-fn timespec(duration: Duration) -> libc::timespec {
-    libc::timespec {
-        tv_sec: duration.as_secs() as libc::time_t,
-        tv_nsec: duration.subsec_nanos().into(),
     }
 }
 
