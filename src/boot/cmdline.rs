@@ -74,13 +74,6 @@ const FAST_BOOT: &[KernelParam] = &[
               counters there and reads nothing back",
     },
     KernelParam {
-        text: "noapictimer",
-        why: "no calibration of the local APIC timer against the PM timer, a 100 ms wait of \
-              guest time (~0.12 s under QEMU TCG); the host kernel ticks from the HPET or the \
-              PIT instead. The cases' vCPUs have no in-kernel local APIC, so KVM emulates no \
-              APIC timer for them either way",
-    },
-    KernelParam {
         text: "8250.nr_uarts=1",
         why: "registers the one serial port the console uses instead of the driver's default \
               (32 on Debian): 58 -> 27 ms of serial8250_init under QEMU TCG on 7.2",
