@@ -399,15 +399,20 @@ impl PageTable {
         }
     }
 
-    /// Identity-maps `[start, end)` read-write(-execute) with 4 KiB pages, filling each leaf
-    /// table in one write: the same tables as [`PageTable::map`] page by page would build (and
-    /// the same error for a page already mapped), without a walk from the root per page.
+    /// Identity-maps `[start, end)` (both page-aligned) read-write(-execute) with 4 KiB pages,
+    /// filling each leaf table in one write: the same tables as [`PageTable::map`] page by page
+    /// would build (and the same error for a page already mapped), without a walk from the root
+    /// per page.
     pub fn identity_map(
         &self,
         image: &mut PhysImage,
         start: u64,
         end: u64,
     ) -> Result<(), LayoutError> {
+        debug_assert!(
+            start.is_multiple_of(PAGE_SIZE) && end.is_multiple_of(PAGE_SIZE),
+            "{start:#x}..{end:#x}"
+        );
         let leaf = EntryKind::Leaf { level: 1 };
         let span = LeafSize::Size2M.bytes();
         let mut address = start;

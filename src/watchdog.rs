@@ -23,12 +23,20 @@ pub(crate) fn while_armed<T>(deadline: Instant, run: impl FnOnce() -> T) -> io::
             )));
         }
         watchdog.set(Some(deadline));
-        let result = run();
-        // The watchdog signals only under the lock, after checking that it is still armed, so
-        // once this returns it cannot signal this run or anything after it.
-        watchdog.set(None);
-        Ok(result)
+        let _disarm = Disarm(watchdog);
+        Ok(run())
     })
+}
+
+/// Disarms the watchdog when a run ends, also by a panic. The watchdog signals only under its
+/// lock, after checking that it is still armed, so once this is dropped no signal can land on the
+/// run it guarded or on anything after it.
+struct Disarm<'a>(&'a Watchdog);
+
+impl Drop for Disarm<'_> {
+    fn drop(&mut self) {
+        self.0.set(None);
+    }
 }
 
 const REPEAT: Duration = Duration::from_millis(20);
