@@ -254,7 +254,9 @@ fn time(nestfault: &Path, kernel: &Unpacked, setup: Option<&Setup>, boot: Boot) 
     Ok(Timed { wall, case_ms })
 }
 
-/// The `duration_ms` of every case in a `--format json` report.
+/// The `duration_ms` of every case in a `--format json` report, whose cases must all have run to
+/// a verdict: an error or a skip did not do a case's work, and timing it would flatter the run
+/// (a kernel whose cases all failed to start once measured a median case of 0 ms).
 fn case_durations(report: &[u8]) -> Result<Vec<u64>> {
     let report: Value = serde_json::from_slice(report).context("the report is not JSON")?;
     let results = report["results"]
@@ -263,6 +265,14 @@ fn case_durations(report: &[u8]) -> Result<Vec<u64>> {
     results
         .iter()
         .map(|case| {
+            let status = case["status"].as_str().unwrap_or("(none)");
+            if !matches!(status, "pass" | "fail") {
+                bail!(
+                    "case {} ended as {status}, not pass or fail, so the run measures nothing: {}",
+                    case["id"],
+                    case["diagnosis"]
+                );
+            }
             case["duration_ms"]
                 .as_u64()
                 .with_context(|| format!("a case without duration_ms: {case}"))
@@ -316,4 +326,36 @@ fn unpack(kernel: &FetchedKernel, dir: &Path) -> Result<Unpacked> {
         }
     }
     bail!("no kernel image found in {}", dir.display())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(statuses: &[&str]) -> Vec<u8> {
+        let results: Vec<Value> = statuses
+            .iter()
+            .enumerate()
+            .map(|(i, status)| {
+                serde_json::json!({"id": format!("svm/case{i}/hardware"), "status": status,
+                                   "diagnosis": null, "duration_ms": 10 + i})
+            })
+            .collect();
+        serde_json::to_vec(&serde_json::json!({ "results": results })).unwrap()
+    }
+
+    #[test]
+    fn only_judged_cases_are_timed() {
+        assert_eq!(
+            case_durations(&report(&["pass", "fail"])).unwrap(),
+            [10, 11]
+        );
+        for unjudged in ["error", "skip"] {
+            let error = case_durations(&report(&["pass", unjudged])).unwrap_err();
+            assert!(
+                error.to_string().contains(&format!("ended as {unjudged}")),
+                "wanted a refusal of the {unjudged}, got: {error}"
+            );
+        }
+    }
 }
