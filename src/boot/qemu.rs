@@ -25,9 +25,20 @@ const REQUIREMENTS: &[Requirement] = &[Requirement {
 /// The accelerator and CPU model. Under TCG, `-cpu max` offers the guest
 /// SVM with NPT (and VGIF) and, unlike named models such as EPYC, asks for
 /// no feature TCG lacks, so QEMU prints no warnings.
-fn cpu_args(emulator: Emulator) -> [&'static str; 4] {
+///
+/// With the speed levers on, the model leaves out ERMS and FSRM, CPUID's
+/// hints that `rep movsb`/`rep stosb` are fast. TCG runs a string
+/// instruction one element per iteration, so a kernel that believes the hint
+/// clears a 4 KiB page in 4096 iterations; without it the same kernel uses
+/// `rep stosq` (512), and libc its vector loops. Side by side on 7.2, six
+/// pairs: a full SVM run 4.35 -> 3.99 s (medians); sampled, the kernel's
+/// page clearing halved. The hints change how fast memory is copied, never
+/// what a string instruction does, and KVM consults neither; L1 and L2 only
+/// stop seeing them in CPUID, which they do not read.
+fn cpu_args(emulator: Emulator, fast_boot: bool) -> [&'static str; 4] {
     match emulator {
         Emulator::QemuKvm => ["-accel", "kvm", "-cpu", "host"],
+        _ if fast_boot => ["-accel", "tcg", "-cpu", "max,erms=off,fsrm=off"],
         _ => ["-accel", "tcg", "-cpu", "max"],
     }
 }
@@ -41,7 +52,7 @@ pub(crate) fn command(
 ) -> Command {
     let mut command = Command::new(PROGRAM);
     command
-        .args(cpu_args(emulator))
+        .args(cpu_args(emulator, opts.fast_boot))
         .args(["-smp", "1", "-m"])
         .arg(opts.memory_mib.to_string())
         // No default devices, no network, no display: the serial port on
@@ -127,11 +138,30 @@ mod tests {
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
         let joined = args.join(" ");
-        assert!(joined.contains("-accel tcg -cpu max"), "{joined}");
+        assert!(
+            joined.contains("-accel tcg -cpu max,erms=off,fsrm=off"),
+            "{joined}"
+        );
         assert!(joined.contains("-nic none"));
         assert!(joined.contains("-display none"));
         assert!(joined.contains("-no-reboot"));
         assert!(joined.contains("-kernel /k/vmlinuz -initrd /k/initrd"));
         assert_eq!(args.last().unwrap(), &opts.kernel_cmdline());
+    }
+
+    #[test]
+    fn without_the_speed_levers_the_cpu_model_is_qemus_own() {
+        let mut opts = BootOptions::for_emulator(Emulator::QemuTcg);
+        opts.fast_boot = false;
+        let command = command(Emulator::QemuTcg, Path::new("/k"), Path::new("/i"), &opts);
+        let args: Vec<String> = command
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let cpu = args
+            .iter()
+            .position(|a| a == "-cpu")
+            .map(|at| &args[at + 1]);
+        assert_eq!(cpu.map(String::as_str), Some("max"), "{args:?}");
     }
 }
