@@ -497,7 +497,7 @@ mod tests {
 
     use super::*;
 
-    use crate::verdict::ExitValues;
+    use crate::verdict::{ExitValues, Observed};
 
     fn verdict() -> Verdict {
         Verdict {
@@ -535,19 +535,37 @@ mod tests {
     #[test]
     fn a_verdict_survives_the_console() {
         let case = crate::scenario::built_in_case("vmx/pd_page_unmapped_read/forced");
-        let mut sent = Verdict::without_run(&case, Status::Fail, "stale\naddress".into());
-        sent.expected = ExitValues(vec![("exit_reason".into(), 48)]);
-        sent.actual = Some(ExitValues(vec![("exit_reason".into(), 49)]));
-        sent.duration_ms = 41;
-        let line = Record::Verdict(Box::new(sent.run_result())).to_line();
-        assert!(
-            !line.contains("\"target\""),
-            "the axes are the host's: {line}"
-        );
-        let [Record::Verdict(result)] = &Record::parse(&line)[..] else {
-            panic!("not one verdict record: {line}");
-        };
-        assert_eq!(Verdict::from_run(&case, (**result).clone()), sent);
+        let expected = ExitValues(vec![("exit_reason".into(), 48), ("gpa".into(), 0x150000)]);
+        let other = ExitValues(vec![("exit_reason".into(), 49), ("gpa".into(), 0x150000)]);
+        for (actual, diagnosis) in [
+            (Some(other), Some("stale\naddress")),
+            (Some(expected.clone()), None),
+            (None, Some("timeout")),
+        ] {
+            let mut sent = Verdict::without_run(&case, Status::Fail, String::new());
+            sent.expected = expected.clone();
+            sent.actual = actual;
+            sent.diagnosis = diagnosis.map(str::to_owned);
+            sent.duration_ms = 41;
+            let line = Record::Verdict(Box::new(sent.run_result())).to_line();
+            assert!(
+                !line.contains("\"target\""),
+                "the axes are the host's: {line}"
+            );
+            // What the host can rebuild is not sent: values seen as expected, a missing diagnosis.
+            let differs = matches!(&sent.actual, Some(actual) if *actual != expected);
+            let wanted = if differs { 2 } else { 1 };
+            assert_eq!(line.matches("exit_reason").count(), wanted, "{line}");
+            assert_eq!(
+                line.contains("diagnosis"),
+                sent.diagnosis.is_some(),
+                "{line}"
+            );
+            let [Record::Verdict(result)] = &Record::parse(&line)[..] else {
+                panic!("not one verdict record: {line}");
+            };
+            assert_eq!(Verdict::from_run(&case, (**result).clone()), sent, "{line}");
+        }
     }
 
     #[test]
@@ -714,7 +732,11 @@ mod tests {
             hostile_text(),
             any_status(),
             any_exit_values(),
-            proptest::option::of(any_exit_values()),
+            prop_oneof![
+                Just(Observed::Nothing),
+                Just(Observed::AsExpected),
+                any_exit_values().prop_map(Observed::Values),
+            ],
             proptest::option::of(hostile_text()),
             any::<u64>(),
         )

@@ -127,9 +127,23 @@ pub struct RunResult {
     pub id: String,
     pub status: Status,
     pub expected: ExitValues,
-    pub actual: Option<ExitValues>,
+    pub actual: Observed,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub diagnosis: Option<String>,
     pub duration_ms: u64,
+}
+
+/// What a run observed, as the console carries it. Most runs see exactly what was expected, and
+/// saying so instead of repeating the values takes a VMX verdict line from ~580 to ~330 bytes
+/// (at ~80 µs a byte under Bochs, ~20 ms of each case's wall time).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Observed {
+    /// The run ended without an exit to compare.
+    Nothing,
+    /// Exactly the expected values.
+    AsExpected,
+    Values(ExitValues),
 }
 
 impl Verdict {
@@ -139,7 +153,11 @@ impl Verdict {
             id: self.id.clone(),
             status: self.status,
             expected: self.expected.clone(),
-            actual: self.actual.clone(),
+            actual: match &self.actual {
+                None => Observed::Nothing,
+                Some(actual) if *actual == self.expected => Observed::AsExpected,
+                Some(actual) => Observed::Values(actual.clone()),
+            },
             diagnosis: self.diagnosis.clone(),
             duration_ms: self.duration_ms,
         }
@@ -148,9 +166,14 @@ impl Verdict {
     /// The verdict on `case` that its run's `result` makes (the ids must match).
     pub fn from_run(case: &Case, result: RunResult) -> Self {
         debug_assert_eq!(case.id(), result.id);
+        let actual = match result.actual {
+            Observed::Nothing => None,
+            Observed::AsExpected => Some(result.expected.clone()),
+            Observed::Values(actual) => Some(actual),
+        };
         Self {
             expected: result.expected,
-            actual: result.actual,
+            actual,
             diagnosis: result.diagnosis,
             duration_ms: result.duration_ms,
             ..Self::without_run(case, result.status, String::new())

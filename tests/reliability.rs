@@ -8,7 +8,7 @@ mod support;
 use std::time::Duration;
 
 use nestfault::kernel_mode::Record;
-use nestfault::verdict::{ExitValues, RunResult, Status};
+use nestfault::verdict::{ExitValues, Observed, RunResult, Status};
 use support::{output_within, path_str, text, wait_at_most, Scratch};
 
 const CASE: &str = "svm/pt_page_unmapped/emulated";
@@ -23,8 +23,8 @@ fn passed_line() -> String {
     Record::Verdict(Box::new(RunResult {
         id: CASE.into(),
         status: Status::Pass,
-        expected: values.clone(),
-        actual: Some(values),
+        expected: values,
+        actual: Observed::AsExpected,
         diagnosis: None,
         duration_ms: 40,
     }))
