@@ -76,7 +76,8 @@ const FAST_BOOT: &[KernelParam] = &[
     KernelParam {
         text: "8250.nr_uarts=1",
         why: "registers the one serial port the console uses instead of the driver's default \
-              (32 on Debian): 58 -> 27 ms of serial8250_init under QEMU TCG on 7.2",
+              (4 on Debian's 7.2), probing and registering each: serial8250_init 58 -> 27 ms under \
+              QEMU TCG (initcall_debug)",
     },
     KernelParam {
         text: "ipv6.disable=1",
