@@ -12,17 +12,34 @@ pub(crate) enum Compression {
 }
 
 impl Compression {
+    pub(crate) const ALL: [Compression; 4] = [
+        Compression::Plain,
+        Compression::Xz,
+        Compression::Zstd,
+        Compression::Gzip,
+    ];
+
+    /// What the compression adds to a file name: `.xz`, `.zst`, `.gz`, or nothing.
+    pub(crate) fn suffix(self) -> &'static str {
+        match self {
+            Compression::Plain => "",
+            Compression::Gzip => ".gz",
+            Compression::Xz => ".xz",
+            Compression::Zstd => ".zst",
+        }
+    }
+
     /// Splits a known compression suffix off a file name:
     /// `kvm.ko.xz` -> (`kvm.ko`, Xz), `kvm.ko` -> (`kvm.ko`, Plain).
     pub(crate) fn split_suffix(file_name: &str) -> (&str, Compression) {
-        const SUFFIXES: [(&str, Compression); 3] = [
-            (".xz", Compression::Xz),
-            (".zst", Compression::Zstd),
-            (".gz", Compression::Gzip),
-        ];
-        SUFFIXES
-            .iter()
-            .find_map(|&(suffix, kind)| file_name.strip_suffix(suffix).map(|stem| (stem, kind)))
+        Self::ALL
+            .into_iter()
+            .filter(|&kind| kind != Compression::Plain)
+            .find_map(|kind| {
+                file_name
+                    .strip_suffix(kind.suffix())
+                    .map(|stem| (stem, kind))
+            })
             .unwrap_or((file_name, Compression::Plain))
     }
 

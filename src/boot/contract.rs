@@ -10,14 +10,17 @@ pub(crate) const POWER_OFF_MARKER: &str = "nestfault-init: powering off";
 
 /// Files that build_initramfs writes and inner_setup reads.
 pub(crate) mod paths {
+    use crate::boot::compression::Compression;
+
     /// One module per line, `name<TAB>parameters`, in load order.
     pub(crate) const LOAD_ORDER: &str = "/nestfault/modules.load";
-    /// Holds `<name>.ko` for every entry of LOAD_ORDER, uncompressed, and
-    /// `<name>.unsigned.ko` where build_initramfs made an unsigned copy.
+    /// Holds, for every entry of LOAD_ORDER, the module as built: `<name>.ko`, or, where
+    /// build_initramfs also made an unsigned copy `<name>.unsigned.ko`, the file as it came
+    /// (`<name>.ko.xz`, ...), which the guest decompresses only if the kernel refuses the copy.
     pub(crate) const MODULES_DIR: &str = "/nestfault/modules";
 
-    pub(crate) fn signed_module(name: &str) -> String {
-        format!("{MODULES_DIR}/{name}.ko")
+    pub(crate) fn signed_module(name: &str, compression: Compression) -> String {
+        format!("{MODULES_DIR}/{name}.ko{}", compression.suffix())
     }
 
     pub(crate) fn unsigned_module(name: &str) -> String {

@@ -8,6 +8,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
+use super::compression::Compression;
 use super::contract::{paths, INIT_MARKER, POWER_OFF_MARKER};
 use super::error::BootError;
 use crate::arch;
@@ -131,11 +132,46 @@ fn load_module(name: &str, params: &str) -> Result<&'static str, BootError> {
             Err(error) => return Err(module_load_error(name, params, error)),
         }
     }
-    match finit_module(&paths::signed_module(name), &params_c)? {
+    match load_signed_module(name, &params_c)? {
         Ok(()) if refused => Ok("signed: the kernel refused the unsigned copy"),
         Ok(()) => Ok("signed"),
         Err(error) => Err(module_load_error(name, params, error)),
     }
+}
+
+/// Loads the module as built, which the initramfs holds as it came (`.ko`, or `.ko.xz` and the
+/// like beside an unsigned copy); a compressed one is decompressed here and loaded from memory.
+fn load_signed_module(name: &str, params: &CString) -> Result<io::Result<()>, BootError> {
+    let found = Compression::ALL
+        .into_iter()
+        .map(|compression| (paths::signed_module(name, compression), compression))
+        .find(|(path, _)| Path::new(path).exists());
+    let Some((path, compression)) = found else {
+        return Err(BootError::NotOurInitramfs {
+            path: paths::signed_module(name, Compression::Plain).into(),
+        });
+    };
+    if compression == Compression::Plain {
+        return finit_module(&path, params);
+    }
+    let packed = fs::read(&path).map_err(|e| BootError::io("read", &path, e))?;
+    let image = compression
+        .decompress(&packed)
+        .map_err(|e| BootError::BadModule {
+            path: path.clone().into(),
+            reason: format!("cannot decompress: {e}"),
+        })?;
+    // SAFETY: init_module reads `image.len()` bytes from `image` and the NUL-terminated
+    // parameter string; both stay alive across the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_init_module,
+            image.as_ptr(),
+            image.len(),
+            params.as_ptr(),
+        )
+    };
+    Ok(syscall_result(rc))
 }
 
 /// finit_module(2) on the file at `path`; Ok when the module is loaded or already there.
@@ -144,12 +180,17 @@ fn finit_module(path: &str, params: &CString) -> Result<io::Result<()>, BootErro
     // SAFETY: finit_module reads the module from a valid open descriptor and
     // the parameter string, a NUL-terminated string alive across the call.
     let rc = unsafe { libc::syscall(libc::SYS_finit_module, file.as_raw_fd(), params.as_ptr(), 0) };
+    Ok(syscall_result(rc))
+}
+
+/// A module-loading syscall's outcome: Ok when the module is loaded or already there.
+fn syscall_result(rc: libc::c_long) -> io::Result<()> {
     let error = io::Error::last_os_error();
-    Ok(match rc {
+    match rc {
         0 => Ok(()),
         _ if error.raw_os_error() == Some(libc::EEXIST) => Ok(()),
         _ => Err(error),
-    })
+    }
 }
 
 fn module_load_error(name: &str, params: &str, error: io::Error) -> BootError {

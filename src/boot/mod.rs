@@ -13,8 +13,9 @@
 //!   each other). Packages are unpacked in pure Rust (ar, tar, xz/zstd/gzip).
 //! - Initramfs (uncompressed newc cpio): `/init` (the given executable), its ELF
 //!   interpreter and libraries at their host paths, `/dev/console`, and under
-//!   `/nestfault/`: `modules/<name>.ko` (decompressed) and, unless
-//!   `--no-fast-boot`, `modules/<name>.unsigned.ko` (see `unsigned`),
+//!   `/nestfault/`: `modules/<name>.ko` (decompressed) or, unless
+//!   `--no-fast-boot`, `modules/<name>.unsigned.ko` (see `unsigned`) beside
+//!   the signed module as it came (`<name>.ko.xz`, a fallback),
 //!   `modules.load` (load order with parameters, dependencies from each
 //!   module's `.modinfo`), `args` and `vendor`.
 //! - Speed levers (`BootOptions::fast_boot`, on by default): kernel

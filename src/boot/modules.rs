@@ -15,6 +15,10 @@ use crate::elf::Elf;
 /// A module ready to be put into the initramfs: decompressed, with its modinfo.
 pub(crate) struct ResolvedModule {
     pub(crate) name: String,
+    /// The module file as found, and how it is compressed.
+    pub(crate) packed: Vec<u8>,
+    pub(crate) compression: Compression,
+    /// The module, decompressed.
     pub(crate) image: Vec<u8>,
     pub(crate) info: ModInfo,
 }
@@ -185,8 +189,10 @@ impl ModuleIndex {
     fn load(&self, name: &str, release: &str) -> Option<Result<ResolvedModule, BootError>> {
         let (path, compression) = self.files.get(name)?;
         Some(
-            read_module(path, *compression, release).map(|(image, info)| ResolvedModule {
+            read_module(path, *compression, release).map(|(packed, image, info)| ResolvedModule {
                 name: name.to_owned(),
+                packed,
+                compression: *compression,
                 image,
                 info,
             }),
@@ -198,7 +204,7 @@ fn read_module(
     path: &Path,
     compression: Compression,
     release: &str,
-) -> Result<(Vec<u8>, ModInfo), BootError> {
+) -> Result<(Vec<u8>, Vec<u8>, ModInfo), BootError> {
     let bad = |reason: String| BootError::BadModule {
         path: path.to_owned(),
         reason,
@@ -222,7 +228,7 @@ fn read_module(
             });
         }
     }
-    Ok((image, info))
+    Ok((packed, image, info))
 }
 
 /// `root` and its transitive dependencies from `dir`, in load order. Empty when
