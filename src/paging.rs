@@ -280,13 +280,24 @@ impl PhysImage {
     }
 
     pub fn read(&self, what: &'static str, address: u64, len: u64) -> Result<Vec<u8>, LayoutError> {
-        self.check_range(what, address, len)?;
-        let mut bytes = Vec::with_capacity(len as usize);
-        for (page, offset, piece) in Self::pieces(address, len) {
-            let contents = self.pages.get(&page).map_or(&ZERO_PAGE, |page| &**page);
-            bytes.extend_from_slice(&contents[offset..offset + piece.len()]);
-        }
+        let mut bytes = vec![0; len as usize];
+        self.read_into(what, address, &mut bytes)?;
         Ok(bytes)
+    }
+
+    /// Fills `bytes` from `address` on.
+    fn read_into(
+        &self,
+        what: &'static str,
+        address: u64,
+        bytes: &mut [u8],
+    ) -> Result<(), LayoutError> {
+        self.check_range(what, address, bytes.len() as u64)?;
+        for (page, offset, piece) in Self::pieces(address, bytes.len() as u64) {
+            let contents = self.pages.get(&page).map_or(&ZERO_PAGE, |page| &**page);
+            bytes[piece.clone()].copy_from_slice(&contents[offset..offset + piece.len()]);
+        }
+        Ok(())
     }
 
     pub fn write_u64(
@@ -299,12 +310,9 @@ impl PhysImage {
     }
 
     pub fn read_u64(&self, what: &'static str, address: u64) -> Result<u64, LayoutError> {
-        self.check_range(what, address, 8)?;
+        // Into an array, not through `read`: page-table building reads thousands of entries.
         let mut bytes = [0; 8];
-        for (page, offset, piece) in Self::pieces(address, 8) {
-            let contents = self.pages.get(&page).map_or(&ZERO_PAGE, |page| &**page);
-            bytes[piece.clone()].copy_from_slice(&contents[offset..offset + piece.len()]);
-        }
+        self.read_into(what, address, &mut bytes)?;
         Ok(u64::from_le_bytes(bytes))
     }
 }
@@ -619,10 +627,9 @@ mod tests {
                 table.map(&mut slow, page, page, Perms::RWX).unwrap();
             }
             let entries = |image: &PhysImage| -> Vec<(u64, u64)> {
-                let pages = image.pages().map(|(gpa, _)| gpa).collect::<Vec<_>>();
-                pages
-                    .into_iter()
-                    .flat_map(|gpa| (gpa..gpa + PAGE_SIZE).step_by(8))
+                image
+                    .pages()
+                    .flat_map(|(gpa, _)| (gpa..gpa + PAGE_SIZE).step_by(8))
                     .map(|slot| (slot, image.read_u64("", slot).unwrap()))
                     .filter(|&(_, entry)| entry != 0)
                     .collect()
