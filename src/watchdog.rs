@@ -22,7 +22,7 @@ pub(crate) fn while_armed<T>(deadline: Instant, run: impl FnOnce() -> T) -> io::
                 "cannot start the watchdog thread: {error}"
             )));
         }
-        watchdog.set(Some(deadline));
+        watchdog.arm(deadline);
         let _disarm = Disarm(watchdog);
         Ok(run())
     })
@@ -35,7 +35,7 @@ struct Disarm<'a>(&'a Watchdog);
 
 impl Drop for Disarm<'_> {
     fn drop(&mut self) {
-        self.0.set(None);
+        self.0.disarm();
     }
 }
 
@@ -95,9 +95,15 @@ impl Watchdog {
         Self { shared, thread }
     }
 
-    fn set(&self, deadline: Option<Instant>) {
-        self.shared.lock().deadline = deadline;
+    fn arm(&self, deadline: Instant) {
+        self.shared.lock().deadline = Some(deadline);
         self.shared.changed.notify_one();
+    }
+
+    /// Not woken: a watchdog that finds itself disarmed when its wait ends goes back to waiting,
+    /// and sparing it a wake per run spares the one emulated CPU a context switch.
+    fn disarm(&self) {
+        self.shared.lock().deadline = None;
     }
 }
 
@@ -187,6 +193,22 @@ mod tests {
         let waited = started.elapsed();
         assert!(
             waited >= Duration::from_millis(50) && waited < Duration::from_secs(5),
+            "wanted a kick 50 ms after the start, got one after {waited:?}"
+        );
+    }
+
+    /// A disarm does not wake the watchdog, which may still be waiting for an earlier, later
+    /// deadline; arming must wake it for the new one.
+    #[test]
+    fn a_run_after_one_with_a_far_deadline_is_kicked_on_time() {
+        // Armed long enough for the watchdog thread to start and wait for the far deadline.
+        let settle = || std::thread::sleep(Duration::from_millis(20));
+        while_armed(Instant::now() + Duration::from_secs(30), settle).unwrap();
+        let started = Instant::now();
+        assert!(while_armed(started + Duration::from_millis(50), interrupted_read).unwrap());
+        let waited = started.elapsed();
+        assert!(
+            waited < Duration::from_secs(5),
             "wanted a kick 50 ms after the start, got one after {waited:?}"
         );
     }
