@@ -51,14 +51,18 @@ pub fn build_initramfs(
         None => Vec::new(),
     };
     // Each module's unsigned copy, where one was made (with `unsigned_modules`, of a signed one).
-    let mut unsigned: Vec<Option<Vec<u8>>> = Vec::new();
-    if unsigned_modules && !modules.is_empty() {
+    let unsigned: Vec<Option<Vec<u8>>> = if unsigned_modules && !modules.is_empty() {
         let scratch = private_dir("strip")?;
-        for module in &modules {
-            let copy = unsigned_copy(&module.name, &module.image, scratch.path())?;
-            unsigned.push(copy.map(|(image, _)| image));
-        }
-    }
+        modules
+            .iter()
+            .map(|module| {
+                let copy = unsigned_copy(&module.name, &module.image, scratch.path())?;
+                Ok(copy.map(|(image, _)| image))
+            })
+            .collect::<Result<_, BootError>>()?
+    } else {
+        vec![None; modules.len()]
+    };
 
     let file = File::create(out).map_err(|e| BootError::io("create", out, e))?;
     let mut cpio = CpioWriter::new(BufWriter::new(file));
@@ -81,14 +85,14 @@ pub fn build_initramfs(
             cpio.file(guest_path.trim_start_matches('/'), 0o755, data)?;
         }
         let mut load_order = String::new();
-        for (i, module) in modules.iter().enumerate() {
+        for (module, unsigned) in modules.iter().zip(&unsigned) {
             let params = arch::module_parameters(vendor, &module.name, &module.info.params);
             load_order.push_str(&format!("{}\t{}\n", module.name, params));
             // Beside an unsigned copy the signed module is only a fallback, so it goes in as it
             // came: Debian's kvm.ko is 0.47 MB as .ko.xz and 3.1 MB unpacked, and the initramfs
             // costs its unpacking by the megabyte (~70 ms a MB under Bochs).
-            let (signed, image) = match unsigned.get(i) {
-                Some(Some(copy)) => {
+            let (signed, image) = match unsigned {
+                Some(copy) => {
                     let path = paths::unsigned_module(&module.name);
                     cpio.file(path.trim_start_matches('/'), 0o644, copy)?;
                     (
@@ -96,7 +100,7 @@ pub fn build_initramfs(
                         &module.packed,
                     )
                 }
-                _ => (
+                None => (
                     paths::signed_module(&module.name, Compression::Plain),
                     &module.image,
                 ),
