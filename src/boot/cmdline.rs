@@ -118,8 +118,9 @@ pub fn fast_boot_help() -> String {
          options=fastboot); starting the uncompressed kernel instead of its decompressor (QEMU: \
          its PVH entry point; Bochs: the 64-bit boot protocol), the same bytes at the same \
          address; the KVM modules without their signatures, the symbols no relocation needs and \
-         their BTF type information (the signed ones where the kernel insists); under QEMU TCG, a CPU model without the ERMS and FSRM fast-string hints, \
-         which TCG makes slow (string instructions work the same; KVM reads neither).",
+         their BTF type information (the signed ones where the kernel insists); under QEMU TCG, \
+         a CPU model without the ERMS and FSRM fast-string hints, which TCG makes slow (string \
+         instructions work the same; KVM reads neither).",
     );
     help
 }
