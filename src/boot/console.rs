@@ -22,6 +22,8 @@ const DIAGNOSTIC_LINES: usize = 10;
 /// emulator that did not end by itself (Bochs reboots) is killed.
 const PANIC_GRACE: Duration = Duration::from_secs(3);
 const POLL: Duration = Duration::from_millis(100);
+/// How often to look for the emulator's exit once its output has ended.
+const ENDING_POLL: Duration = Duration::from_millis(2);
 /// Once the emulator ended, how long its readers may take to deliver the
 /// rest (a leftover process could hold a pipe open for ever).
 const DRAIN_GRACE: Duration = Duration::from_secs(2);
@@ -311,7 +313,9 @@ pub(crate) fn watch(
             Err(RecvTimeoutError::Timeout) => {}
             // Every reader is done; after the emulator ended that is the end.
             Err(RecvTimeoutError::Disconnected) if exit.is_some() => break,
-            Err(RecvTimeoutError::Disconnected) => std::thread::sleep(POLL),
+            // Every reader is done, so the emulator is ending: look for its end soon, not
+            // after a whole POLL (which was 0.1 s of every run).
+            Err(RecvTimeoutError::Disconnected) => std::thread::sleep(ENDING_POLL),
         }
         if let Some((_, ended_at)) = exit {
             if ended_at.elapsed() >= DRAIN_GRACE {
@@ -443,17 +447,17 @@ mod tests {
     }
 
     fn run_script(script: &str, timeout: Duration, power_off_codes: &'static [i32]) -> BootReport {
-        run_script_told(script, timeout, power_off_codes, |_| {})
+        run_script_told(script, timeout, power_off_codes, |_| {}).0
     }
 
     /// `run_script`, with `tell` given the channel the readers send on, as an emulator's own
-    /// watcher (Bochs' log) would be.
+    /// watcher (Bochs' log) would be; also how long the watch went on after the last line.
     fn run_script_told(
         script: &str,
         timeout: Duration,
         power_off_codes: &'static [i32],
         tell: impl FnOnce(Sender<Output>),
-    ) -> BootReport {
+    ) -> (BootReport, Duration) {
         let mut command = Command::new("sh");
         command
             .args(["-c", script])
@@ -488,14 +492,34 @@ mod tests {
             ..BootOptions::for_emulator(crate::boot::Emulator::QemuTcg)
         };
         let mut progress = Vec::new();
-        let report = watch(running, Progress::new(&[]), &opts, &mut |_| {}, &mut |p| {
-            progress.push(p.to_owned())
-        })
+        let mut last_line = Instant::now();
+        let report = watch(
+            running,
+            Progress::new(&[]),
+            &opts,
+            &mut |_| last_line = Instant::now(),
+            &mut |p| progress.push(p.to_owned()),
+        )
         .unwrap();
+        let after_last_line = last_line.elapsed();
         if report.end == BootEnd::PoweredOff {
             assert_eq!(progress, vec!["init running"]);
         }
-        report
+        (report, after_last_line)
+    }
+
+    /// An emulator that exits a little after its last line (QEMU takes a few milliseconds) is
+    /// seen to end at once, not a poll later: every run paid 0.1 s for that.
+    #[test]
+    fn an_emulator_that_exits_is_seen_to_end_at_once() {
+        let script = format!("echo '{INIT_MARKER}'; echo '{POWER_OFF_MARKER}'; sleep 0.02; exit 0");
+        let (report, after_last_line) =
+            run_script_told(&script, Duration::from_secs(10), &[0], |_| {});
+        assert_eq!(report.end, BootEnd::PoweredOff);
+        assert!(
+            after_last_line < Duration::from_millis(20) + POLL / 2,
+            "ended {after_last_line:?} after the last line"
+        );
     }
 
     #[test]
@@ -592,7 +616,8 @@ mod tests {
             |sender| {
                 sender.send(Output::Reset).unwrap();
             },
-        );
+        )
+        .0;
         assert_eq!(report.end, BootEnd::Reset);
         assert!(
             report.elapsed < PANIC_GRACE + Duration::from_secs(2),

@@ -43,6 +43,40 @@ fn cpu_args(emulator: Emulator, fast_boot: bool) -> [&'static str; 4] {
     }
 }
 
+/// Where QEMU's firmware for the speed levers is: qboot, a firmware that only
+/// loads the kernel (Debian's qemu-system-data ships it beside SeaBIOS).
+const QBOOT: Location = Location::File(&["/usr/share/qemu/qboot.rom"]);
+
+/// The machine's RAM and firmware. With the speed levers on under TCG:
+///
+/// - RAM is a memfd, which the host backs with small pages. Anonymous guest
+///   RAM is what QEMU asks transparent huge pages for, so the guest's first
+///   write anywhere in a 2 MiB range makes the host clear all of it: a 7.2 run
+///   touches ~124 MiB so. On a host whose own memory is backed lazily (a cloud
+///   VM, as this project's machines are) a fresh huge page costs up to ten
+///   times the clearing (measured: 200 MiB in 0.73 s cold, 0.07 s warm). Side
+///   by side, six pairs of full SVM runs on 7.2: QEMU's system time 0.8 ->
+///   0.4 s, the wall 5.71 -> 5.45 s (medians). The guest sees the same RAM.
+/// - The firmware is qboot where the host has it, not SeaBIOS: 0.22 -> 0.16 s
+///   to the kernel's first byte (medians of twelve boots each, twice). It hands
+///   the kernel the same ACPI tables from QEMU and leaves the MTRRs disabled,
+///   which TCG ignores and KVM does not read.
+fn machine_args(emulator: Emulator, fast_boot: bool, memory_mib: u32) -> Vec<String> {
+    let mut args = vec!["-m".to_owned(), memory_mib.to_string()];
+    if emulator == Emulator::QemuTcg && fast_boot {
+        args.extend([
+            "-object".to_owned(),
+            format!("memory-backend-memfd,id=ram,size={memory_mib}M"),
+            "-machine".to_owned(),
+            "memory-backend=ram".to_owned(),
+        ]);
+        if let Some(qboot) = QBOOT.find() {
+            args.extend(["-bios".to_owned(), qboot.to_string_lossy().into_owned()]);
+        }
+    }
+    args
+}
+
 /// `kernel` is a bzImage, or an ELF vmlinux with a PVH entry point.
 pub(crate) fn command(
     emulator: Emulator,
@@ -53,8 +87,8 @@ pub(crate) fn command(
     let mut command = Command::new(PROGRAM);
     command
         .args(cpu_args(emulator, opts.fast_boot))
-        .args(["-smp", "1", "-m"])
-        .arg(opts.memory_mib.to_string())
+        .args(["-smp", "1"])
+        .args(machine_args(emulator, opts.fast_boot, opts.memory_mib))
         // No default devices, no network, no display: the serial port on
         // stdout is the guest's only connection. -no-reboot makes the reboot
         // after a panic (panic=-1) end QEMU.
@@ -147,10 +181,18 @@ mod tests {
         assert!(joined.contains("-no-reboot"));
         assert!(joined.contains("-kernel /k/vmlinuz -initrd /k/initrd"));
         assert_eq!(args.last().unwrap(), &opts.kernel_cmdline());
+        // The memfd backing RAM is as big as the machine's memory.
+        assert!(
+            joined.contains(
+                "-m 1024 -object memory-backend-memfd,id=ram,size=1024M \
+                 -machine memory-backend=ram"
+            ),
+            "{joined}"
+        );
     }
 
     #[test]
-    fn without_the_speed_levers_the_cpu_model_is_qemus_own() {
+    fn without_the_speed_levers_the_machine_is_qemus_own() {
         let mut opts = BootOptions::for_emulator(Emulator::QemuTcg);
         opts.fast_boot = false;
         let command = command(Emulator::QemuTcg, Path::new("/k"), Path::new("/i"), &opts);
@@ -163,5 +205,32 @@ mod tests {
             .position(|a| a == "-cpu")
             .map(|at| &args[at + 1]);
         assert_eq!(cpu.map(String::as_str), Some("max"), "{args:?}");
+        // QEMU's own RAM and firmware too.
+        for lever in ["-object", "-machine", "-bios"] {
+            assert!(!args.iter().any(|a| a == lever), "{lever} in {args:?}");
+        }
+    }
+
+    #[test]
+    fn only_tcg_gets_the_memory_and_firmware_levers() {
+        let kvm = machine_args(Emulator::QemuKvm, true, 512);
+        assert_eq!(kvm, ["-m", "512"]);
+        let tcg = machine_args(Emulator::QemuTcg, true, 512);
+        assert_eq!(
+            tcg[..6],
+            [
+                "-m",
+                "512",
+                "-object",
+                "memory-backend-memfd,id=ram,size=512M",
+                "-machine",
+                "memory-backend=ram"
+            ]
+        );
+        let firmware = tcg.get(6..).unwrap_or_default();
+        match QBOOT.find() {
+            Some(qboot) => assert_eq!(firmware, ["-bios", qboot.to_str().unwrap()]),
+            None => assert!(firmware.is_empty(), "{firmware:?}"),
+        }
     }
 }
