@@ -10,6 +10,16 @@
 //! data the kernel loads are the same bytes, so a verdict cannot change; the
 //! kernel only notes a taint.
 //!
+//! So does `__mcount_loc`, the list of the module's `call __fentry__` sites
+//! (1554 in 7.2's kvm.ko) that ftrace turns into NOPs at load, recording each
+//! and looking up the symbol of each in the module's symbol table, a linear
+//! search: 7.2 under QEMU TCG, six runs each side by side, loading the modules
+//! took 0.33 instead of 0.47 s (medians). Without the list the calls stay,
+//! and each goes to `__fentry__`, which without a tracer attached only
+//! returns: what KVM computes is the same, only ftrace cannot trace the
+//! module's functions (its tracepoints are unaffected; `--no-fast-boot` loads
+//! the modules as they are).
+//!
 //! Whether the kernel accepts an unsigned module (CONFIG_MODULE_SIG_FORCE,
 //! module.sig_enforce=1, lockdown) is not known on the host: Debian's split
 //! packages carry no config. So the guest tries the unsigned copy first and
@@ -38,8 +48,8 @@ const SIGNATURE_INFO_LEN: usize = 12;
 /// How [`unsigned_copy`] made its copy, for the progress output.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Unsigning {
-    /// `strip --strip-unneeded --remove-section=.BTF`: no signature, only the symbols
-    /// relocations need, and no BTF.
+    /// `strip --strip-unneeded --remove-section=.BTF --remove-section=__mcount_loc`: no
+    /// signature, only the symbols relocations need, no BTF, no ftrace call-site list.
     Stripped,
     /// binutils is not installed: the signature cut off, the symbols kept.
     SignatureCut,
@@ -66,6 +76,7 @@ pub(crate) fn unsigned_copy(
     strip
         .arg("--strip-unneeded")
         .arg("--remove-section=.BTF")
+        .arg("--remove-section=__mcount_loc")
         .arg("-o")
         .arg(&output)
         .arg(&input);
