@@ -118,12 +118,13 @@ pub fn fast_boot_help() -> String {
          options=fastboot); starting the uncompressed kernel instead of its decompressor (QEMU: \
          its PVH entry point; Bochs: the 64-bit boot protocol), the same bytes at the same \
          address; the KVM modules without their signatures, the symbols no relocation needs, \
-         their BTF type information and ftrace's list of their call sites (the signed ones \
-         where the kernel insists); under QEMU TCG, a CPU model without the ERMS and FSRM \
-         fast-string hints, which TCG makes slow (string instructions work the same; KVM reads \
-         neither), RAM the host backs with small pages (a memfd, so that a first write does not \
-         clear a whole huge page) and the qboot firmware instead of SeaBIOS where the host has \
-         it (the same ACPI tables; MTRRs left off, which TCG ignores).",
+         their BTF type information and their lists of ftrace and static-call sites (calls go \
+         through their trampolines; the signed modules where the kernel insists); under QEMU \
+         TCG, a CPU model without the ERMS and FSRM fast-string hints, which TCG makes slow \
+         (string instructions work the same; KVM reads neither), RAM the host backs with small \
+         pages (a memfd, so that a first write does not clear a whole huge page), the qboot \
+         firmware instead of SeaBIOS where the host has it (the same ACPI tables; MTRRs left \
+         off, which TCG ignores) and no PCI hotplug in the ACPI tables (nothing is plugged).",
     );
     help
 }

@@ -20,6 +20,15 @@
 //! module's functions (its tracepoints are unaffected; `--no-fast-boot` loads
 //! the modules as they are).
 //!
+//! And `.static_call_sites`, the module's inline static calls (806 in 7.2's
+//! kvm.ko, most of them `kvm_x86_ops` calls). When kvm_amd or kvm_intel sets
+//! the vendor's ops at load, the kernel rewrites every such call site live,
+//! each with three text pokes through a temporary mm (a TLB flush apiece
+//! under TCG). Without the list the calls go through their trampolines, which
+//! the kernel updates instead: the same functions with the same arguments, as
+//! on an architecture without inline static calls. 7.2 under QEMU TCG, six
+//! runs each side by side: loading the modules took 0.20 instead of 0.30 s.
+//!
 //! Whether the kernel accepts an unsigned module (CONFIG_MODULE_SIG_FORCE,
 //! module.sig_enforce=1, lockdown) is not known on the host: Debian's split
 //! packages carry no config. So the guest tries the unsigned copy first and
@@ -48,8 +57,9 @@ const SIGNATURE_INFO_LEN: usize = 12;
 /// How [`unsigned_copy`] made its copy, for the progress output.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Unsigning {
-    /// `strip --strip-unneeded --remove-section=.BTF --remove-section=__mcount_loc`: no
-    /// signature, only the symbols relocations need, no BTF, no ftrace call-site list.
+    /// `strip --strip-unneeded` removing `.BTF`, `__mcount_loc` and `.static_call_sites`: no
+    /// signature, only the symbols relocations need, no BTF, no lists of ftrace or static-call
+    /// sites.
     Stripped,
     /// binutils is not installed: the signature cut off, the symbols kept.
     SignatureCut,
@@ -77,6 +87,7 @@ pub(crate) fn unsigned_copy(
         .arg("--strip-unneeded")
         .arg("--remove-section=.BTF")
         .arg("--remove-section=__mcount_loc")
+        .arg("--remove-section=.static_call_sites")
         .arg("-o")
         .arg(&output)
         .arg(&input);
