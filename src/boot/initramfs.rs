@@ -14,9 +14,9 @@ use super::compression::Compression;
 use super::contract::paths;
 use super::error::BootError;
 use super::kernel::PreparedKernel;
-use super::modules;
+use super::modules::{self, Contents};
 use super::tempdir::private_dir;
-use super::unsigned::unsigned_copy;
+use super::unsigned::{unsigned_copy, CopyCache, Unsigning};
 use crate::arch;
 use crate::elf::{Elf, EM_X86_64};
 use crate::scenario::VendorKind;
@@ -46,8 +46,14 @@ pub fn build_initramfs(
 ) -> Result<(), BootError> {
     let init = fs::read(init_exe).map_err(|e| BootError::io("read", init_exe, e))?;
     let runtime = runtime_files(init_exe, &init)?;
+    let copies = unsigned_modules.then(CopyCache::open).flatten();
     let modules = match &kernel.modules_dir {
-        Some(dir) => modules::resolve(dir, arch::kvm_module(vendor), &kernel.release)?,
+        Some(dir) => modules::resolve(
+            dir,
+            arch::kvm_module(vendor),
+            &kernel.release,
+            copies.as_ref(),
+        )?,
         None => Vec::new(),
     };
     // Each module's unsigned copy, where one was made (with `unsigned_modules`, of a signed one).
@@ -55,9 +61,15 @@ pub fn build_initramfs(
         let scratch = private_dir("strip")?;
         modules
             .iter()
-            .map(|module| {
-                let copy = unsigned_copy(&module.name, &module.image, scratch.path())?;
-                Ok(copy.map(|(image, _)| image))
+            .map(|module| match &module.contents {
+                Contents::UnsignedCopy(copy) => Ok(Some(copy.clone())),
+                Contents::Image(image) => {
+                    let copy = unsigned_copy(&module.name, image, scratch.path())?;
+                    if let (Some((copy, Unsigning::Stripped)), Some(copies)) = (&copy, &copies) {
+                        copies.put(&module.packed, copy, scratch.path());
+                    }
+                    Ok(copy.map(|(image, _)| image))
+                }
             })
             .collect::<Result<_, BootError>>()?
     } else {
@@ -100,10 +112,18 @@ pub fn build_initramfs(
                         &module.packed,
                     )
                 }
-                None => (
-                    paths::signed_module(&module.name, Compression::Plain),
-                    &module.image,
-                ),
+                None => match &module.contents {
+                    Contents::Image(image) => (
+                        paths::signed_module(&module.name, Compression::Plain),
+                        image,
+                    ),
+                    // A cached copy comes only with unsigned copies wanted, and is one; the
+                    // file as it came would do as well.
+                    Contents::UnsignedCopy(_) => (
+                        paths::signed_module(&module.name, module.compression),
+                        &module.packed,
+                    ),
+                },
             };
             cpio.file(signed.trim_start_matches('/'), 0o644, image)?;
         }

@@ -36,6 +36,7 @@
 
 mod backend;
 mod bochs;
+mod cache;
 mod cmdline;
 mod compression;
 mod console;

@@ -10,17 +10,25 @@ use std::path::{Path, PathBuf};
 
 use super::compression::Compression;
 use super::error::BootError;
+use super::unsigned::CopyCache;
 use crate::elf::Elf;
 
-/// A module ready to be put into the initramfs: decompressed, with its modinfo.
+/// A module ready to be put into the initramfs, with its modinfo.
 pub(crate) struct ResolvedModule {
     pub(crate) name: String,
     /// The module file as found, and how it is compressed.
     pub(crate) packed: Vec<u8>,
     pub(crate) compression: Compression,
-    /// The module, decompressed.
-    pub(crate) image: Vec<u8>,
+    pub(crate) contents: Contents,
     pub(crate) info: ModInfo,
+}
+
+/// A module's ELF image.
+pub(crate) enum Contents {
+    /// Decompressed, as built.
+    Image(Vec<u8>),
+    /// Its unsigned copy, which an earlier run made and cached ([`CopyCache`]).
+    UnsignedCopy(Vec<u8>),
 }
 
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -185,35 +193,48 @@ impl ModuleIndex {
         self.builtin.contains(name)
     }
 
-    /// Reads, decompresses and inspects one module, checking it was built for `release`.
-    fn load(&self, name: &str, release: &str) -> Option<Result<ResolvedModule, BootError>> {
+    /// Reads and inspects one module, checking it was built for `release`: its unsigned copy
+    /// from `copies` if an earlier run made one, else the module decompressed.
+    fn load(
+        &self,
+        name: &str,
+        release: &str,
+        copies: Option<&CopyCache>,
+    ) -> Option<Result<ResolvedModule, BootError>> {
         let (path, compression) = self.files.get(name)?;
-        Some(
-            read_module(path, *compression, release).map(|(packed, image, info)| ResolvedModule {
+        let read = || {
+            let packed = fs::read(path).map_err(|e| BootError::io("read", path, e))?;
+            let contents = match copies.and_then(|copies| copies.get(&packed)) {
+                Some(copy) => Contents::UnsignedCopy(copy),
+                None => Contents::Image(compression.decompress(&packed).map_err(|e| {
+                    BootError::BadModule {
+                        path: path.to_owned(),
+                        reason: format!("cannot decompress: {e}"),
+                    }
+                })?),
+            };
+            let (Contents::Image(image) | Contents::UnsignedCopy(image)) = &contents;
+            let info = inspect(path, image, release)?;
+            Ok(ResolvedModule {
                 name: name.to_owned(),
                 packed,
                 compression: *compression,
-                image,
+                contents,
                 info,
-            }),
-        )
+            })
+        };
+        Some(read())
     }
 }
 
-fn read_module(
-    path: &Path,
-    compression: Compression,
-    release: &str,
-) -> Result<(Vec<u8>, Vec<u8>, ModInfo), BootError> {
+/// The modinfo of the module `image` (read from `path`), which must have been built for
+/// `release`.
+fn inspect(path: &Path, image: &[u8], release: &str) -> Result<ModInfo, BootError> {
     let bad = |reason: String| BootError::BadModule {
         path: path.to_owned(),
         reason,
     };
-    let packed = fs::read(path).map_err(|e| BootError::io("read", path, e))?;
-    let image = compression
-        .decompress(&packed)
-        .map_err(|e| bad(format!("cannot decompress: {e}")))?;
-    let elf = Elf::parse(&image).map_err(bad)?;
+    let elf = Elf::parse(image).map_err(bad)?;
     let section = elf
         .section(".modinfo")
         .map_err(bad)?
@@ -228,15 +249,16 @@ fn read_module(
             });
         }
     }
-    Ok((packed, image, info))
+    Ok(info)
 }
 
-/// `root` and its transitive dependencies from `dir`, in load order. Empty when
-/// the kernel has `root` built in.
+/// `root` and its transitive dependencies from `dir`, in load order, each as cached in `copies`
+/// if it is there. Empty when the kernel has `root` built in.
 pub(crate) fn resolve(
     dir: &Path,
     root: &str,
     release: &str,
+    copies: Option<&CopyCache>,
 ) -> Result<Vec<ResolvedModule>, BootError> {
     let index = ModuleIndex::scan(dir)?;
     let root = normalize(root);
@@ -245,7 +267,7 @@ pub(crate) fn resolve(
     }
     let mut loaded: HashMap<String, ResolvedModule> = HashMap::new();
     let order = dependency_order(&root, &mut |name, needed_by| {
-        let module = match index.load(name, release) {
+        let module = match index.load(name, release, copies) {
             Some(module) => module?,
             // depends= never names built-in code, but a hand-made tree might.
             None if index.is_builtin(name) => return Ok(Vec::new()),
@@ -375,6 +397,59 @@ parmtype=npt:int\0\0\0";
             Err(BootError::ModuleCycle { cycle }) => assert_eq!(cycle, vec!["a", "b", "a"]),
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    /// A module ELF with this `.modinfo` (made with binutils' objcopy, which the unsigned
+    /// copies need anyway).
+    fn module_elf(modinfo: &str, scratch: &Path) -> Vec<u8> {
+        let (input, output) = (scratch.join("modinfo.bin"), scratch.join("module.o"));
+        fs::write(&input, modinfo).unwrap();
+        let status = std::process::Command::new("objcopy")
+            .args(["-I", "binary", "-O", "elf64-x86-64"])
+            .args(["--rename-section", ".data=.modinfo"])
+            .arg(&input)
+            .arg(&output)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        fs::read(output).unwrap()
+    }
+
+    /// With an unsigned copy cached for the module file, the copy stands in for decompressing
+    /// it, modinfo and all; a changed module file is decompressed again.
+    #[test]
+    fn a_cached_copy_stands_in_for_the_module_it_was_made_of() {
+        let dir = crate::boot::tempdir::private_dir("test").unwrap();
+        let modules = dir.path().join("modules");
+        fs::create_dir_all(modules.join("kernel")).unwrap();
+        let module = module_elf("vermagic=6.1.0 SMP\0depends=\0", dir.path());
+        fs::write(modules.join("kernel/kvm.ko"), &module).unwrap();
+        let copies = CopyCache::in_dir(dir.path().join("cache")).unwrap();
+        let resolve_kvm = || resolve(&modules, "kvm", "6.1.0", Some(&copies)).unwrap();
+
+        let [first] = &resolve_kvm()[..] else {
+            panic!("one module")
+        };
+        assert!(matches!(&first.contents, Contents::Image(image) if *image == module));
+        assert!(first.info.params.is_empty());
+
+        let copy = module_elf(
+            "vermagic=6.1.0 SMP\0depends=\0parm=nested:int\0",
+            dir.path(),
+        );
+        copies.put(&module, &copy, dir.path());
+        let [cached] = &resolve_kvm()[..] else {
+            panic!("one module")
+        };
+        assert!(matches!(&cached.contents, Contents::UnsignedCopy(found) if *found == copy));
+        assert_eq!(cached.info.params, ["nested"], "modinfo from the copy");
+
+        let rebuilt = module_elf("vermagic=6.1.0 SMP\0depends=\0\0", dir.path());
+        fs::write(modules.join("kernel/kvm.ko"), &rebuilt).unwrap();
+        let [fresh] = &resolve_kvm()[..] else {
+            panic!("one module")
+        };
+        assert!(matches!(&fresh.contents, Contents::Image(image) if *image == rebuilt));
     }
 
     #[test]

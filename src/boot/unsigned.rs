@@ -35,6 +35,10 @@
 //! falls back to the signed module when the kernel refuses it (see
 //! `inner::load_module`).
 //!
+//! The copies are cached ([`CopyCache`]) by the module file they were made of
+//! and the strip recipe, so a rerun of the same kernel neither decompresses
+//! nor strips its modules again.
+//!
 //! `strip --strip-unneeded` (binutils) does the stripping where it is
 //! installed: rewriting a relocatable ELF's symbol table means renumbering
 //! every relocation's symbol, which binutils has done right for decades and a
@@ -42,9 +46,10 @@
 //! signature is cut off, which needs no ELF rewriting at all.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use super::cache;
 use super::error::BootError;
 use super::tools::{run_tool, Location};
 
@@ -54,7 +59,68 @@ const SIGNATURE_MARKER: &[u8] = b"~Module signature appended~\n";
 /// signer_len, key_id_len (u8 each), 3 bytes of padding, sig_len (big endian u32).
 const SIGNATURE_INFO_LEN: usize = 12;
 
-/// How [`unsigned_copy`] made its copy, for the progress output.
+/// What `strip` is asked to do (see the module documentation); it also names the recipe in the
+/// keys of [`CopyCache`], so that copies made another way are not found.
+const STRIP_ARGS: &[&str] = &[
+    "--strip-unneeded",
+    "--remove-section=.BTF",
+    "--remove-section=__mcount_loc",
+    "--remove-section=.static_call_sites",
+];
+
+/// How many unsigned copies the cache keeps (a KVM module and its dependencies are three or four
+/// files, together ~4 MB for Debian's 7.2): the modules of a few kernels.
+const CACHE_KEEP: usize = 24;
+
+/// The unsigned copies earlier runs made, by the module file they came from and [`STRIP_ARGS`]:
+/// a rerun of the same kernel neither decompresses its modules nor strips them. Only stripped
+/// copies are kept; a copy made without binutils is made again.
+pub(crate) struct CopyCache {
+    dir: PathBuf,
+}
+
+impl CopyCache {
+    /// The user's cache (`cache::dir`), or None where there is none to write.
+    pub(crate) fn open() -> Option<Self> {
+        Self::in_dir(cache::dir("unsigned")?)
+    }
+
+    pub(crate) fn in_dir(dir: PathBuf) -> Option<Self> {
+        fs::create_dir_all(&dir).ok()?;
+        Some(Self { dir })
+    }
+
+    fn path(&self, packed: &[u8]) -> PathBuf {
+        let recipe = STRIP_ARGS.join(" ");
+        let key = cache::key(&[packed, recipe.as_bytes()].concat());
+        self.dir.join(format!("{key}.ko"))
+    }
+
+    /// The copy made earlier of the module file `packed` (as found, compressed or not).
+    pub(crate) fn get(&self, packed: &[u8]) -> Option<Vec<u8>> {
+        let path = self.path(packed);
+        if !cache::touch(&path) {
+            return None;
+        }
+        fs::read(path).ok()
+    }
+
+    /// Keeps `copy`, made of the module file `packed`, written first to `scratch`. A cache that
+    /// cannot be written only costs the next run the time.
+    pub(crate) fn put(&self, packed: &[u8], copy: &[u8], scratch: &Path) {
+        let path = self.path(packed);
+        let Some(name) = path.file_name() else {
+            return;
+        };
+        let partial = scratch.join(name);
+        if fs::write(&partial, copy).is_ok() && cache::install(&partial, &path) {
+            cache::prune(&self.dir, "ko", CACHE_KEEP, &[]);
+        }
+        let _ = fs::remove_file(partial);
+    }
+}
+
+/// How [`unsigned_copy`] made its copy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Unsigning {
     /// `strip --strip-unneeded` removing `.BTF`, `__mcount_loc` and `.static_call_sites`: no
@@ -83,14 +149,7 @@ pub(crate) fn unsigned_copy(
     let output = scratch.join(format!("{name}.stripped.ko"));
     fs::write(&input, unsigned).map_err(|e| BootError::io("write", &input, e))?;
     let mut strip = Command::new("strip");
-    strip
-        .arg("--strip-unneeded")
-        .arg("--remove-section=.BTF")
-        .arg("--remove-section=__mcount_loc")
-        .arg("--remove-section=.static_call_sites")
-        .arg("-o")
-        .arg(&output)
-        .arg(&input);
+    strip.args(STRIP_ARGS).arg("-o").arg(&output).arg(&input);
     run_tool(&mut strip, &format!("stripping {name}.ko"))?;
     let stripped = fs::read(&output).map_err(|e| BootError::io("read", &output, e))?;
     let _ = fs::remove_file(&input);
@@ -113,6 +172,26 @@ fn without_signature(module: &[u8]) -> Option<&[u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::boot::tempdir::private_dir;
+
+    /// A copy is found by the file it was made of, and only by that.
+    #[test]
+    fn cached_copies_are_found_by_their_module_file() {
+        let dir = private_dir("test").unwrap();
+        let copies = CopyCache::in_dir(dir.path().join("cache")).unwrap();
+        assert_eq!(copies.get(b"kvm.ko.xz bytes"), None);
+        copies.put(b"kvm.ko.xz bytes", b"the copy", dir.path());
+        assert_eq!(
+            copies.get(b"kvm.ko.xz bytes").as_deref(),
+            Some(&b"the copy"[..])
+        );
+        assert_eq!(copies.get(b"kvm.ko.xz bytes, rebuilt"), None);
+        // The scratch file went into the cache.
+        assert!(!dir
+            .path()
+            .join(copies.path(b"kvm.ko.xz bytes").file_name().unwrap())
+            .exists());
+    }
 
     fn signed(elf: &[u8], signature: &[u8]) -> Vec<u8> {
         let mut module = elf.to_vec();

@@ -9,8 +9,7 @@ use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
-
+use super::cache;
 use super::compression::Compression;
 use super::error::BootError;
 use crate::elf::{Elf, EM_X86_64};
@@ -54,12 +53,12 @@ pub(crate) fn extract_vmlinux(
     dir: &Path,
 ) -> Result<Result<Vmlinux, String>, BootError> {
     let image = fs::read(bzimage).map_err(|e| BootError::io("read", bzimage, e))?;
-    let key = hex(&Sha256::digest(&image));
+    let key = cache::key(&image);
     let cache = cache.filter(|cache| fs::create_dir_all(cache).is_ok());
     let pvh_name = format!("{key}.{PVH_ANSWER}");
     if let Some(cache) = &cache {
         let cached = cache.join(format!("{key}.vmlinux"));
-        if touch(&cached) {
+        if cache::touch(&cached) {
             let pvh = match fs::read_to_string(cache.join(&pvh_name)) {
                 Ok(answer) => parse_pvh_answer(answer),
                 // Cached without the answer (by an older nestfault): find it out once.
@@ -106,10 +105,8 @@ pub(crate) fn extract_vmlinux(
     let partial = dir.join(&name);
     let path = cache.join(&name);
     write_new(&partial, contents)?;
-    let stored = fs::rename(&partial, &path)
-        .or_else(|_| fs::copy(&partial, &path).map(drop))
-        .is_ok();
-    prune(&cache);
+    let stored = cache::install(&partial, &path);
+    cache::prune(&cache, "vmlinux", CACHE_KEEP, &[PVH_ANSWER]);
     match vmlinux {
         Ok((pvh, _)) if stored => Ok(Ok(Vmlinux { path, pvh })),
         Ok((pvh, _)) => Ok(Ok(Vmlinux { path: partial, pvh })),
@@ -119,48 +116,12 @@ pub(crate) fn extract_vmlinux(
 
 /// `$XDG_CACHE_HOME/nestfault/vmlinux`, or `~/.cache/nestfault/vmlinux`.
 pub(crate) fn cache_dir() -> Option<PathBuf> {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .filter(|dir| !dir.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache")))?;
-    Some(base.join("nestfault/vmlinux"))
-}
-
-/// Marks a cached file as just used (its modification time orders [`prune`]);
-/// false if it is not there.
-fn touch(path: &Path) -> bool {
-    fs::File::options()
-        .append(true)
-        .open(path)
-        .and_then(|file| file.set_modified(std::time::SystemTime::now()))
-        .is_ok()
-}
-
-/// Removes all but the [`CACHE_KEEP`] most recently used kernels.
-fn prune(cache: &Path) {
-    let Ok(entries) = fs::read_dir(cache) else {
-        return;
-    };
-    let mut kernels: Vec<(std::time::SystemTime, PathBuf)> = entries
-        .filter_map(Result::ok)
-        .map(|entry| entry.path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "vmlinux"))
-        .filter_map(|path| Some((fs::metadata(&path).ok()?.modified().ok()?, path)))
-        .collect();
-    kernels.sort_by_key(|(used, _)| std::cmp::Reverse(*used));
-    for (_, stale) in kernels.into_iter().skip(CACHE_KEEP) {
-        let _ = fs::remove_file(stale.with_extension(PVH_ANSWER));
-        let _ = fs::remove_file(stale);
-    }
+    cache::dir("vmlinux")
 }
 
 fn write_new(path: &Path, contents: &[u8]) -> Result<PathBuf, BootError> {
     fs::write(path, contents).map_err(|e| BootError::io("write", path, e))?;
     Ok(path.to_owned())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 /// The compressed kernel: the setup header (boot protocol 2.08+) gives its
