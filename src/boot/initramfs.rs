@@ -100,30 +100,22 @@ pub fn build_initramfs(
         for (module, unsigned) in modules.iter().zip(&unsigned) {
             let params = arch::module_parameters(vendor, &module.name, &module.info.params);
             load_order.push_str(&format!("{}\t{}\n", module.name, params));
-            // Beside an unsigned copy the signed module is only a fallback, so it goes in as it
-            // came: Debian's kvm.ko is 0.47 MB as .ko.xz and 3.1 MB unpacked, and the initramfs
-            // costs its unpacking by the megabyte (~70 ms a MB under Bochs).
-            let (signed, image) = match unsigned {
-                Some(copy) => {
-                    let path = paths::unsigned_module(&module.name);
-                    cpio.file(path.trim_start_matches('/'), 0o644, copy)?;
-                    (
-                        paths::signed_module(&module.name, module.compression),
-                        &module.packed,
-                    )
-                }
-                None => match &module.contents {
-                    Contents::Image(image) => (
-                        paths::signed_module(&module.name, Compression::Plain),
-                        image,
-                    ),
-                    // A cached copy comes only with unsigned copies wanted, and is one; the
-                    // file as it came would do as well.
-                    Contents::UnsignedCopy(_) => (
-                        paths::signed_module(&module.name, module.compression),
-                        &module.packed,
-                    ),
-                },
+            if let Some(copy) = unsigned {
+                let path = paths::unsigned_module(&module.name);
+                cpio.file(path.trim_start_matches('/'), 0o644, copy)?;
+            }
+            // Beside an unsigned copy (made now or cached) the signed module is only a fallback,
+            // so it goes in as it came: Debian's kvm.ko is 0.47 MB as .ko.xz and 3.1 MB unpacked,
+            // and the initramfs costs its unpacking by the megabyte (~70 ms a MB under Bochs).
+            let (signed, image) = match (unsigned, &module.contents) {
+                (None, Contents::Image(image)) => (
+                    paths::signed_module(&module.name, Compression::Plain),
+                    image,
+                ),
+                _ => (
+                    paths::signed_module(&module.name, module.compression),
+                    &module.packed,
+                ),
             };
             cpio.file(signed.trim_start_matches('/'), 0o644, image)?;
         }
