@@ -12,9 +12,11 @@ use super::backend::{BootRequest, EmulatorBackend};
 use super::console::{self, Progress, Running, Stream};
 use super::error::BootError;
 use super::tools::{Location, Requirement};
-use super::{BootOptions, BootReport, Emulator};
+use super::{BootEnd, BootOptions, BootReport, Emulator};
 
 const PROGRAM: &str = "qemu-system-x86_64";
+/// What QEMU's own lines are marked with in a boot's console tail.
+const LABEL: &str = "[qemu]";
 
 const REQUIREMENTS: &[Requirement] = &[Requirement {
     what: PROGRAM,
@@ -90,18 +92,28 @@ fn machine_args(emulator: Emulator, fast_boot: bool, memory_mib: u32) -> Vec<Str
     args
 }
 
+/// Whether QEMU's own speed settings (CPU model, RAM, firmware, ACPI tables) go on its command
+/// line. The kernel's side of the levers (how it is started, its parameters) is not QEMU's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum QemuLevers {
+    On,
+    Off,
+}
+
 /// `kernel` is a bzImage, or an ELF vmlinux with a PVH entry point.
-pub(crate) fn command(
+fn command(
     emulator: Emulator,
     kernel: &Path,
     initramfs: &Path,
     opts: &BootOptions,
+    levers: QemuLevers,
 ) -> Command {
+    let fast = opts.fast_boot && levers == QemuLevers::On;
     let mut command = Command::new(PROGRAM);
     command
-        .args(cpu_args(emulator, opts.fast_boot))
+        .args(cpu_args(emulator, fast))
         .args(["-smp", "1"])
-        .args(machine_args(emulator, opts.fast_boot, opts.memory_mib))
+        .args(machine_args(emulator, fast, opts.memory_mib))
         // No default devices, no network, no display: the serial port on
         // stdout is the guest's only connection. -no-reboot makes the reboot
         // after a panic (panic=-1) end QEMU.
@@ -136,8 +148,47 @@ impl EmulatorBackend for Qemu {
         on_line: &mut dyn FnMut(&str),
         on_progress: &mut dyn FnMut(&str),
     ) -> Result<BootReport, BootError> {
+        let mut guest_lines = 0;
+        let mut counted = |line: &str| {
+            guest_lines += 1;
+            on_line(line)
+        };
+        let report = self.boot_with(request, QemuLevers::On, &mut counted, on_progress)?;
+        let levers_given = request.opts.fast_boot && self.emulator == Emulator::QemuTcg;
+        if !(levers_given && refused_to_start(&report, guest_lines)) {
+            return Ok(report);
+        }
+        // An older QEMU lacks a property or CPU flag the levers name (PIIX4_PM's
+        // acpi-root-pci-hotplug came with QEMU 6.1, `-machine memory-backend` with 5.0) and exits
+        // before the guest runs. That says nothing about the kernel: without a second try, every
+        // run on such a host would be "the kernel did not boot" and a bisect would skip every
+        // commit.
+        let why = report.tail.last().map_or("no message", |line| {
+            line.strip_prefix(LABEL).unwrap_or(line).trim_start()
+        });
+        on_progress(&format!(
+            "{PROGRAM} refused nestfault's speed settings for it ({why}); starting it without them"
+        ));
+        self.boot_with(request, QemuLevers::Off, on_line, on_progress)
+    }
+}
+
+/// Whether QEMU ended with an error before the guest wrote a line: it refused its command line
+/// (or could not load the files), rather than running a kernel that then failed.
+fn refused_to_start(report: &BootReport, guest_lines: usize) -> bool {
+    matches!(report.end, BootEnd::EmulatorExited(code) if code != 0) && guest_lines == 0
+}
+
+impl Qemu {
+    fn boot_with(
+        &self,
+        request: &BootRequest,
+        levers: QemuLevers,
+        on_line: &mut dyn FnMut(&str),
+        on_progress: &mut dyn FnMut(&str),
+    ) -> Result<BootReport, BootError> {
         let BootRequest { files, opts } = *request;
-        let mut command = command(self.emulator, &files.kernel, &files.ramdisk, opts);
+        let mut command = command(self.emulator, &files.kernel, &files.ramdisk, opts, levers);
         command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -158,7 +209,7 @@ impl EmulatorBackend for Qemu {
             output,
             ended: Arc::default(),
             power_off_codes: &[0],
-            label: "[qemu]",
+            label: LABEL,
             noise: |_| false,
             // QEMU ends within a second of an ACPI power-off (measured: the whole run takes 2 s).
             power_off_grace: Duration::from_secs(2),
@@ -179,6 +230,7 @@ mod tests {
             Path::new("/k/vmlinuz"),
             Path::new("/k/initrd"),
             &opts,
+            QemuLevers::On,
         );
         let args: Vec<String> = command
             .get_args()
@@ -206,21 +258,58 @@ mod tests {
 
     #[test]
     fn without_the_speed_levers_the_machine_is_qemus_own() {
-        let mut opts = BootOptions::for_emulator(Emulator::QemuTcg);
-        opts.fast_boot = false;
-        let command = command(Emulator::QemuTcg, Path::new("/k"), Path::new("/i"), &opts);
-        let args: Vec<String> = command
-            .get_args()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
-        let cpu = args
-            .iter()
-            .position(|a| a == "-cpu")
-            .map(|at| &args[at + 1]);
-        assert_eq!(cpu.map(String::as_str), Some("max"), "{args:?}");
-        // QEMU's own RAM and firmware too.
-        for lever in ["-object", "-machine", "-global", "-bios"] {
-            assert!(!args.iter().any(|a| a == lever), "{lever} in {args:?}");
+        let mut no_fast_boot = BootOptions::for_emulator(Emulator::QemuTcg);
+        no_fast_boot.fast_boot = false;
+        let fast_boot = BootOptions::for_emulator(Emulator::QemuTcg);
+        // --no-fast-boot, and the second try after a QEMU that refused its levers, which keeps
+        // the kernel's own.
+        for (opts, levers) in [
+            (&no_fast_boot, QemuLevers::On),
+            (&fast_boot, QemuLevers::Off),
+        ] {
+            let command = command(
+                Emulator::QemuTcg,
+                Path::new("/k"),
+                Path::new("/i"),
+                opts,
+                levers,
+            );
+            let args: Vec<String> = command
+                .get_args()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            let cpu = args
+                .iter()
+                .position(|a| a == "-cpu")
+                .map(|at| &args[at + 1]);
+            assert_eq!(cpu.map(String::as_str), Some("max"), "{args:?}");
+            // QEMU's own RAM and firmware too.
+            for lever in ["-object", "-machine", "-global", "-bios"] {
+                assert!(!args.iter().any(|a| a == lever), "{lever} in {args:?}");
+            }
+            assert_eq!(args.last().unwrap(), &opts.kernel_cmdline());
+        }
+    }
+
+    #[test]
+    fn only_an_error_exit_before_any_guest_line_is_a_refusal() {
+        let ended = |end| BootReport {
+            end,
+            tail: vec!["[qemu] qemu-system-x86_64: Property 'x' not found".into()],
+            elapsed: Duration::from_millis(50),
+        };
+        assert!(refused_to_start(&ended(BootEnd::EmulatorExited(1)), 0));
+        // The guest ran: whatever QEMU did next, the kernel was started.
+        assert!(!refused_to_start(&ended(BootEnd::EmulatorExited(1)), 3));
+        // QEMU's exit after a guest reset (-no-reboot), a panic, a power-off, a timeout.
+        for end in [
+            BootEnd::EmulatorExited(0),
+            BootEnd::Reset,
+            BootEnd::Panicked,
+            BootEnd::PoweredOff,
+            BootEnd::TimedOut,
+        ] {
+            assert!(!refused_to_start(&ended(end), 0), "{end:?}");
         }
     }
 

@@ -142,6 +142,11 @@ fn measure(subject: &Subject, args: &BenchArgs, nestfault: &Path) -> Result<Vec<
     let mut full_walls = Vec::new();
     for (setup, runs) in SETUPS.iter().zip(runs).filter(|(_, runs)| *runs > 0) {
         let (mut pairs, mut cases) = (Vec::new(), Vec::new());
+        // A full run first, not counted: the first boot after other work reads its files (the
+        // emulator, the kernel, which the full run reads whole to find its vmlinux, the modules)
+        // from disk and its memory from a host that may have taken it back (this project's
+        // machines are VMs with a balloon: a first run once took 11 s, the next ones 3-4 s).
+        time(nestfault, kernel, Some(setup), Boot::Full)?;
         for pair in 0..runs {
             // Back to back, so that both runs of a pair see the same load; the order alternates,
             // so that load rising or falling across the bench does not favour one side.
@@ -174,7 +179,7 @@ fn measure(subject: &Subject, args: &BenchArgs, nestfault: &Path) -> Result<Vec<
             setup.case_target_ms,
             verdict_mark(case_ms <= setup.case_target_ms),
         );
-        println!("          each pair's full/plain, in order: {in_order}");
+        println!("          each pair, in order, plain/full s = full/plain: {in_order}");
         let mut fulls: Vec<Duration> = pairs.iter().map(|pair| pair.full).collect();
         let full = median(&mut fulls);
         if judged && ratio > setup.ratio_target {
@@ -239,7 +244,14 @@ fn median_pair(pairs: &mut [Pair]) -> Option<Pair> {
 fn ratios(pairs: &[Pair]) -> String {
     pairs
         .iter()
-        .map(|pair| format!("{:.3}", pair.ratio()))
+        .map(|pair| {
+            format!(
+                "{:.2}/{:.2}={:.3}",
+                pair.plain.as_secs_f64(),
+                pair.full.as_secs_f64(),
+                pair.ratio()
+            )
+        })
         .collect::<Vec<_>>()
         .join(" ")
 }
