@@ -77,10 +77,10 @@ const FAST_BOOT: &[KernelParam] = &[
         text: "highres=off",
         why: "timers expire on the periodic tick instead of each being programmed into the \
               local APIC's one-shot timer, a write that leaves the emulator's fast path every \
-              time a timer is armed or cancelled: QEMU TCG spent 9% less CPU on a whole SVM run \
-              on 7.2 (medians of six pairs); nothing under test arms a timer (L1 programs \
-              neither its APIC timer nor the VMX preemption timer), and a case's timeout is \
-              seconds, not the tick's milliseconds",
+              time a timer is armed or cancelled: QEMU TCG spent 4-9% less CPU on a whole SVM \
+              run on 7.2 (medians of six and of eight pairs), Bochs took 12% less; nothing \
+              under test arms a timer (L1 programs neither its APIC timer nor the VMX \
+              preemption timer), and a case's timeout is seconds, not the tick's milliseconds",
     },
     KernelParam {
         text: "8250.nr_uarts=1",

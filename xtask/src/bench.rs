@@ -7,11 +7,12 @@
 //! - auto: both vendors in one `--vendor auto` run, whose emulators boot at the same time.
 //!
 //! It prints full/plain per emulator (that of the median pair: each pair is a plain boot and a
-//! full run back to back, in alternating order), the median case duration per emulator (the verdicts'
-//! `duration_ms`) and auto against the slower vendor's full run, each with its target. All boots
-//! use the kernel unpacked beforehand, so none pays for unpacking a .deb. The same figures follow
-//! for a kernel built with `nestfault kconfig`, when the e2e's tree stage left one in the cache,
-//! as context: the targets are Debian's. Measuring only: not part of `cargo test`.
+//! full run back to back, in alternating order, after one full run not counted), the median case
+//! duration per emulator (the verdicts' `duration_ms`) and auto against the slower vendor's full
+//! run, each with its target. All boots use the kernel unpacked beforehand, so none pays for
+//! unpacking a .deb. The same figures follow for a kernel built with `nestfault kconfig`, when the
+//! e2e's tree stage left one in the cache, as context: the targets are Debian's. Measuring only:
+//! not part of `cargo test`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -408,8 +409,8 @@ mod tests {
             plain: Duration::from_secs_f64(plain),
             full: Duration::from_secs_f64(full),
         };
-        // Quiet, busy, and a pair whose full run met a burst: the medians of each side would
-        // pair the busy plain boot's 4.2 s with the burst's 4.4 s and give 1.05.
+        // A quiet pair and a busy one agree on 0.75; the third's full run met a burst. The
+        // medians of each side (4.2 s plain, 4.4 s full) would give 1.05.
         let mut pairs = [pair(4.0, 3.0), pair(6.0, 4.5), pair(4.2, 4.4)];
         let median = median_pair(&mut pairs).unwrap();
         assert!((median.ratio() - 0.75).abs() < 1e-9, "got {median:?}");
