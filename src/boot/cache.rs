@@ -10,6 +10,17 @@ use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
 
+/// The extracted vmlinux files.
+pub(crate) const VMLINUX: &str = "vmlinux";
+/// The unsigned copies of KVM modules.
+pub(crate) const UNSIGNED: &str = "unsigned";
+
+/// The directories of both caches, where there is a cache at all: for a benchmark that reads
+/// them before it times a run.
+pub fn dirs() -> Vec<PathBuf> {
+    [VMLINUX, UNSIGNED].into_iter().filter_map(dir).collect()
+}
+
 /// `$XDG_CACHE_HOME/nestfault/<kind>`, or `~/.cache/nestfault/<kind>`.
 pub(crate) fn dir(kind: &str) -> Option<PathBuf> {
     let base = std::env::var_os("XDG_CACHE_HOME")

@@ -62,6 +62,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use cache::dirs as cache_dirs;
 pub use cmdline::fast_boot_help;
 pub use contract::paths::FILES_DIR as GUEST_FILES_DIR;
 pub use emulator::choose_emulator;

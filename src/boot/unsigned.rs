@@ -82,7 +82,7 @@ pub(crate) struct CopyCache {
 impl CopyCache {
     /// The user's cache (`cache::dir`), or None where there is none to write.
     pub(crate) fn open() -> Option<Self> {
-        Self::in_dir(cache::dir("unsigned")?)
+        Self::in_dir(cache::dir(cache::UNSIGNED)?)
     }
 
     pub(crate) fn in_dir(dir: PathBuf) -> Option<Self> {

@@ -116,7 +116,7 @@ pub(crate) fn extract_vmlinux(
 
 /// `$XDG_CACHE_HOME/nestfault/vmlinux`, or `~/.cache/nestfault/vmlinux`.
 pub(crate) fn cache_dir() -> Option<PathBuf> {
-    cache::dir("vmlinux")
+    cache::dir(cache::VMLINUX)
 }
 
 fn write_new(path: &Path, contents: &[u8]) -> Result<PathBuf, BootError> {

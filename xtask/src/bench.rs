@@ -10,7 +10,7 @@
 //! full run back to back, in alternating order, after one full run not counted), the median case
 //! duration per emulator (the verdicts' `duration_ms`) and auto against the slower vendor's full
 //! run, each with its target. All boots use the kernel unpacked beforehand, so none pays for
-//! unpacking a .deb. The same figures follow for a kernel built with `nestfault kconfig`, when the
+//! unpacking a .deb, and each starts with its input files read into the page cache. The same figures follow for a kernel built with `nestfault kconfig`, when the
 //! e2e's tree stage left one in the cache, as context: the targets are Debian's. Measuring only:
 //! not part of `cargo test`.
 
@@ -291,6 +291,7 @@ fn time(nestfault: &Path, kernel: &Unpacked, setup: Option<&Setup>, boot: Boot) 
         setup.map_or("auto", |setup| setup.emulator),
         if boot == Boot::Plain { "plain" } else { "full" }
     );
+    read_inputs(nestfault, kernel);
     let started = Instant::now();
     let output = command.output().context("running nestfault")?;
     let wall = started.elapsed();
@@ -311,6 +312,30 @@ fn time(nestfault: &Path, kernel: &Unpacked, setup: Option<&Setup>, boot: Boot) 
         Boot::Full => case_durations(&output.stdout).with_context(|| format!("{what} run"))?,
     };
     Ok(Timed { wall, case_ms })
+}
+
+/// Reads the files runs read (nestfault, the kernel image, nestfault's caches of extracted
+/// vmlinux files and unsigned module copies) into the page cache before a run is timed, for both
+/// sides alike, as on a machine where the kernel was just built. This project's machines run a
+/// DAMON reclaim scheme that drops the page cache of files read only every few seconds; the next
+/// read is then a disk read, and QEMU's start on the 62 MB vmlinux took up to 3.9 s instead of
+/// 0.1 s (docs/emulators.md, "Fifth pass"). A full run reads more files than a plain boot, so
+/// that, not nestfault's own work, set the heavy tail of its walls. A file that cannot be read
+/// is left to the run, which says what is wrong with it.
+fn read_inputs(nestfault: &Path, kernel: &Unpacked) {
+    let cached = nestfault::boot::cache_dirs()
+        .into_iter()
+        .filter_map(|dir| std::fs::read_dir(dir).ok())
+        .flatten()
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()));
+    let files = [nestfault.to_path_buf(), kernel.image.clone()]
+        .into_iter()
+        .chain(cached);
+    for file in files {
+        if let Ok(mut opened) = std::fs::File::open(&file) {
+            let _ = std::io::copy(&mut opened, &mut std::io::sink());
+        }
+    }
 }
 
 /// The `duration_ms` of every case in a `--format json` report, whose cases must all have run to
