@@ -10,9 +10,9 @@
 //! full run back to back, in alternating order, after one full run not counted), the median case
 //! duration per emulator (the verdicts' `duration_ms`) and auto against the slower vendor's full
 //! run, each with its target. All boots use the kernel unpacked beforehand, so none pays for
-//! unpacking a .deb, and each starts with its input files read into the page cache. The same figures follow for a kernel built with `nestfault kconfig`, when the
-//! e2e's tree stage left one in the cache, as context: the targets are Debian's. Measuring only:
-//! not part of `cargo test`.
+//! unpacking a .deb, and each starts with its input files read into the page cache. The same
+//! figures follow for a kernel built with `nestfault kconfig`, when the e2e's tree stage left one
+//! in the cache, as context: the targets are Debian's. Measuring only: not part of `cargo test`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
