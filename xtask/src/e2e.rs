@@ -249,34 +249,23 @@ pub fn run(args: &E2eArgs) -> Result<()> {
     });
     let mut outcomes = outcomes.into_inner().expect("outcome lock");
     if let Some(kernel) = fetched.first() {
-        let outcome = interruption(&nestfault, kernel);
-        match &outcome {
-            Ok(seconds) => println!("e2e interrupt: ok (ended {seconds:.1} s after SIGTERM)"),
-            Err(error) => println!("e2e interrupt: FAILED: {error:#}"),
-        }
-        outcomes.push(outcome.is_ok());
-    }
-    if let Some(kernel) = fetched.first() {
-        let outcome = older_qemu(&nestfault, kernel, &logs);
-        match &outcome {
-            Ok(seconds) => println!(
-                "e2e {} older QEMU: ok (started again without its speed settings; {seconds:.0} s)",
-                kernel.label
-            ),
-            Err(error) => println!("e2e {} older QEMU: FAILED: {error:#}", kernel.label),
-        }
-        outcomes.push(outcome.is_ok());
+        let outcome = interruption(&nestfault, kernel)
+            .map(|seconds| format!("ended {seconds:.1} s after SIGTERM"));
+        outcomes.push(report_stage("interrupt", outcome));
+        let outcome = older_qemu(&nestfault, kernel, &logs)
+            .map(|seconds| format!("started again without its speed settings; {seconds:.0} s"));
+        outcomes.push(report_stage(
+            &format!("{} older QEMU", kernel.label),
+            outcome,
+        ));
     }
     for kernel in &fetched {
-        let outcome = signed_modules(&nestfault, kernel);
-        match &outcome {
-            Ok(seconds) => println!(
-                "e2e {} signed modules: ok (the kernel refused the unsigned copies; {seconds:.0} s)",
-                kernel.label
-            ),
-            Err(error) => println!("e2e {} signed modules: FAILED: {error:#}", kernel.label),
-        }
-        outcomes.push(outcome.is_ok());
+        let outcome = signed_modules(&nestfault, kernel)
+            .map(|seconds| format!("the kernel refused the unsigned copies; {seconds:.0} s"));
+        outcomes.push(report_stage(
+            &format!("{} signed modules", kernel.label),
+            outcome,
+        ));
     }
     if !args.no_tree {
         let outcome = tree::run(&args.kernels.cache.dir()?, &nestfault, &workspace);
@@ -294,6 +283,15 @@ pub fn run(args: &E2eArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Prints how the stage `name` went (`ok (detail)` or why it failed); true if it passed.
+fn report_stage(name: &str, outcome: Result<String>) -> bool {
+    match &outcome {
+        Ok(detail) => println!("e2e {name}: ok ({detail})"),
+        Err(error) => println!("e2e {name}: FAILED: {error:#}"),
+    }
+    outcome.is_ok()
 }
 
 /// `nestfault --kernel` for a fetched kernel.
