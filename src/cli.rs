@@ -114,6 +114,7 @@ fn run_here(cli: &Cli, all: &[Case]) -> anyhow::Result<Vec<verdict::Verdict>> {
     }
     let options = runner::RunOptions {
         timeout: Duration::from_secs(cli.timeout.unwrap_or(10)),
+        left_to_exit: runner::ExitAllowance::none(),
     };
     Ok(repeat::run(&cases, &options, cli.repeat, &mut |_| {}))
 }
