@@ -12,6 +12,9 @@ pub(crate) trait EmulatorBackend {
     fn requirements(&self) -> &'static [Requirement];
     /// Whether it can start an ELF vmlinux at its PVH entry point (see `start`).
     fn starts_pvh_entry(&self) -> bool;
+    /// Whether the guest's TSC is the host's, so that the kernel can be told its frequency
+    /// instead of calibrating it (see `tsc`).
+    fn runs_guest_on_host_tsc(&self) -> bool;
     fn boot(
         &self,
         request: &BootRequest,
@@ -25,4 +28,7 @@ pub(crate) trait EmulatorBackend {
 pub(crate) struct BootRequest<'a> {
     pub(crate) files: &'a BootFiles,
     pub(crate) opts: &'a BootOptions,
+    /// The host's TSC frequency, where the backend runs the guest on it and the speed levers
+    /// are on.
+    pub(crate) host_tsc_khz: Option<u32>,
 }

@@ -107,16 +107,21 @@ impl EmulatorBackend for Bochs {
         false
     }
 
+    fn runs_guest_on_host_tsc(&self) -> bool {
+        // Bochs's TSC counts emulated instructions (`ips`), not the host's cycles.
+        false
+    }
+
     fn boot(
         &self,
         request: &BootRequest,
         on_line: &mut dyn FnMut(&str),
         on_progress: &mut dyn FnMut(&str),
     ) -> Result<BootReport, BootError> {
-        let BootRequest { files, opts } = *request;
+        let BootRequest { files, opts, .. } = *request;
         let dir = private_dir("bochs")?;
         on_progress("building the boot ISO");
-        let cmdline = opts.kernel_cmdline();
+        let cmdline = opts.kernel_cmdline(&[]);
         let iso = iso::build_iso(dir.path(), &files.kernel, &files.ramdisk, &cmdline)?;
         let serial = dir.path().join("serial.txt");
         let log = dir.path().join("bochs.log");

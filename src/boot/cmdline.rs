@@ -99,16 +99,29 @@ const FAST_BOOT: &[KernelParam] = &[
               tracefs event formats, and disabling ftrace records of overridden weak \
               functions; nothing is traced during a run",
     },
+    KernelParam {
+        text: "initcall_blacklist=cmos_init,i8042_init,init_acpi_pm_clocksource,\
+               acpi_processor_driver_init",
+        why: "drivers for devices a run never uses, whose probes wait on emulated hardware: \
+              the RTC driver (the kernel reads the clock at boot without it), the PS/2 \
+              keyboard and mouse, the ACPI PM timer as a clocksource (the TSC is the \
+              clocksource, the HPET its watchdog) and ACPI's processor idle and throttling \
+              driver (idle is a plain HLT without it); 0.1 s less to /init under QEMU TCG on \
+              7.2 (medians of four boots each, time since reset); KVM uses none of them",
+    },
 ];
 
 /// The command line for a boot: the required parameters, nestfault's speed
-/// levers unless `fast_boot` is off, then the user's `--kernel-param`s.
-pub(crate) fn kernel_cmdline(fast_boot: bool, user: &[String]) -> String {
+/// levers and the emulator's (`emulator`, e.g. the host's TSC frequency) unless
+/// `fast_boot` is off, then the user's `--kernel-param`s.
+pub(crate) fn kernel_cmdline(fast_boot: bool, emulator: &[String], user: &[String]) -> String {
     let ours = REQUIRED
         .iter()
         .chain(FAST_BOOT.iter().filter(|_| fast_boot))
         .map(|param| param.text);
-    ours.chain(user.iter().map(String::as_str))
+    let emulator = emulator.iter().filter(|_| fast_boot).map(String::as_str);
+    ours.chain(emulator)
+        .chain(user.iter().map(String::as_str))
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -133,7 +146,10 @@ pub fn fast_boot_help() -> String {
          (string instructions work the same; KVM reads neither), RAM the host backs with small \
          pages (a memfd, so that a first write does not clear a whole huge page), the qboot \
          firmware instead of SeaBIOS where the host has it (the same ACPI tables; MTRRs left \
-         off, which TCG ignores) and no PCI hotplug in the ACPI tables (nothing is plugged).",
+         off, which TCG ignores), no PCI hotplug in the ACPI tables (nothing is plugged) and \
+         tsc_early_khz set to the host's TSC frequency, measured against the clock QEMU's HPET \
+         follows (TCG runs the guest on the host's TSC, so this is the value the kernel would \
+         calibrate; it still refines it later, and nothing under test depends on it).",
     );
     help
 }
@@ -144,16 +160,19 @@ mod tests {
 
     #[test]
     fn console_first_levers_then_user() {
-        let line = kernel_cmdline(true, &["nokaslr".into()]);
+        let line = kernel_cmdline(true, &["tsc_early_khz=1".into()], &["nokaslr".into()]);
         assert!(line.starts_with("console=ttyS0,115200 quiet "), "{line}");
         assert!(line.contains(" cryptomgr.notests=1 "), "{line}");
-        assert!(line.contains("ftrace_check_for_weak_functions nokaslr"));
+        assert!(
+            line.contains("acpi_processor_driver_init tsc_early_khz=1 nokaslr"),
+            "{line}"
+        );
         assert!(line.ends_with(" nokaslr"), "{line}");
     }
 
     #[test]
     fn no_fast_boot_keeps_only_what_the_run_needs() {
-        let line = kernel_cmdline(false, &["a=1".into()]);
+        let line = kernel_cmdline(false, &["tsc_early_khz=1".into()], &["a=1".into()]);
         assert_eq!(
             line,
             "console=ttyS0,115200 quiet earlyprintk=serial,ttyS0,115200 panic=-1 \

@@ -21,7 +21,8 @@
 //! - Speed levers (`BootOptions::fast_boot`, on by default): kernel
 //!   parameters that skip boot work the kernel does for itself (`cmdline`),
 //!   the Bochs BIOS's boot-menu wait, booting the uncompressed kernel
-//!   (`vmlinux`: QEMU's PVH entry, Bochs' `direct` boot), unsigned modules.
+//!   (`vmlinux`: QEMU's PVH entry, Bochs' `direct` boot), unsigned modules,
+//!   and under QEMU TCG the host's TSC frequency (`tsc`).
 //!   Each says why it cannot change a verdict; `--no-fast-boot` boots without
 //!   all of them.
 //! - Console protocol: the guest prints `nestfault-init: running` when /init
@@ -55,6 +56,7 @@ mod start;
 mod tempdir;
 mod tools;
 mod tree;
+mod tsc;
 mod unsigned;
 mod vmlinux;
 
@@ -129,9 +131,10 @@ impl BootOptions {
         }
     }
 
-    /// The kernel command line these options ask for.
-    pub(crate) fn kernel_cmdline(&self) -> String {
-        cmdline::kernel_cmdline(self.fast_boot, &self.kernel_params)
+    /// The kernel command line these options ask for, with the emulator's own speed levers
+    /// (`emulator_levers`, given only with `fast_boot`) before the user's parameters.
+    pub(crate) fn kernel_cmdline(&self, emulator_levers: &[String]) -> String {
+        cmdline::kernel_cmdline(self.fast_boot, emulator_levers, &self.kernel_params)
     }
 }
 
@@ -194,6 +197,9 @@ pub fn boot(
     emulator::check_installed(emulator)?;
     let backend = emulator::backend(emulator);
     let dir = tempdir::private_dir("start")?;
+    let tsc = (opts.fast_boot && backend.runs_guest_on_host_tsc())
+        .then(tsc::Measurement::start)
+        .flatten();
     let files = start::boot_files(
         kernel,
         initramfs,
@@ -205,6 +211,7 @@ pub fn boot(
     let request = backend::BootRequest {
         files: &files,
         opts,
+        host_tsc_khz: tsc.and_then(tsc::Measurement::finish),
     };
     backend.boot(&request, on_line, on_progress)
 }

@@ -12,6 +12,7 @@ use super::backend::{BootRequest, EmulatorBackend};
 use super::console::{self, Progress, Running, Stream};
 use super::error::BootError;
 use super::tools::{Location, Requirement};
+use super::tsc;
 use super::{BootEnd, BootOptions, BootReport, Emulator};
 
 const PROGRAM: &str = "qemu-system-x86_64";
@@ -100,13 +101,15 @@ enum QemuLevers {
     Off,
 }
 
-/// `kernel` is a bzImage, or an ELF vmlinux with a PVH entry point.
+/// `kernel` is a bzImage, or an ELF vmlinux with a PVH entry point; `kernel_levers` are the
+/// kernel parameters only this emulator gives (the host's TSC frequency under TCG).
 fn command(
     emulator: Emulator,
     kernel: &Path,
     initramfs: &Path,
     opts: &BootOptions,
     levers: QemuLevers,
+    kernel_levers: &[String],
 ) -> Command {
     let fast = opts.fast_boot && levers == QemuLevers::On;
     let mut command = Command::new(PROGRAM);
@@ -124,7 +127,7 @@ fn command(
         .arg("-initrd")
         .arg(initramfs)
         .arg("-append")
-        .arg(opts.kernel_cmdline());
+        .arg(opts.kernel_cmdline(kernel_levers));
     command
 }
 
@@ -140,6 +143,11 @@ impl EmulatorBackend for Qemu {
 
     fn starts_pvh_entry(&self) -> bool {
         true
+    }
+
+    fn runs_guest_on_host_tsc(&self) -> bool {
+        // TCG executes the guest's RDTSC on the host; under KVM the kernel asks KVM's clock.
+        self.emulator == Emulator::QemuTcg
     }
 
     fn boot(
@@ -187,8 +195,21 @@ impl Qemu {
         on_line: &mut dyn FnMut(&str),
         on_progress: &mut dyn FnMut(&str),
     ) -> Result<BootReport, BootError> {
-        let BootRequest { files, opts } = *request;
-        let mut command = command(self.emulator, &files.kernel, &files.ramdisk, opts, levers);
+        let BootRequest {
+            files,
+            opts,
+            host_tsc_khz,
+        } = *request;
+        // The kernel's side of the levers, kept on the second try too.
+        let kernel_levers: Vec<String> = host_tsc_khz.map(tsc::kernel_param).into_iter().collect();
+        let mut command = command(
+            self.emulator,
+            &files.kernel,
+            &files.ramdisk,
+            opts,
+            levers,
+            &kernel_levers,
+        );
         command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -231,6 +252,7 @@ mod tests {
             Path::new("/k/initrd"),
             &opts,
             QemuLevers::On,
+            &["tsc_early_khz=2596140".to_owned()],
         );
         let args: Vec<String> = command
             .get_args()
@@ -245,7 +267,12 @@ mod tests {
         assert!(joined.contains("-display none"));
         assert!(joined.contains("-no-reboot"));
         assert!(joined.contains("-kernel /k/vmlinuz -initrd /k/initrd"));
-        assert_eq!(args.last().unwrap(), &opts.kernel_cmdline());
+        let cmdline = args.last().unwrap();
+        assert_eq!(
+            cmdline,
+            &opts.kernel_cmdline(&["tsc_early_khz=2596140".into()])
+        );
+        assert!(cmdline.ends_with(" tsc_early_khz=2596140"), "{cmdline}");
         // The memfd backing RAM is as big as the machine's memory.
         assert!(
             joined.contains(
@@ -273,6 +300,7 @@ mod tests {
                 Path::new("/i"),
                 opts,
                 levers,
+                &[],
             );
             let args: Vec<String> = command
                 .get_args()
@@ -287,7 +315,7 @@ mod tests {
             for lever in ["-object", "-machine", "-global", "-bios"] {
                 assert!(!args.iter().any(|a| a == lever), "{lever} in {args:?}");
             }
-            assert_eq!(args.last().unwrap(), &opts.kernel_cmdline());
+            assert_eq!(args.last().unwrap(), &opts.kernel_cmdline(&[]));
         }
     }
 
