@@ -29,6 +29,14 @@
 //! on an architecture without inline static calls. 7.2 under QEMU TCG, six
 //! runs each side by side: loading the modules took 0.20 instead of 0.30 s.
 //!
+//! And the ORC unwind tables (`.orc_unwind`, `.orc_unwind_ip`, `.orc_header`),
+//! which the kernel sorts as it loads a module: 25 million guest instructions
+//! for 7.2's KVM modules under QEMU TCG (5% of a whole boot's, counted with a
+//! TCG plugin), and loading the modules took 0.15 instead of 0.19 s (medians of
+//! five runs). They serve only stack traces: one through KVM's functions is
+//! then marked unreliable (`?` frames, found by scanning the stack), while an
+//! oops or WARN still names the function it happened in.
+//!
 //! Whether the kernel accepts an unsigned module (CONFIG_MODULE_SIG_FORCE,
 //! module.sig_enforce=1, lockdown) is not known on the host: Debian's split
 //! packages carry no config. So the guest tries the unsigned copy first and
@@ -66,6 +74,9 @@ const STRIP_ARGS: &[&str] = &[
     "--remove-section=.BTF",
     "--remove-section=__mcount_loc",
     "--remove-section=.static_call_sites",
+    "--remove-section=.orc_unwind",
+    "--remove-section=.orc_unwind_ip",
+    "--remove-section=.orc_header",
 ];
 
 /// How many unsigned copies the cache keeps (a KVM module and its dependencies are three or four
