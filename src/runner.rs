@@ -136,7 +136,8 @@ fn by_scenario(cases: &[Case]) -> Vec<Vec<usize>> {
 /// for KVM's teardown. Much of a teardown is waiting rather than computing: even on one emulated
 /// CPU (QEMU TCG, 7.2) a case's share of the run's wall time fell from ~27 to ~20 ms. A VM is
 /// handed over only after its verdict is in, and each case has a VM of its own, so a teardown
-/// overlaps the next case's run but nothing of it is shared.
+/// overlaps the next case's run but nothing of it is shared. VMs the run's [`ExitAllowance`]
+/// covers are not destroyed at all.
 struct Reaper {
     finished: SyncSender<Vm>,
 }
@@ -151,9 +152,16 @@ impl Reaper {
         Self { finished }
     }
 
-    fn destroy(&self, vm: Vm) {
-        // If the reaper is gone the VM comes back in the error, and is destroyed here.
-        let _ = self.finished.send(vm);
+    /// Done with `vm`: left to the end of the process while `allowance` lasts, else destroyed.
+    fn dispose(&self, vm: Vm, allowance: &ExitAllowance) {
+        if allowance.take() {
+            // Its descriptors close when the process ends; under --kernel, the guest powers off
+            // first.
+            std::mem::forget(vm);
+        } else {
+            // If the reaper is gone the VM comes back in the error, and is destroyed here.
+            let _ = self.finished.send(vm);
+        }
     }
 }
 
@@ -201,12 +209,7 @@ fn run_one(
         Err(error) => return harness_error(error.to_string()),
     };
     let duration_ms = started.elapsed().as_millis() as u64;
-    if options.left_to_exit.take() {
-        // Its descriptors close when the process ends; under --kernel, the guest powers off first.
-        std::mem::forget(vm);
-    } else {
-        reaper.destroy(vm);
-    }
+    reaper.dispose(vm, &options.left_to_exit);
     let mut verdict = judge(
         vendor.as_ref(),
         case,

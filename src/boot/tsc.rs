@@ -2,8 +2,8 @@
 //! RDTSC on the host. Told the frequency with `tsc_early_khz`, the kernel under test skips
 //! calibrating its TSC against the emulated PIT and HPET at boot (a PIT loop that failed in every
 //! boot under TCG here, then the HPET: ~0.1 s less to /init on Debian's 7.2, medians of four
-//! boots, time since reset). It still refines the value against the HPET a second after boot, as it does with one
-//! it measured itself; nothing under test depends on the TSC's rate.
+//! boots, time since reset). It still refines the value against the HPET a second after boot, as
+//! it does with one it measured itself; nothing under test depends on the TSC's rate.
 
 use std::time::{Duration, Instant};
 
