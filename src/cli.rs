@@ -5,14 +5,16 @@ use std::io::{BufWriter, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use clap::Parser;
 
+use crate::environment::{Environment, VendorEnvironment};
 use crate::exit::{Ending, ExitClass};
 use crate::options::{Cli, Command};
 use crate::output::{self, ReportFile};
 use crate::report::{self, Format};
 use crate::scenario::{Case, VendorKind};
+use crate::selection::PathChoice;
 use crate::{boot, interrupt, kernel_mode, repeat, runner, verdict, vm};
 
 /// The whole program: what `main` returns.
@@ -41,7 +43,10 @@ pub fn main() -> ExitCode {
             );
             Ending::Interrupted
         }
-        Ok(Some(verdicts)) => Ending::Judged(verdicts),
+        Ok(Some(verdicts)) => Ending::Judged {
+            verdicts,
+            strict: cli.strict,
+        },
         Ok(None) => Ending::Informed,
         Err(error) => {
             eprintln!("nestfault: error: {error:#}");
@@ -74,17 +79,25 @@ fn run(cli: &Cli) -> anyhow::Result<Option<Vec<verdict::Verdict>>> {
         }
         None => None,
     };
-    let (kernel, verdicts) = match &cli.kernel {
-        Some(image) => kernel_mode::run(cli, image, &all)?,
-        None => (kernel_release(), run_here(cli, &all)?),
+    let (environment, verdicts) = match &cli.kernel {
+        Some(image) => {
+            if cli.path == PathChoice::Forced && cli.turns_forced_prefix_off() {
+                bail!(
+                    "--path forced asks for the forced-emulation prefix, which \
+                     --kernel-param kvm.force_emulation_prefix=0 turns off: leave out one of them"
+                );
+            }
+            kernel_mode::run(cli, image, &all)?
+        }
+        None => run_here(cli, &all)?,
     };
     let mut stdout = std::io::stdout().lock();
     match output.as_mut() {
-        None => report::render(cli.format, &kernel, &verdicts, &mut stdout)?,
+        None => report::render(cli.format, &environment, &verdicts, &mut stdout)?,
         Some(file) => {
-            report::render(Format::Human, &kernel, &verdicts, &mut stdout)?;
+            report::render(Format::Human, &environment, &verdicts, &mut stdout)?;
             let mut writer = BufWriter::new(file.file());
-            report::render(cli.format, &kernel, &verdicts, &mut writer)
+            report::render(cli.format, &environment, &verdicts, &mut writer)
                 .and_then(|()| writer.flush())
                 .context("writing the report to --output")?;
         }
@@ -92,16 +105,46 @@ fn run(cli: &Cli) -> anyhow::Result<Option<Vec<verdict::Verdict>>> {
     if let Some(file) = output {
         file.finish()?;
     }
+    // A case the user named by its id or scenario that cannot run here is not a verdict on the
+    // kernel: what they asked for needs fixing first.
+    let named: Vec<&verdict::Verdict> = verdicts
+        .iter()
+        .filter(|v| v.status == verdict::Status::NotRun && cli.names_exactly(&v.id, &v.scenario))
+        .collect();
+    if let Some(first) = named.first() {
+        bail!(
+            "{} named on the command line cannot run here ({} in all): {}",
+            first.id,
+            named.len(),
+            first.diagnosis.as_deref().unwrap_or("no reason given")
+        );
+    }
     Ok(Some(verdicts))
 }
 
-/// Direct mode: the selected cases on this machine's KVM.
-fn run_here(cli: &Cli, all: &[Case]) -> anyhow::Result<Vec<verdict::Verdict>> {
+/// Direct mode: the selected cases on this machine's KVM. A /dev/kvm this user cannot open is
+/// for the machine to fix (255), not a kernel that cannot be judged: a bisect would skip every
+/// commit.
+fn run_here(
+    cli: &Cli,
+    all: &[Case],
+) -> anyhow::Result<(Environment, Vec<verdict::Verdict>)> {
+    let kvm = vm::open_kvm()?;
     let vendors = match cli.explicit_vendors() {
         Some(vendors) => vendors,
-        None => auto_vendors()?,
+        None => auto_vendors(&kvm)?,
     };
     let cases = cli.select(all, &vendors)?;
+    if cli.path == PathChoice::Forced {
+        if let Err(reason) = vm::forced_emulation_prefix() {
+            bail!("--path forced cannot run here: {reason}");
+        }
+    }
+    let mut environment = Environment::new(&kernel_release());
+    environment.vendors = vendors
+        .iter()
+        .map(|&vendor| VendorEnvironment::probe(vendor, "host"))
+        .collect();
     if cli.bare_boot {
         let not_run = |case| {
             verdict::Verdict::without_run(
@@ -110,22 +153,20 @@ fn run_here(cli: &Cli, all: &[Case]) -> anyhow::Result<Vec<verdict::Verdict>> {
                 "not run (--bare-boot)".into(),
             )
         };
-        return Ok(cases.iter().map(not_run).collect());
+        return Ok((environment, cases.iter().map(not_run).collect()));
     }
     let options = runner::RunOptions {
         timeout: Duration::from_secs(cli.timeout.unwrap_or(10)),
         left_to_exit: runner::ExitAllowance::none(),
     };
-    Ok(repeat::run(&cases, &options, cli.repeat, &mut |_| {}))
+    let verdicts = repeat::run(&cases, &options, cli.repeat, &mut |_| {});
+    Ok((environment, verdicts))
 }
 
 /// The vendors this host's KVM can run nested; both when it can run neither, so that each is
 /// reported as untested with its own reason.
-fn auto_vendors() -> anyhow::Result<Vec<VendorKind>> {
-    let Ok(kvm) = vm::open_kvm() else {
-        return Ok(VendorKind::ALL.to_vec());
-    };
-    let cpuid = vm::supported_cpuid(&kvm)?;
+fn auto_vendors(kvm: &kvm_ioctls::Kvm) -> anyhow::Result<Vec<VendorKind>> {
+    let cpuid = vm::supported_cpuid(kvm)?;
     let nested: Vec<VendorKind> = VendorKind::ALL
         .into_iter()
         .filter(|&kind| crate::arch::missing_nested_support(&cpuid, kind).is_none())

@@ -13,8 +13,12 @@ pub enum Ending<'a> {
     /// Printed what was asked for (`--list`, `--help`, `--version`).
     Informed,
     /// A verdict for each selected case; each case that ran fewer than the `--repeat` runs asked
-    /// for is already an error (kernel_mode::collate).
-    Judged(&'a [Verdict]),
+    /// for is already an error (kernel_mode::collate). With `strict`, expected failures on open
+    /// findings fail the run too.
+    Judged {
+        verdicts: &'a [Verdict],
+        strict: bool,
+    },
     /// No verdict is possible until the user or the machine fixes something: a bad flag or
     /// combination, a missing emulator, an unusable path, an empty selection, a host that
     /// cannot nest for `--emulator qemu-kvm`.
@@ -25,12 +29,14 @@ pub enum Ending<'a> {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExitClass {
-    /// Every selected case ran the number of runs asked for and passed.
+    /// Every selected case that could run here ran the number of runs asked for and passed (or
+    /// failed only as an open finding says, without `--strict`); cases that need what this host
+    /// lacks were not run, and the report says so.
     Passed,
     /// A wrong verdict, or an error inside a case.
     Failed,
     /// Nothing failed, but this kernel cannot be judged: no nested support in it, KVM refused
-    /// nesting, or it did not boot.
+    /// nesting, it did not boot, or nothing of the selection could run here.
     Untestable,
     /// See [`Ending::MustFix`] and [`Ending::Interrupted`].
     MustFix,
@@ -38,20 +44,24 @@ pub enum ExitClass {
 
 impl ExitClass {
     pub fn of(ending: &Ending) -> Self {
-        let verdicts = match ending {
+        let (verdicts, strict) = match ending {
             Ending::Informed => return ExitClass::Passed,
             Ending::MustFix | Ending::Interrupted => return ExitClass::MustFix,
-            Ending::Judged(verdicts) => verdicts,
+            Ending::Judged { verdicts, strict } => (verdicts, *strict),
         };
         let any = |status| verdicts.iter().any(|v| v.status == status);
         if verdicts.is_empty() {
             // Selection refuses this with a message first; nothing tested never passes.
             ExitClass::MustFix
-        } else if any(Status::Fail) || any(Status::Error) {
+        } else if any(Status::Fail) || any(Status::Error) || (strict && any(Status::Xfail)) {
             ExitClass::Failed
-        } else if any(Status::Skip) {
+        } else if any(Status::Skip) || !verdicts.iter().any(|v| v.status.judged()) {
+            // A vendor that cannot be judged at all, or a selection none of which could run:
+            // a pass would claim what was never checked.
             ExitClass::Untestable
         } else {
+            // Cases not run for a capability this host lacks are listed in the report; they do
+            // not make an otherwise judged kernel unjudgeable.
             ExitClass::Passed
         }
     }
@@ -83,13 +93,42 @@ mod tests {
         let pick = |indices: &[usize]| -> Vec<Verdict> {
             indices.iter().map(|&i| verdicts[i].clone()).collect()
         };
-        let code = |verdicts: &[Verdict]| ExitClass::of(&Ending::Judged(verdicts)).code();
-        let (pass, fail, error, skip) = (0, 1, 2, 4);
+        let code = |verdicts: &[Verdict]| {
+            ExitClass::of(&Ending::Judged {
+                verdicts,
+                strict: false,
+            })
+            .code()
+        };
+        let strict_code = |verdicts: &[Verdict]| {
+            ExitClass::of(&Ending::Judged {
+                verdicts,
+                strict: true,
+            })
+            .code()
+        };
+        let (pass, fail, error, skip, not_run, xfail, xpass) = (0, 1, 2, 4, 6, 7, 8);
+        assert_eq!(verdicts[not_run].status, Status::NotRun);
+        assert_eq!(verdicts[xfail].status, Status::Xfail);
+        assert_eq!(verdicts[xpass].status, Status::Xpass);
         assert_eq!(code(&pick(&[pass])), 0);
         assert_eq!(code(&pick(&[pass, skip])), 125);
         assert_eq!(code(&pick(&[pass, skip, fail])), 1);
         assert_eq!(code(&pick(&[skip, error])), 1);
         assert_eq!(code(&[]), 255);
+        // Not run: listed, never 125 while something else was judged.
+        assert_eq!(code(&pick(&[pass, not_run])), 0);
+        assert_eq!(code(&pick(&[xfail, not_run])), 0);
+        assert_eq!(code(&pick(&[not_run, fail])), 1);
+        // Nothing of the selection could run: this kernel was not judged.
+        assert_eq!(code(&pick(&[not_run, not_run])), 125);
+        assert_eq!(code(&pick(&[not_run, skip])), 125);
+        // Expected failures pass, unless --strict; an unexpected pass is a pass.
+        assert_eq!(code(&pick(&[pass, xfail])), 0);
+        assert_eq!(strict_code(&pick(&[pass, xfail])), 1);
+        assert_eq!(code(&pick(&[xpass])), 0);
+        assert_eq!(strict_code(&pick(&[xpass, not_run])), 0);
+        assert_eq!(strict_code(&pick(&[pass])), 0);
         assert_eq!(ExitClass::of(&Ending::Informed).code(), 0);
         assert_eq!(ExitClass::of(&Ending::MustFix).code(), 255);
         assert_eq!(ExitClass::of(&Ending::Interrupted).code(), 255);

@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::boot;
+use crate::environment::VendorEnvironment;
 use crate::kernel_mode::{Record, LOADED};
 use crate::options::Cli;
 use crate::repeat;
@@ -46,7 +47,14 @@ fn inner_run(cli: &Cli, say: &mut dyn FnMut(Record)) -> anyhow::Result<()> {
         // Set up (modules loaded) and done: what the benchmark compares a full run with.
         return Ok(());
     }
-    let cases = cli.select(&cli.cases()?, &cli.explicit_vendors().unwrap_or_default())?;
+    let vendors = cli.explicit_vendors().unwrap_or_default();
+    for &vendor in &vendors {
+        say(Record::Environment(Box::new(VendorEnvironment::probe(
+            vendor,
+            "",
+        ))));
+    }
+    let cases = cli.select(&cli.cases()?, &vendors)?;
     let options = RunOptions {
         timeout: Duration::from_secs(cli.timeout.unwrap_or(30)),
         left_to_exit: ExitAllowance::up_to(vms_to_leave()),

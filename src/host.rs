@@ -39,9 +39,11 @@ pub fn kvm_access_advice() -> String {
 fn access_advice(mode: u32, group: &str) -> String {
     let group_may = mode & 0o060 == 0o060;
     if group_may && group == "kvm" {
-        return "add yourself to the kvm group (sudo usermod -aG kvm $USER, then log in again) \
-                or run as root"
-            .into();
+        return format!(
+            "/dev/kvm is mode {:03o}, group kvm: add yourself to the kvm group (sudo usermod \
+             -aG kvm $USER, then log in again) or run as root",
+            mode & 0o777
+        );
     }
     let who = if group_may {
         format!("only root and group {group} may open it")
@@ -82,7 +84,9 @@ mod tests {
 
     #[test]
     fn the_kvm_group_is_advised_only_where_it_may_open_dev_kvm() {
-        assert!(access_advice(0o20660, "kvm").contains("usermod -aG kvm"));
+        let advice = access_advice(0o20660, "kvm");
+        assert!(advice.contains("usermod -aG kvm"), "{advice}");
+        assert!(advice.contains("mode 660, group kvm"), "{advice}");
         for (mode, group) in [(0o20600, "root"), (0o20600, "kvm"), (0o20660, "wheel")] {
             let advice = access_advice(mode, group);
             assert!(!advice.contains("usermod"), "{advice}");

@@ -11,6 +11,7 @@ use anyhow::Context;
 
 use crate::boot::{self, BootEnd, BootOptions, Emulator, KernelInput};
 use crate::debian;
+use crate::environment::{Environment, VendorEnvironment};
 use crate::options::Cli;
 use crate::output::{self, NamedPath};
 use crate::scenario::{self, Case, VendorKind};
@@ -22,6 +23,9 @@ use crate::{repeat, report};
 pub enum Record {
     /// The release of the kernel under test, first thing the inner process says.
     Kernel(String),
+    /// What the vendor's KVM runs under inside the guest (its `machine` is left to the host,
+    /// which knows the emulator).
+    Environment(Box<VendorEnvironment>),
     /// A case's run: the host puts it together with the case into a [`Verdict`].
     Verdict(Box<RunResult>),
     /// The inner process could not test anything (KVM modules missing or refusing nested).
@@ -43,6 +47,9 @@ impl Record {
     pub fn to_line(&self) -> String {
         match self {
             Record::Kernel(release) => format!("{TAG}kernel {}", json_body(release)),
+            Record::Environment(environment) => {
+                format!("{TAG}environment {}", json_body(environment))
+            }
             Record::Verdict(verdict) => format!("{TAG}verdict {}", json_body(verdict)),
             Record::Untestable(reason) => format!("{TAG}untestable {}", json_body(reason)),
             Record::Done => format!("{TAG}done"),
@@ -72,6 +79,9 @@ impl Record {
                 .ok()
                 .filter(|release: &String| !release.trim().is_empty())
                 .map(Record::Kernel),
+            "environment" => serde_json::from_str(rest)
+                .ok()
+                .map(|environment| Record::Environment(Box::new(environment))),
             "verdict" => serde_json::from_str(rest)
                 .ok()
                 .map(|verdict| Record::Verdict(Box::new(verdict))),
@@ -91,10 +101,10 @@ fn json_body(value: &impl serde::Serialize) -> String {
         .replace('@', "\\u0040")
 }
 
-/// The outer side: one boot per vendor, all of that vendor's cases in it. Returns the kernel's
-/// release and a verdict per selected case. Whatever must be fixed before a verdict is possible
+/// The outer side: one boot per vendor, all of that vendor's cases in it. Returns what the run
+/// was obtained under (the kernel's release, each vendor's KVM) and a verdict per selected case. Whatever must be fixed before a verdict is possible
 /// (an emulator missing or unsuitable, an unusable --console-log) is an error before any boot.
-pub fn run(cli: &Cli, image: &Path, all: &[Case]) -> anyhow::Result<(String, Vec<Verdict>)> {
+pub fn run(cli: &Cli, image: &Path, all: &[Case]) -> anyhow::Result<(Environment, Vec<Verdict>)> {
     // The guest gets the --scenarios-dir files in its initramfs.
     let scenario_files = match &cli.scenarios_dir {
         Some(dir) => scenario::read_dir(dir)?,
@@ -190,12 +200,19 @@ pub fn run(cli: &Cli, image: &Path, all: &[Case]) -> anyhow::Result<(String, Vec
     });
     let mut release = kernel.release.clone();
     let mut verdicts = Vec::new();
+    let mut vendors = Vec::new();
     for (planned, outcome) in boots.iter().zip(outcomes) {
-        let outcome = outcome?;
+        let mut outcome = outcome?;
         release = outcome.kernel.clone().unwrap_or(release);
+        if let Some(mut environment) = outcome.environment.take() {
+            environment.machine = planned.emulator.to_string();
+            vendors.push(environment);
+        }
         verdicts.extend(collate(&planned.cases, outcome, cli.repeat));
     }
-    Ok((release, verdicts))
+    let mut environment = Environment::new(&release);
+    environment.vendors = vendors;
+    Ok((environment, verdicts))
 }
 
 /// One boot to come: a vendor, its cases, the emulator and where its console goes.
@@ -287,6 +304,7 @@ const DEBIAN_PREFIX: &str = "debian:";
 /// What one boot produced.
 struct Outcome {
     kernel: Option<String>,
+    environment: Option<VendorEnvironment>,
     verdicts: Vec<Verdict>,
     /// Why cases without all their runs lack them.
     missing: Missing,
@@ -308,6 +326,7 @@ impl Outcome {
     fn not_started() -> Self {
         Outcome {
             kernel: None,
+            environment: None,
             verdicts: Vec::new(),
             missing: Missing::Unfinished(crate::interrupt::reason()),
             note: None,
@@ -333,6 +352,7 @@ fn boot_and_collect(
     let started = Instant::now();
     let mut outcome = Outcome {
         kernel: None,
+        environment: None,
         verdicts: Vec::new(),
         missing: Missing::Unfinished(String::new()),
         note: None,
@@ -359,6 +379,7 @@ fn boot_and_collect(
         for record in Record::parse(line) {
             match record {
                 Record::Kernel(release) => outcome.kernel = Some(release),
+                Record::Environment(environment) => outcome.environment = Some(*environment),
                 Record::Verdict(result) => {
                     // The report's words, in its order: status, then id.
                     eprintln!(
@@ -518,6 +539,13 @@ mod tests {
     fn records_round_trip_and_survive_noise() {
         let records = [
             Record::Kernel("6.1.0-40-amd64".into()),
+            Record::Environment(Box::new(VendorEnvironment {
+                vendor: "svm".into(),
+                cpu_model: "AMD EPYC @ 2.0GHz".into(),
+                kvm_parameters: [("kvm.tdp_mmu".to_string(), "N".to_string())].into(),
+                maxphyaddr: Some(40),
+                ..Default::default()
+            })),
             Record::Verdict(Box::new(verdict().run_result())),
             Record::Untestable("kvm_amd: nested=0\nsecond line".into()),
             Record::Done,
@@ -596,6 +624,7 @@ mod tests {
     fn outcome(verdicts: Vec<Verdict>, missing: Missing) -> Outcome {
         Outcome {
             kernel: None,
+            environment: None,
             verdicts,
             missing,
             note: None,
@@ -757,6 +786,15 @@ mod tests {
                     .is_empty())
                 .prop_map(Record::Kernel),
             hostile_text().prop_map(Record::Untestable),
+            (hostile_text(), hostile_text(), hostile_text()).prop_map(|(model, name, value)| {
+                Record::Environment(Box::new(VendorEnvironment {
+                    vendor: "vmx".into(),
+                    cpu_model: model,
+                    kvm_parameters: [(name, value)].into(),
+                    ept_vpid_cap: Some("0xf0106334141".into()),
+                    ..Default::default()
+                }))
+            }),
             Just(Record::Done),
             verdict,
         ]

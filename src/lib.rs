@@ -8,6 +8,7 @@ pub mod cli;
 pub mod clock;
 pub mod debian;
 pub mod elf;
+pub mod environment;
 pub mod exit;
 pub mod guest_init;
 pub mod host;

@@ -9,6 +9,13 @@ pub fn read(module: &str, name: &str) -> Option<String> {
         .map(|value| value.trim().to_owned())
 }
 
+/// Whether the parameter can be changed at runtime: sysfs gives it an owner-write bit (root
+/// writes it) when the module declares it writable.
+pub fn is_writable(module: &str, name: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path(module, name)).is_ok_and(|meta| meta.permissions().mode() & 0o200 != 0)
+}
+
 pub fn path(module: &str, name: &str) -> String {
     format!("/sys/module/{module}/parameters/{name}")
 }

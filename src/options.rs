@@ -49,6 +49,11 @@ pub struct Cli {
     #[arg(long, value_enum, default_value = "human")]
     pub format: Format,
 
+    /// Expected failures (XFAIL: a row that fails only as a documented open KVM finding says)
+    /// fail the run too (exit 1). Without it they are reported but do not fail the run.
+    #[arg(long)]
+    pub strict: bool,
+
     /// Write the --format report to FILE instead of stdout; stdout then gets the human report.
     #[arg(long, value_name = "FILE")]
     pub output: Option<PathBuf>,
@@ -155,6 +160,24 @@ impl Cli {
             );
         }
         Ok(cases)
+    }
+
+    /// Whether `--scenario` names this case by its id or its scenario's name (not `all`, not a
+    /// glob): then a case that cannot run here is the user's to fix, not a verdict.
+    pub fn names_exactly(&self, id: &str, scenario: &str) -> bool {
+        self.scenarios
+            .iter()
+            .any(|pattern| pattern == id || pattern == scenario)
+    }
+
+    /// Whether the user's `--kernel-param`s leave kvm's forced-emulation prefix off (the last
+    /// one wins, as on the kernel's command line and in modprobe).
+    pub fn turns_forced_prefix_off(&self) -> bool {
+        let last = self.kernel_params.iter().rev().find_map(|param| {
+            let (name, value) = param.split_once('=')?;
+            (name == "kvm.force_emulation_prefix").then_some(value)
+        });
+        last.is_some_and(|value| !crate::module_param::is_on(value))
     }
 
     /// What the run reads from the user's files: an output must be none of these.

@@ -91,7 +91,7 @@ fn flaky_diagnosis(outcomes: &[Outcome], run_count: usize) -> String {
             text,
             "\n{runs} {}: {}{}",
             number_ranges(&outcome.run_numbers),
-            status_name(outcome.representative.status),
+            outcome.representative.status.name(),
             seen.map(|seen| format!(", {seen}")).unwrap_or_default()
         );
         for line in outcome
@@ -106,14 +106,6 @@ fn flaky_diagnosis(outcomes: &[Outcome], run_count: usize) -> String {
     text
 }
 
-fn status_name(status: Status) -> &'static str {
-    match status {
-        Status::Pass => "pass",
-        Status::Fail => "fail",
-        Status::Skip => "skip",
-        Status::Error => "error",
-    }
-}
 
 /// Ascending numbers as `1-3,5,7-8`.
 fn number_ranges(numbers: &[usize]) -> String {

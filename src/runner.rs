@@ -10,12 +10,13 @@ use std::time::{Duration, Instant};
 use kvm_bindings::CpuId;
 use kvm_ioctls::Kvm;
 
-use crate::arch::{Svm, SvmCapabilities, Vendor, Vmx, VmxCapabilities};
+use crate::arch::{Svm, SvmCapabilities, Vendor, Vmx};
+use crate::environment::vmx_capabilities;
 use crate::elf::L1_STUB;
 use crate::layout::{self, MEMORY_SIZE};
 use crate::scenario::{AccessPath, Case, VendorKind};
 use crate::verdict::{compare_paths, judge, Status, Verdict};
-use crate::vm::{self, Vm, VmError};
+use crate::vm::{self, Vm};
 
 pub struct RunOptions {
     /// Per case: a guest that has not reported by then is stopped and reported as an error.
@@ -87,17 +88,23 @@ pub fn run(
             let mut hardware: Option<Verdict> = None;
             for i in scenario {
                 let case = &cases[i];
-                let missing =
-                    crate::arch::missing_nested_support(&cpuid, case.vendor).or_else(|| {
+                let missing = crate::arch::missing_nested_support(&cpuid, case.vendor)
+                    .map(Missing::Nesting)
+                    .or_else(|| {
                         (case.path == AccessPath::Forced)
-                            .then(|| forced_emulation.clone().err())
+                            .then(|| forced_emulation.clone().err().map(Missing::Option))
                             .flatten()
                     });
                 let verdict = match missing {
                     _ if crate::interrupt::requested() => {
                         Verdict::without_run(case, Status::Error, crate::interrupt::reason())
                     }
-                    Some(reason) => Verdict::without_run(case, Status::Skip, reason),
+                    Some(Missing::Nesting(reason)) => {
+                        Verdict::without_run(case, Status::Skip, reason)
+                    }
+                    Some(Missing::Option(reason)) => {
+                        Verdict::without_run(case, Status::NotRun, reason)
+                    }
                     None => run_one(&kvm, &cpuid, case, options, hardware.as_ref(), &reaper),
                 };
                 if case.path == AccessPath::Hardware {
@@ -112,6 +119,14 @@ pub fn run(
         .into_iter()
         .map(|v| v.expect("every case ran"))
         .collect()
+}
+
+/// What keeps a case from running here.
+enum Missing {
+    /// The vendor cannot nest at all: this kernel cannot be judged for it.
+    Nesting(String),
+    /// An optional setting the case needs (the forced-emulation prefix): the case is not run.
+    Option(String),
 }
 
 /// The cases' indices by scenario (and vendor), the hardware path first in each.
@@ -189,12 +204,13 @@ fn run_one(
         VendorKind::Svm => Box::new(Svm::new(SvmCapabilities::from_cpuid(cpuid))),
         VendorKind::Vmx => match vmx_capabilities(&vm).map(Vmx::new) {
             Ok(Ok(vmx)) => Box::new(vmx),
-            Ok(Err(missing)) => return Verdict::without_run(case, Status::Skip, missing),
+            // An EPT capability L0 does not offer L1 (ept=0, eptad=0): a setting of this host.
+            Ok(Err(missing)) => return Verdict::without_run(case, Status::NotRun, missing),
             Err(error) => return harness_error(error.to_string()),
         },
     };
     if let Some(reason) = vendor.unsupported(&case.scenario) {
-        return Verdict::without_run(case, Status::Skip, reason);
+        return Verdict::without_run(case, Status::NotRun, reason);
     }
     let image = match layout::build(case, vendor.as_ref(), L1_STUB) {
         Ok(image) => image,
@@ -227,14 +243,6 @@ fn run_one(
         }
     }
     verdict
-}
-
-fn vmx_capabilities(vm: &Vm) -> Result<VmxCapabilities, VmError> {
-    let values = vm.read_msrs(&VmxCapabilities::MSRS)?;
-    let values: [u64; 11] = values
-        .try_into()
-        .map_err(|_| VmError::Memory("short MSR read".into()))?;
-    Ok(VmxCapabilities::from_msrs(&values))
 }
 
 #[cfg(test)]

@@ -17,8 +17,43 @@ use crate::scenario::Case;
 pub enum Status {
     Pass,
     Fail,
+    /// The vendor cannot be judged on this kernel at all (no nesting, KVM refused it, the kernel
+    /// did not boot): the diagnosis says why.
     Skip,
     Error,
+    /// This case needs an optional capability or setting that this host or kernel lacks (the
+    /// forced-emulation prefix off, MAXPHYADDR 52, no 1 GiB pages, an EPT capability missing);
+    /// the diagnosis says which and how to enable it. The vendor's other cases still judge it.
+    NotRun,
+    /// Failed exactly as a documented open KVM finding says, and in nothing else: expected, so it
+    /// fails the run only under `--strict`. The diagnosis names the finding.
+    Xfail,
+    /// Expected to fail on an open finding, but passed: the finding no longer shows on this
+    /// kernel. Counts as a pass, so that a bisect across its eventual fix still works.
+    Xpass,
+}
+
+impl Status {
+    /// The status as JSON spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Pass => "pass",
+            Status::Fail => "fail",
+            Status::Skip => "skip",
+            Status::Error => "error",
+            Status::NotRun => "not_run",
+            Status::Xfail => "xfail",
+            Status::Xpass => "xpass",
+        }
+    }
+
+    /// Whether the case ran and L1's exit was judged (including expected failures).
+    pub fn judged(self) -> bool {
+        matches!(
+            self,
+            Status::Pass | Status::Fail | Status::Xfail | Status::Xpass
+        )
+    }
 }
 
 /// Exit fields by name, in comparison order; serialized as `{"name": "0x..."}`.
@@ -261,6 +296,7 @@ pub fn judge(
     let actual = vendor.exit(&mailbox.exit);
     verdict.actual = Some(ExitValues::of(vendor, |field| actual.get(field)));
     let mut lines = Vec::new();
+    let mut wrong_fields = Vec::new();
     for (field, name) in named_fields(vendor) {
         let (Some(expected), Some(got)) = (expectation.get(field), actual.get(field)) else {
             continue;
@@ -271,16 +307,43 @@ pub fn judge(
                 show(vendor, field, got),
             );
             lines.push(format!("{name}: wanted {wanted}, got {got}"));
+            wrong_fields.push(field);
         }
     }
-    verdict.status = if lines.is_empty() {
-        Status::Pass
-    } else {
-        Status::Fail
+    let l2_io = l2_io_finding(l2_io);
+    let finding = crate::arch::open_finding(case);
+    verdict.status = match finding {
+        // Wrong only where the finding says, and nothing else amiss: expected.
+        Some(finding)
+            if !wrong_fields.is_empty()
+                && l2_io.is_none()
+                && wrong_fields.iter().all(|&field| field == finding.field) =>
+        {
+            Status::Xfail
+        }
+        Some(finding) if wrong_fields.is_empty() => {
+            lines.push(format!(
+                "expected to fail on the open finding \"{}\", but passed: the finding no longer \
+                 shows on this kernel",
+                finding.name
+            ));
+            Status::Xpass
+        }
+        _ if wrong_fields.is_empty() => Status::Pass,
+        _ => Status::Fail,
     };
-    if verdict.status == Status::Fail {
+    if let (Status::Xfail, Some(finding)) = (verdict.status, finding) {
+        lines.insert(
+            0,
+            format!(
+                "expected failure: the open finding \"{}\" ({})",
+                finding.name, finding.write_up
+            ),
+        );
+    }
+    if matches!(verdict.status, Status::Fail | Status::Xfail) {
         lines.extend(vendor.diagnose(case, expectation, &actual));
-        lines.extend(l2_io_finding(l2_io));
+        lines.extend(l2_io);
     }
     lines.extend(expectation.notes.iter().map(|note| format!("note: {note}")));
     verdict.diagnosis = (!lines.is_empty()).then(|| lines.join("\n"));
@@ -360,7 +423,10 @@ pub mod strategy {
             Just(Status::Pass),
             Just(Status::Fail),
             Just(Status::Skip),
-            Just(Status::Error)
+            Just(Status::Error),
+            Just(Status::NotRun),
+            Just(Status::Xfail),
+            Just(Status::Xpass),
         ]
     }
 }

@@ -59,14 +59,22 @@ pub fn open_kvm() -> Result<Kvm, VmError> {
 }
 
 /// Whether L0's KVM emulates instructions behind its forced-emulation prefix (kvm.ko's
-/// `force_emulation_prefix`); the reason a forced case cannot run, if not.
+/// `force_emulation_prefix`); the reason a forced case cannot run, if not, with what turns it on
+/// here. Distribution kernels ship it off. Whether it can be turned on without reloading kvm is
+/// read from the parameter's sysfs mode (writable on newer kernels), not guessed from a version.
 pub fn forced_emulation_prefix() -> Result<(), String> {
     let path = module_param::path("kvm", "force_emulation_prefix");
+    let on_kernel = "with --kernel, leave out --kernel-param kvm.force_emulation_prefix=0";
     match module_param::read("kvm", "force_emulation_prefix") {
         Some(value) if module_param::is_on(&value) => Ok(()),
+        Some(value) if module_param::is_writable("kvm", "force_emulation_prefix") => Err(format!(
+            "kvm's force_emulation_prefix is {value}: turn it on at runtime with \
+             `echo 1 | sudo tee {path}` (or load kvm with force_emulation_prefix=1; {on_kernel})"
+        )),
         Some(value) => Err(format!(
-            "kvm's force_emulation_prefix is {value} ({path}): reload kvm with \
-             force_emulation_prefix=1 to run forced cases"
+            "kvm's force_emulation_prefix is {value} and read-only on this kernel: reload kvm \
+             with it on (`sudo modprobe -r kvm_amd kvm_intel kvm; sudo modprobe kvm \
+             force_emulation_prefix=1`, then kvm_amd or kvm_intel again; {on_kernel})"
         )),
         None => Err(format!(
             "cannot read {path}: forced cases need kvm loaded with force_emulation_prefix=1"

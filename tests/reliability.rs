@@ -155,9 +155,9 @@ fn fewer_runs_than_repeat_asked_for_is_an_error_not_a_pass() {
         &scratch,
         &["--vendor", "svm", "--repeat", "3", "--timeout", "2"],
     );
-    assert_code(&output, 1, &format!("PASS  {CASE}"));
+    assert_code(&output, 1, &format!("PASS    {CASE}"));
     let stdout = text(&output.stdout);
-    assert!(stdout.contains(&format!("ERROR {CASE}")), "{stdout}");
+    assert!(stdout.contains(&format!("ERROR   {CASE}")), "{stdout}");
     assert!(
         stdout.contains("only 1 of 3 runs reported: no result within 2 s"),
         "{stdout}"

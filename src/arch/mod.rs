@@ -59,6 +59,11 @@ impl Fix {
 pub struct Finding {
     pub name: &'static str,
     pub summary: &'static str,
+    /// The one exit field the finding makes wrong: a row wrong there and nowhere else is an
+    /// expected failure (`xfail`); wrong anywhere else, it is a failure like any other.
+    pub field: Field,
+    /// Its write-up, relative to the repository (docs/findings/).
+    pub write_up: &'static str,
 }
 
 /// The open finding that makes `case` fail on every kernel known so far, if any.

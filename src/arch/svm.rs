@@ -177,10 +177,18 @@ impl Vendor for Svm {
     fn unsupported(&self, scenario: &Scenario) -> Option<String> {
         let caps = self.capabilities;
         if scenario.nested_leaf == LeafSize::Size1G && !caps.gbpages {
-            return Some("the vCPU offers no 1 GiB pages (CPUID 0x80000001 EDX bit 26)".into());
+            return Some(
+                "KVM offers L1 no 1 GiB pages (CPUID 0x80000001 EDX bit 26): no setting adds them \
+                 on this CPU; `nestfault --kernel` boots an emulated CPU that has them"
+                    .into(),
+            );
         }
         if scenario.fault == Fault::ReservedBit && caps.maxphyaddr >= 52 {
-            return Some("MAXPHYADDR is 52: NPT entries have no reserved address bit".into());
+            return Some(
+                "MAXPHYADDR is 52: NPT entries have no reserved address bit to set; no setting \
+                 changes it; `nestfault --kernel` boots an emulated CPU with MAXPHYADDR 40"
+                    .into(),
+            );
         }
         None
     }

@@ -37,6 +37,8 @@ pub const STALE_LINEAR_ADDRESS: Finding = Finding {
         "KVM sets GVA_IS_VALID on an EPT violation it synthesizes after a #UD exit but leaves \
               vmcs12's guest-linear address as the CPU last saved it (sync_vmcs02_to_vmcs12_rare; \
               nested_ept_inject_page_fault sets only the GPA); no upstream fix known",
+    field: Field::LinearAddress,
+    write_up: "docs/findings/vmx-stale-guest-linear-address.md",
 };
 
 /// Forced emulation starts at a #UD exit, which saves no linear address: every EPT violation it
@@ -245,17 +247,17 @@ impl Vmx {
         let ept = capabilities.ept_vpid;
         let secondary_allowed = (capabilities.secondary >> 32) as u32;
         if secondary_allowed & control::SECONDARY_ENABLE_EPT == 0 {
-            return Err(
-                "KVM offers L1 no EPT (IA32_VMX_PROCBASED_CTLS2 bit 33 clear; kvm_intel ept=0?)"
-                    .into(),
-            );
+            return Err("KVM offers L1 no EPT (IA32_VMX_PROCBASED_CTLS2 bit 33 clear): load \
+                        kvm_intel with ept=1 (with --kernel: --kernel-param kvm_intel.ept=1)"
+                .into());
         }
         for (bit, what) in [
             (EPT_CAP_WALK_LENGTH_4, "4-level EPT (bit 6)"),
             (EPT_CAP_WB, "write-back EPT paging structures (bit 14)"),
             (
                 EPT_CAP_ACCESSED_DIRTY,
-                "EPT A/D bits (bit 21; kvm_intel eptad=0?)",
+                "EPT A/D bits (bit 21): load kvm_intel with eptad=1 (with --kernel: \
+                 --kernel-param kvm_intel.eptad=1)",
             ),
         ] {
             if ept & bit == 0 {
@@ -299,7 +301,9 @@ impl Vendor for Vmx {
         };
         if ept & bit != bit {
             return Some(format!(
-                "KVM offers L1 no {size} EPT pages in IA32_VMX_EPT_VPID_CAP {ept:#x}"
+                "KVM offers L1 no {size} EPT pages in IA32_VMX_EPT_VPID_CAP {ept:#x}: the CPU \
+                 lacks them (no setting adds them); `nestfault --kernel` boots an emulated CPU \
+                 that has them"
             ));
         }
         (scenario.fault == Fault::Supervisor).then(|| "EPT has no user/supervisor bit".to_string())

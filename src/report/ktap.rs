@@ -6,31 +6,46 @@
 use std::io::{self, Write};
 
 use super::Counts;
+use crate::environment::Environment;
 use crate::verdict::{Status, Verdict};
 
-pub fn render(kernel: &str, verdicts: &[Verdict], out: &mut dyn Write) -> io::Result<()> {
+pub fn render(
+    environment: &Environment,
+    verdicts: &[Verdict],
+    out: &mut dyn Write,
+) -> io::Result<()> {
     writeln!(out, "KTAP version 1")?;
     writeln!(out, "1..{}", verdicts.len())?;
-    writeln!(out, "# kernel: {}", one_line(kernel))?;
+    writeln!(out, "# kernel: {}", one_line(&environment.kernel))?;
+    writeln!(out, "# nestfault: {}", one_line(&environment.nestfault))?;
+    for vendor in &environment.vendors {
+        for line in vendor.lines() {
+            writeln!(out, "# {}", one_line(&line))?;
+        }
+    }
     for (index, verdict) in verdicts.iter().enumerate() {
         let number = index + 1;
         let description = description(&verdict.id);
         let mut lines = verdict.diagnosis.as_deref().unwrap_or_default().lines();
-        match verdict.status {
-            Status::Skip => {
+        match (verdict.status, directive(verdict.status)) {
+            (_, Some(directive)) => {
                 let reason = lines.next().unwrap_or("no reason given");
                 diagnostics(lines, "", out)?;
-                writeln!(out, "ok {number} {description} # SKIP {}", one_line(reason))?;
+                writeln!(
+                    out,
+                    "ok {number} {description} # {directive} {}",
+                    one_line(reason)
+                )?;
             }
-            Status::Pass => {
+            (Status::Pass, None) => {
                 diagnostics(lines, "", out)?;
                 writeln!(out, "ok {number} {description}")?;
             }
-            Status::Fail => {
+            (Status::Fail, None) => {
                 diagnostics(lines, "", out)?;
                 writeln!(out, "not ok {number} {description}")?;
             }
-            Status::Error => {
+            (_, None) => {
                 diagnostics(lines, "error: ", out)?;
                 writeln!(out, "not ok {number} {description}")?;
             }
@@ -39,9 +54,24 @@ pub fn render(kernel: &str, verdicts: &[Verdict], out: &mut dyn Write) -> io::Re
     let counts = Counts::of(verdicts);
     writeln!(
         out,
-        "# Totals: pass:{} fail:{} xfail:0 xpass:0 skip:{} error:{}",
-        counts.pass, counts.fail, counts.skip, counts.error
+        "# Totals: pass:{} fail:{} xfail:{} xpass:{} skip:{} error:{}",
+        counts.pass,
+        counts.fail,
+        counts.xfail,
+        counts.xpass,
+        counts.skip + counts.not_run,
+        counts.error
     )
+}
+
+/// The directive of an `ok` line whose first diagnosis line is its reason.
+fn directive(status: Status) -> Option<&'static str> {
+    match status {
+        Status::Skip | Status::NotRun => Some("SKIP"),
+        Status::Xfail => Some("XFAIL"),
+        Status::Xpass => Some("XPASS"),
+        Status::Pass | Status::Fail | Status::Error => None,
+    }
 }
 
 /// `# ` diagnostic lines; the first one is prefixed with `first_prefix`.
@@ -103,12 +133,14 @@ mod tests {
     struct ResultLine {
         ok: bool,
         description: String,
-        skip: Option<String>,
+        directive: Option<String>,
+        reason: Option<String>,
     }
 
     /// Checks `text` against the KTAP v1 grammar this renderer promises: the version line, the
     /// plan line, then only diagnostic lines (`#...`) and result lines
-    /// `(not )?ok <n> <description>( # SKIP <reason>)?`, numbered 1..N with N from the plan.
+    /// `(not )?ok <n> <description>( # (SKIP|XFAIL|XPASS) <reason>)?`, numbered 1..N with N
+    /// from the plan; a directive only on an `ok` line.
     fn check_grammar(text: &str) -> Result<Vec<ResultLine>, String> {
         let mut lines = text.lines();
         if lines.next() != Some("KTAP version 1") {
@@ -142,14 +174,22 @@ mod tests {
             if number.parse::<usize>().ok() != Some(results.len() + 1) {
                 return Err(format!("test number out of sequence: {line:?}"));
             }
-            let (description, skip) = match rest.split_once(" # ") {
+            let (description, directive, reason) = match rest.split_once(" # ") {
                 Some((description, directive)) => {
-                    let reason = directive
-                        .strip_prefix("SKIP ")
+                    let (directive, reason) = directive
+                        .split_once(' ')
+                        .filter(|(name, _)| ["SKIP", "XFAIL", "XPASS"].contains(name))
                         .ok_or_else(|| format!("unknown directive: {line:?}"))?;
-                    (description, Some(reason.to_string()))
+                    if !ok {
+                        return Err(format!("a directive on a `not ok` line: {line:?}"));
+                    }
+                    (
+                        description,
+                        Some(directive.to_string()),
+                        Some(reason.to_string()),
+                    )
                 }
-                None => (rest, None),
+                None => (rest, None, None),
             };
             if description.is_empty() || description.contains(['#', ' ']) {
                 return Err(format!("bad description: {line:?}"));
@@ -157,7 +197,8 @@ mod tests {
             results.push(ResultLine {
                 ok,
                 description: description.into(),
-                skip,
+                directive,
+                reason,
             });
         }
         if results.len() != planned {
@@ -171,7 +212,7 @@ mod tests {
 
     fn rendered(verdicts: &[Verdict]) -> String {
         let mut out = Vec::new();
-        render(sample::KERNEL, verdicts, &mut out).unwrap();
+        render(&sample::environment(), verdicts, &mut out).unwrap();
         String::from_utf8(out).unwrap()
     }
 
@@ -179,21 +220,34 @@ mod tests {
     fn passes_failures_errors_and_skips_follow_the_grammar() {
         let text = rendered(&sample::verdicts());
         let results = check_grammar(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-        let summary: Vec<(bool, &str, bool)> = results
+        let summary: Vec<(bool, &str, Option<&str>)> = results
             .iter()
-            .map(|r| (r.ok, r.description.as_str(), r.skip.is_some()))
+            .map(|r| (r.ok, r.description.as_str(), r.directive.as_deref()))
             .collect();
         assert_eq!(
             summary,
             [
-                (true, "svm/pt_page_unmapped/hardware", false),
-                (false, "svm/pt_page_unmapped/emulated", false),
-                (false, "svm/final_page_unmapped/emulated", false),
-                (false, "svm/final_page_write_protected/emulated", false),
-                (true, "vmx/pt_page_unmapped/emulated", true),
-                (true, "vmx/pt_page_unmapped/hardware", true),
+                (true, "svm/pt_page_unmapped/hardware", None),
+                (false, "svm/pt_page_unmapped/emulated", None),
+                (false, "svm/final_page_unmapped/emulated", None),
+                (false, "svm/final_page_write_protected/emulated", None),
+                (true, "vmx/pt_page_unmapped/emulated", Some("SKIP")),
+                (true, "vmx/pt_page_unmapped/hardware", Some("SKIP")),
+                (true, "svm/pt_page_unmapped/forced", Some("SKIP")),
+                (true, "vmx/pt_page_unmapped/forced", Some("XFAIL")),
+                (true, "vmx/final_page_unmapped/forced", Some("XPASS")),
             ]
         );
+        // kselftest's reasons: the finding for an expected failure, the fix for a case not run.
+        assert!(results[7]
+            .reason
+            .as_deref()
+            .is_some_and(|reason| reason.starts_with("expected failure: the open finding")));
+        assert!(results[6]
+            .reason
+            .as_deref()
+            .is_some_and(|reason| reason.contains("echo 1 | sudo tee")));
+        assert!(text.contains("\n# svm KVM: kvm.force_emulation_prefix=0"), "{text}");
         assert!(
             text.contains(&format!("\n# kernel: {}\n", sample::KERNEL)),
             "{text}"
@@ -208,7 +262,7 @@ mod tests {
         );
         assert!(text.contains("# error: timeout after 10 s"), "{text}");
         assert!(
-            text.ends_with("# Totals: pass:1 fail:2 xfail:0 xpass:0 skip:2 error:1\n"),
+            text.ends_with("# Totals: pass:1 fail:2 xfail:1 xpass:1 skip:3 error:1\n"),
             "{text}"
         );
     }
@@ -220,6 +274,7 @@ mod tests {
             "KTAP version 1\n1..2\nok 1 a\n",
             "KTAP version 1\n1..1\nok 2 a\n",
             "KTAP version 1\n1..1\nok 1 a # TODO later\n",
+            "KTAP version 1\n1..1\nnot ok 1 a # XFAIL known\n",
             "KTAP version 1\n1..1\nok 1 a b\n",
             "KTAP version 1\n1..1\nkernel log line\nok 1 a\n",
         ] {
@@ -246,12 +301,16 @@ mod tests {
                 .map(|(status, diagnosis)| Verdict { status, diagnosis, ..template.clone() })
                 .collect();
             let mut out = Vec::new();
-            render(&kernel, &verdicts, &mut out).unwrap();
+            let environment = crate::environment::Environment::new(&kernel);
+            render(&environment, &verdicts, &mut out).unwrap();
             let text = String::from_utf8(out).unwrap();
             let results = check_grammar(&text).map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;
             for (result, verdict) in results.iter().zip(&verdicts) {
-                prop_assert_eq!(result.ok, matches!(verdict.status, Status::Pass | Status::Skip));
-                prop_assert_eq!(result.skip.is_some(), verdict.status == Status::Skip);
+                prop_assert_eq!(result.ok, !matches!(verdict.status, Status::Fail | Status::Error));
+                prop_assert_eq!(
+                    result.directive.as_deref(),
+                    directive(verdict.status)
+                );
             }
         }
     }

@@ -9,6 +9,7 @@ use std::io::{self, Write};
 
 use serde::Serialize;
 
+use crate::environment::{Environment, VendorEnvironment};
 use crate::verdict::{Axes, ExitValues, Status, Verdict};
 
 pub use human::label as status_label;
@@ -26,8 +27,13 @@ pub enum Format {
 #[derive(Serialize)]
 struct JsonReport<'a> {
     kernel: &'a str,
+    /// nestfault's version.
+    nestfault: &'a str,
     /// The vendors with a result, in name order.
     vendor: BTreeSet<&'a str>,
+    /// Per vendor, what its verdicts were obtained under: machine, CPU, KVM's parameters, the
+    /// CPU facts that change expected values.
+    environment: &'a [VendorEnvironment],
     results: Vec<JsonResult<'a>>,
 }
 
@@ -85,6 +91,9 @@ struct Counts {
     fail: usize,
     error: usize,
     skip: usize,
+    not_run: usize,
+    xfail: usize,
+    xpass: usize,
 }
 
 impl Counts {
@@ -95,29 +104,34 @@ impl Counts {
             fail: count(Status::Fail),
             error: count(Status::Error),
             skip: count(Status::Skip),
+            not_run: count(Status::NotRun),
+            xfail: count(Status::Xfail),
+            xpass: count(Status::Xpass),
         }
     }
 }
 
 pub fn render(
     format: Format,
-    kernel: &str,
+    environment: &Environment,
     verdicts: &[Verdict],
     out: &mut dyn Write,
 ) -> io::Result<()> {
     match format {
         Format::Json => {
             let report = JsonReport {
-                kernel,
+                kernel: &environment.kernel,
+                nestfault: &environment.nestfault,
                 vendor: vendor_names(verdicts),
+                environment: &environment.vendors,
                 results: verdicts.iter().map(JsonResult::of).collect(),
             };
             serde_json::to_writer_pretty(&mut *out, &report)?;
             writeln!(out)
         }
-        Format::Human => human::render(kernel, verdicts, out),
-        Format::Junit => junit::render(kernel, verdicts, out),
-        Format::Ktap => ktap::render(kernel, verdicts, out),
+        Format::Human => human::render(environment, verdicts, out),
+        Format::Junit => junit::render(environment, verdicts, out),
+        Format::Ktap => ktap::render(environment, verdicts, out),
     }
 }
 
@@ -125,9 +139,36 @@ pub fn render(
 /// `verdict::judge` and the runner write), for the renderers' tests and docs/output-formats.md.
 #[cfg(test)]
 pub(crate) mod sample {
+    use crate::environment::{Environment, VendorEnvironment};
     use crate::verdict::{ExitValues, Status, Verdict};
 
     pub const KERNEL: &str = "6.12.0-nestfault-example";
+
+    /// What the sample was obtained under: SVM under QEMU TCG with the forced-emulation prefix
+    /// off (VMX could not nest), with a fixed version so that the documented examples stay put.
+    pub fn environment() -> Environment {
+        Environment {
+            nestfault: "0.0.0-example".into(),
+            kernel: KERNEL.into(),
+            vendors: vec![VendorEnvironment {
+                vendor: "svm".into(),
+                machine: "qemu-tcg".into(),
+                cpu_model: "AMD EPYC Processor".into(),
+                kvm_parameters: [
+                    ("kvm.force_emulation_prefix", "0"),
+                    ("kvm.tdp_mmu", "Y"),
+                    ("kvm_amd.nested", "1"),
+                    ("kvm_amd.npt", "1"),
+                ]
+                .into_iter()
+                .map(|(name, value)| (name.to_string(), value.to_string()))
+                .collect(),
+                maxphyaddr: Some(40),
+                gbpages: Some(true),
+                ept_vpid_cap: None,
+            }],
+        }
+    }
 
     fn verdict(id: &str, status: Status, diagnosis: Option<&str>, duration_ms: u64) -> Verdict {
         let parts: Vec<&str> = id.split('/').collect();
@@ -154,7 +195,8 @@ pub(crate) mod sample {
     }
 
     /// A pass, a failure (with the decoded wanted/got lines), a harness error, a flaky case
-    /// (merged from three runs by `repeat::merge`) and two skips.
+    /// (merged from three runs by `repeat::merge`), two skips, a case not run, an expected
+    /// failure and an unexpected pass.
     pub fn verdicts() -> Vec<Verdict> {
         let mut pass = verdict("svm/pt_page_unmapped/hardware", Status::Pass, None, 38);
         pass.expected = svm_exit(0x2_0000_0006);
@@ -200,6 +242,40 @@ pub(crate) mod sample {
         odd.expected = steady.expected.clone();
         odd.actual = Some(svm_exit(0x2_0000_0007));
         let flaky = crate::repeat::merge(&[steady.clone(), odd, steady]).expect("three runs");
+        let not_run = verdict(
+            "svm/pt_page_unmapped/forced",
+            Status::NotRun,
+            Some(
+                "kvm's force_emulation_prefix is 0: turn it on at runtime with `echo 1 | sudo tee \
+                 /sys/module/kvm/parameters/force_emulation_prefix` (or load kvm with \
+                 force_emulation_prefix=1; with --kernel, leave out --kernel-param \
+                 kvm.force_emulation_prefix=0)",
+            ),
+            0,
+        );
+        let finding = "expected failure: the open finding \"stale guest-linear address\" \
+                       (docs/findings/vmx-stale-guest-linear-address.md)";
+        let mut xfail = verdict(
+            "vmx/pt_page_unmapped/forced",
+            Status::Xfail,
+            Some(&format!(
+                "{finding}\nguest_linear_address: wanted 0x400000, got 0x201000\n\
+                 guest_linear_address 0x201000 is not this access's: the signature of the stale \
+                 guest-linear address"
+            )),
+            52,
+        );
+        xfail.expected = ExitValues(vec![("guest_linear_address".into(), 0x40_0000)]);
+        xfail.actual = Some(ExitValues(vec![("guest_linear_address".into(), 0x20_1000)]));
+        let xpass = verdict(
+            "vmx/final_page_unmapped/forced",
+            Status::Xpass,
+            Some(
+                "expected to fail on the open finding \"stale guest-linear address\", but \
+                 passed: the finding no longer shows on this kernel",
+            ),
+            49,
+        );
         vec![
             pass,
             fail,
@@ -207,6 +283,9 @@ pub(crate) mod sample {
             flaky,
             verdict("vmx/pt_page_unmapped/emulated", Status::Skip, Some(skip), 0),
             verdict("vmx/pt_page_unmapped/hardware", Status::Skip, Some(skip), 0),
+            not_run,
+            xfail,
+            xpass,
         ]
     }
 }
@@ -228,7 +307,7 @@ mod tests {
             (Format::Ktap, "ktap"),
         ] {
             let mut out = Vec::new();
-            render(format, sample::KERNEL, &sample::verdicts(), &mut out).unwrap();
+            render(format, &sample::environment(), &sample::verdicts(), &mut out).unwrap();
             let text = String::from_utf8(out).unwrap();
             if let Some(dir) = std::env::var_os("NESTFAULT_EXAMPLES_DIR") {
                 std::fs::write(
@@ -251,9 +330,19 @@ mod tests {
     #[test]
     fn json_has_the_contracted_shape() {
         let mut out = Vec::new();
-        render(Format::Json, "6.1.0-test", &sample::verdicts(), &mut out).unwrap();
+        let environment = sample::environment();
+        render(Format::Json, &environment, &sample::verdicts(), &mut out).unwrap();
         let json: serde_json::Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(json["kernel"], "6.1.0-test");
+        assert_eq!(json["kernel"], sample::KERNEL);
+        assert_eq!(json["nestfault"], "0.0.0-example");
+        assert_eq!(
+            json["environment"][0]["kvm_parameters"]["kvm.force_emulation_prefix"],
+            "0"
+        );
+        assert_eq!(json["environment"][0]["maxphyaddr"], 40);
+        for (index, status) in [(6, "not_run"), (7, "xfail"), (8, "xpass")] {
+            assert_eq!(json["results"][index]["status"], status);
+        }
         assert_eq!(json["vendor"], serde_json::json!(["svm", "vmx"]));
         let failed = &json["results"][1];
         for key in [
