@@ -15,7 +15,7 @@ use crate::output::{self, ReportFile};
 use crate::report::{self, Format};
 use crate::scenario::{Case, VendorKind};
 use crate::selection::PathChoice;
-use crate::{boot, interrupt, kernel_mode, repeat, runner, verdict, vm};
+use crate::{boot, interrupt, kernel_mode, repeat, runner, scenario, verdict, vm};
 
 /// The whole program: what `main` returns.
 pub fn main() -> ExitCode {
@@ -43,11 +43,12 @@ pub fn main() -> ExitCode {
             );
             Ending::Interrupted
         }
-        Ok(Some(verdicts)) => Ending::Judged {
+        Ok(Done::Judged(verdicts)) => Ending::Judged {
             verdicts,
             strict: cli.strict,
         },
-        Ok(None) => Ending::Informed,
+        Ok(Done::Informed) => Ending::Informed,
+        Ok(Done::CannotNest) => Ending::CannotNest,
         Err(error) => {
             eprintln!("nestfault: error: {error:#}");
             Ending::MustFix
@@ -56,11 +57,31 @@ pub fn main() -> ExitCode {
     ExitClass::of(&ending).into()
 }
 
-/// The verdicts, or None when there was only something to print (--list).
-fn run(cli: &Cli) -> anyhow::Result<Option<Vec<verdict::Verdict>>> {
-    if let Some(Command::Kconfig(args)) = &cli.command {
-        crate::kconfig::run(args)?;
-        return Ok(None);
+/// What a command line came to, short of an error.
+enum Done {
+    /// Printed what was asked for (--list, kconfig, a host that can run the suite).
+    Informed,
+    /// `nestfault host` on a machine where no vendor nests.
+    CannotNest,
+    Judged(Vec<verdict::Verdict>),
+}
+
+fn run(cli: &Cli) -> anyhow::Result<Done> {
+    match &cli.command {
+        Some(Command::Kconfig(args)) => {
+            crate::kconfig::run(args)?;
+            return Ok(Done::Informed);
+        }
+        Some(Command::Host) => {
+            let cases = scenario::expand(&scenario::built_in()?);
+            let nests = crate::host_check::run(&cases, &mut std::io::stdout().lock())?;
+            return Ok(if nests {
+                Done::Informed
+            } else {
+                Done::CannotNest
+            });
+        }
+        None => {}
     }
     let all = cli.cases()?;
     if cli.list {
@@ -69,7 +90,7 @@ fn run(cli: &Cli) -> anyhow::Result<Option<Vec<verdict::Verdict>>> {
         for case in cli.select(&all, &vendors)? {
             writeln!(stdout, "{}", case.id())?;
         }
-        return Ok(None);
+        return Ok(Done::Informed);
     }
     // Made before the run, so that an unusable path fails at once, not after a long boot.
     let mut output = match &cli.output {
@@ -119,16 +140,13 @@ fn run(cli: &Cli) -> anyhow::Result<Option<Vec<verdict::Verdict>>> {
             first.diagnosis.as_deref().unwrap_or("no reason given")
         );
     }
-    Ok(Some(verdicts))
+    Ok(Done::Judged(verdicts))
 }
 
 /// Direct mode: the selected cases on this machine's KVM. A /dev/kvm this user cannot open is
 /// for the machine to fix (255), not a kernel that cannot be judged: a bisect would skip every
 /// commit.
-fn run_here(
-    cli: &Cli,
-    all: &[Case],
-) -> anyhow::Result<(Environment, Vec<verdict::Verdict>)> {
+fn run_here(cli: &Cli, all: &[Case]) -> anyhow::Result<(Environment, Vec<verdict::Verdict>)> {
     let kvm = vm::open_kvm()?;
     let vendors = match cli.explicit_vendors() {
         Some(vendors) => vendors,

@@ -118,7 +118,10 @@ impl VendorEnvironment {
             facts.push(format!("MAXPHYADDR {bits}"));
         }
         if let Some(gbpages) = self.gbpages {
-            facts.push(format!("1 GiB pages {}", if gbpages { "yes" } else { "no" }));
+            facts.push(format!(
+                "1 GiB pages {}",
+                if gbpages { "yes" } else { "no" }
+            ));
         }
         if let Some(cap) = &self.ept_vpid_cap {
             facts.push(format!("IA32_VMX_EPT_VPID_CAP {cap}"));

@@ -25,6 +25,8 @@ pub enum Ending<'a> {
     MustFix,
     /// SIGINT, SIGTERM or SIGHUP: the run is incomplete and must be repeated.
     Interrupted,
+    /// `nestfault host` found no vendor this machine's KVM nests.
+    CannotNest,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,6 +49,7 @@ impl ExitClass {
         let (verdicts, strict) = match ending {
             Ending::Informed => return ExitClass::Passed,
             Ending::MustFix | Ending::Interrupted => return ExitClass::MustFix,
+            Ending::CannotNest => return ExitClass::Untestable,
             Ending::Judged { verdicts, strict } => (verdicts, *strict),
         };
         let any = |status| verdicts.iter().any(|v| v.status == status);
@@ -132,5 +135,6 @@ mod tests {
         assert_eq!(ExitClass::of(&Ending::Informed).code(), 0);
         assert_eq!(ExitClass::of(&Ending::MustFix).code(), 255);
         assert_eq!(ExitClass::of(&Ending::Interrupted).code(), 255);
+        assert_eq!(ExitClass::of(&Ending::CannotNest).code(), 125);
     }
 }

@@ -50,8 +50,7 @@ fn inner_run(cli: &Cli, say: &mut dyn FnMut(Record)) -> anyhow::Result<()> {
     let vendors = cli.explicit_vendors().unwrap_or_default();
     for &vendor in &vendors {
         say(Record::Environment(Box::new(VendorEnvironment::probe(
-            vendor,
-            "",
+            vendor, "",
         ))));
     }
     let cases = cli.select(&cli.cases()?, &vendors)?;

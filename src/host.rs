@@ -35,6 +35,18 @@ pub fn kvm_access_advice() -> String {
     }
 }
 
+/// /dev/kvm's mode and group ("mode 660, group kvm"), or why it cannot be looked at.
+pub fn kvm_device_summary() -> String {
+    match std::fs::metadata("/dev/kvm") {
+        Ok(meta) => format!(
+            "mode {:03o}, group {}",
+            meta.mode() & 0o777,
+            group_name(meta.gid()).unwrap_or_else(|| meta.gid().to_string())
+        ),
+        Err(error) => error.to_string(),
+    }
+}
+
 /// The advice for a /dev/kvm of this `mode` and `group`.
 fn access_advice(mode: u32, group: &str) -> String {
     let group_may = mode & 0o060 == 0o060;

@@ -171,7 +171,10 @@ pub fn run(cli: &Cli, image: &Path, all: &[Case]) -> anyhow::Result<(Environment
             planned.kind,
             &inner_args,
             &files,
-            !cli.no_fast_boot,
+            &boot::ModuleLoading {
+                unsigned_copies: !cli.no_fast_boot,
+                user_params: cli.kernel_params.clone(),
+            },
             &initramfs,
         )?;
         initramfs_files.push(initramfs);

@@ -12,6 +12,7 @@ pub mod environment;
 pub mod exit;
 pub mod guest_init;
 pub mod host;
+pub mod host_check;
 pub mod input_file;
 pub mod interrupt;
 pub mod kconfig;

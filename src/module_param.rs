@@ -27,6 +27,48 @@ pub fn is_on(value: &str) -> bool {
     value == "Y" || value.parse::<u64>().is_ok_and(|number| number != 0)
 }
 
+/// `ours`, the load parameters nestfault gives `module` ("name=value ..."), with the user's
+/// `MODULE.PARAM[=VALUE]` kernel parameters for that module applied the way modprobe applies the
+/// kernel command line's to a module it loads: a parameter the user sets takes the user's value
+/// (the last one given), and the user's others are added. Module and parameter names compare
+/// with '-' and '_' alike, as the kernel's do.
+pub fn with_user_params(module: &str, ours: &str, user: &[String]) -> String {
+    let canonical = |name: &str| name.replace('-', "_");
+    let module = canonical(module);
+    let mut params: Vec<(String, Option<String>)> = ours
+        .split_whitespace()
+        .map(|param| match param.split_once('=') {
+            Some((name, value)) => (canonical(name), Some(value.to_string())),
+            None => (canonical(param), None),
+        })
+        .collect();
+    for param in user {
+        let (key, value) = match param.split_once('=') {
+            Some((key, value)) => (key, Some(value.to_string())),
+            None => (param.as_str(), None),
+        };
+        let Some((owner, name)) = key.split_once('.') else {
+            continue;
+        };
+        if canonical(owner) != module {
+            continue;
+        }
+        let name = canonical(name);
+        match params.iter_mut().find(|(known, _)| *known == name) {
+            Some((_, old)) => *old = value,
+            None => params.push((name, value)),
+        }
+    }
+    params
+        .into_iter()
+        .map(|(name, value)| match value {
+            Some(value) => format!("{name}={value}"),
+            None => name,
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -41,5 +83,37 @@ mod tests {
         }
         assert_eq!(read("no_such_module", "nested"), None);
         assert_eq!(path("kvm", "nested"), "/sys/module/kvm/parameters/nested");
+    }
+
+    #[test]
+    fn the_users_parameters_win_over_ours_and_reach_only_their_module() {
+        let user: Vec<String> = [
+            "kvm.tdp_mmu=0",
+            "kvm-amd.nested=0",
+            "kvm.force_emulation_prefix=1",
+            "kvm.force_emulation_prefix=0",
+            "quiet",
+            "kvm_intel.eptad=0",
+            "kvm.flag",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(
+            with_user_params("kvm", "force_emulation_prefix=1", &user),
+            "force_emulation_prefix=0 tdp_mmu=0 flag"
+        );
+        assert_eq!(
+            with_user_params("kvm_amd", "nested=1 npt=1", &user),
+            "nested=0 npt=1"
+        );
+        assert_eq!(
+            with_user_params("kvm_intel", "nested=1 ept=1 eptad=1", &user),
+            "nested=1 ept=1 eptad=0"
+        );
+        assert_eq!(with_user_params("irqbypass", "", &user), "");
+        assert_eq!(
+            with_user_params("kvm", "force_emulation_prefix=1", &[]),
+            "force_emulation_prefix=1"
+        );
     }
 }

@@ -120,6 +120,11 @@ pub enum Command {
     /// Print the Kconfig fragment a kernel needs to be booted and judged by nestfault, or write
     /// a minimal .config with it into a kernel tree (--tree).
     Kconfig(crate::kconfig::KconfigArgs),
+    /// Say whether this machine can run the suite directly (/dev/kvm, nesting, KVM's parameters,
+    /// the forced-emulation prefix, MAXPHYADDR, 1 GiB pages), vendor by vendor, and what would not
+    /// run here, each with what turns it on. Exit 0 when some vendor can run, 125 when none can
+    /// nest, 255 when /dev/kvm cannot be opened.
+    Host,
 }
 
 impl Cli {

@@ -106,7 +106,6 @@ fn flaky_diagnosis(outcomes: &[Outcome], run_count: usize) -> String {
     text
 }
 
-
 /// Ascending numbers as `1-3,5,7-8`.
 fn number_ranges(numbers: &[usize]) -> String {
     let mut ranges: Vec<(usize, usize)> = Vec::new();

@@ -11,12 +11,12 @@ use kvm_bindings::CpuId;
 use kvm_ioctls::Kvm;
 
 use crate::arch::{Svm, SvmCapabilities, Vendor, Vmx};
-use crate::environment::vmx_capabilities;
 use crate::elf::L1_STUB;
+use crate::environment::vmx_capabilities;
 use crate::layout::{self, MEMORY_SIZE};
 use crate::scenario::{AccessPath, Case, VendorKind};
 use crate::verdict::{compare_paths, judge, Status, Verdict};
-use crate::vm::{self, Vm};
+use crate::vm::{self, Vm, VmError};
 
 pub struct RunOptions {
     /// Per case: a guest that has not reported by then is stopped and reported as an error.
@@ -200,14 +200,11 @@ fn run_one(
         Ok(vm) => vm,
         Err(error) => return harness_error(error.to_string()),
     };
-    let vendor: Box<dyn Vendor> = match case.vendor {
-        VendorKind::Svm => Box::new(Svm::new(SvmCapabilities::from_cpuid(cpuid))),
-        VendorKind::Vmx => match vmx_capabilities(&vm).map(Vmx::new) {
-            Ok(Ok(vmx)) => Box::new(vmx),
-            // An EPT capability L0 does not offer L1 (ept=0, eptad=0): a setting of this host.
-            Ok(Err(missing)) => return Verdict::without_run(case, Status::NotRun, missing),
-            Err(error) => return harness_error(error.to_string()),
-        },
+    let vendor = match vendor_for(case.vendor, cpuid, &vm) {
+        Ok(Ok(vendor)) => vendor,
+        // An EPT capability L0 does not offer L1 (ept=0, eptad=0): a setting of this host.
+        Ok(Err(missing)) => return Verdict::without_run(case, Status::NotRun, missing),
+        Err(error) => return harness_error(error.to_string()),
     };
     if let Some(reason) = vendor.unsupported(&case.scenario) {
         return Verdict::without_run(case, Status::NotRun, reason);
@@ -243,6 +240,19 @@ fn run_one(
         }
     }
     verdict
+}
+
+/// The oracle for `kind` as this host's KVM offers it to L1 (`vm` is any VM of that KVM, for the
+/// VMX capability MSRs), or what L1 is not offered that every case of `kind` needs.
+pub fn vendor_for(
+    kind: VendorKind,
+    cpuid: &CpuId,
+    vm: &Vm,
+) -> Result<Result<Box<dyn Vendor>, String>, VmError> {
+    Ok(match kind {
+        VendorKind::Svm => Ok(Box::new(Svm::new(SvmCapabilities::from_cpuid(cpuid)))),
+        VendorKind::Vmx => Vmx::new(vmx_capabilities(vm)?).map(|vmx| Box::new(vmx) as _),
+    })
 }
 
 #[cfg(test)]

@@ -247,9 +247,11 @@ impl Vmx {
         let ept = capabilities.ept_vpid;
         let secondary_allowed = (capabilities.secondary >> 32) as u32;
         if secondary_allowed & control::SECONDARY_ENABLE_EPT == 0 {
-            return Err("KVM offers L1 no EPT (IA32_VMX_PROCBASED_CTLS2 bit 33 clear): load \
+            return Err(
+                "KVM offers L1 no EPT (IA32_VMX_PROCBASED_CTLS2 bit 33 clear): load \
                         kvm_intel with ept=1 (with --kernel: --kernel-param kvm_intel.ept=1)"
-                .into());
+                    .into(),
+            );
         }
         for (bit, what) in [
             (EPT_CAP_WALK_LENGTH_4, "4-level EPT (bit 6)"),

@@ -141,8 +141,9 @@ pub enum BootError {
     KvmAbsent { module: &'static str },
 
     #[error(
-        "{module} is loaded but nested virtualization is off (parameters/nested = {value}); \
-         the kernel under test must allow nested=1"
+        "{module} is loaded but nested virtualization is off (parameters/nested = {value}): \
+         nestfault loads it with nested=1 unless --kernel-param {module}.nested=... says \
+         otherwise; a kernel whose {module} refuses nested=1 cannot be judged"
     )]
     NestedOff { module: &'static str, value: String },
 }

@@ -19,6 +19,7 @@ use super::tempdir::private_dir;
 use super::unsigned::{unsigned_copy, CopyCache, Unsigning};
 use crate::arch;
 use crate::elf::{Elf, EM_X86_64};
+use crate::module_param;
 use crate::scenario::VendorKind;
 
 /// Where the dynamic linker of a Debian system finds libraries without an
@@ -32,20 +33,32 @@ const LIBRARY_DIRS: [&str; 6] = [
     "/usr/lib",
 ];
 
+/// How the guest loads the KVM modules.
+#[derive(Clone, Debug, Default)]
+pub struct ModuleLoading {
+    /// Each signed module also goes in unsigned (and stripped), for the guest to try first.
+    pub unsigned_copies: bool,
+    /// The user's kernel parameters; `MODULE.PARAM=VALUE` ones become load parameters.
+    pub user_params: Vec<String>,
+}
+
 /// Builds the initramfs at `out`. See the module documentation for its contents. `files` (name,
 /// contents) go to [`GUEST_FILES_DIR`](super::GUEST_FILES_DIR) for the inner nestfault to read.
-/// With `unsigned_modules`, each signed module also goes in unsigned, for the guest to try first.
+/// `modules_as` says whether each signed module also goes in unsigned, for the guest to try
+/// first, and which of the user's `--kernel-param`s (`MODULE.PARAM=VALUE`) reach a modular KVM
+/// as load parameters, over nestfault's own (see [`module_param::with_user_params`]).
 pub fn build_initramfs(
     init_exe: &Path,
     kernel: &PreparedKernel,
     vendor: VendorKind,
     inner_args: &[String],
     files: &[(String, Vec<u8>)],
-    unsigned_modules: bool,
+    modules_as: &ModuleLoading,
     out: &Path,
 ) -> Result<(), BootError> {
     let init = fs::read(init_exe).map_err(|e| BootError::io("read", init_exe, e))?;
     let runtime = runtime_files(init_exe, &init)?;
+    let unsigned_modules = modules_as.unsigned_copies;
     let copies = unsigned_modules.then(CopyCache::open).flatten();
     let modules = match &kernel.modules_dir {
         Some(dir) => modules::resolve(
@@ -98,7 +111,11 @@ pub fn build_initramfs(
         }
         let mut load_order = String::new();
         for (module, unsigned) in modules.iter().zip(&unsigned) {
-            let params = arch::module_parameters(vendor, &module.name, &module.info.params);
+            let params = module_param::with_user_params(
+                &module.name,
+                &arch::module_parameters(vendor, &module.name, &module.info.params),
+                &modules_as.user_params,
+            );
             load_order.push_str(&format!("{}\t{}\n", module.name, params));
             if let Some(copy) = unsigned {
                 let path = paths::unsigned_module(&module.name);

@@ -69,7 +69,7 @@ pub use cmdline::fast_boot_help;
 pub use contract::paths::FILES_DIR as GUEST_FILES_DIR;
 pub use emulator::choose_emulator;
 pub use error::BootError;
-pub use initramfs::build_initramfs;
+pub use initramfs::{build_initramfs, ModuleLoading};
 pub use inner::{inner_setup, power_off, running_as_init};
 pub use kernel::{prepare_kernel, KernelInput, PreparedKernel};
 pub use tempdir::{private_dir, remove_stale_dirs};

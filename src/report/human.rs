@@ -128,17 +128,21 @@ mod tests {
             text.contains("        expected failure: the open finding"),
             "{text}"
         );
-        assert!(text.contains("XPASS   vmx/final_page_unmapped/forced"), "{text}");
-        assert!(text.contains("NOT RUN svm/pt_page_unmapped/forced\n"), "{text}");
+        assert!(
+            text.contains("XPASS   vmx/final_page_unmapped/forced"),
+            "{text}"
+        );
+        assert!(
+            text.contains("NOT RUN svm/pt_page_unmapped/forced\n"),
+            "{text}"
+        );
         assert_eq!(text.matches("kvm_intel is not loaded").count(), 1, "{text}");
         assert!(
             text.contains("not run (1 case): kvm's force_emulation_prefix is 0"),
             "{text}"
         );
         assert!(
-            text.contains(
-                "1 passed, 2 failed, 1 errors, 1 xfail, 1 xpass, 1 not run, 2 skipped"
-            ),
+            text.contains("1 passed, 2 failed, 1 errors, 1 xfail, 1 xpass, 1 not run, 2 skipped"),
             "{text}"
         );
     }

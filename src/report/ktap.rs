@@ -247,7 +247,10 @@ mod tests {
             .reason
             .as_deref()
             .is_some_and(|reason| reason.contains("echo 1 | sudo tee")));
-        assert!(text.contains("\n# svm KVM: kvm.force_emulation_prefix=0"), "{text}");
+        assert!(
+            text.contains("\n# svm KVM: kvm.force_emulation_prefix=0"),
+            "{text}"
+        );
         assert!(
             text.contains(&format!("\n# kernel: {}\n", sample::KERNEL)),
             "{text}"

@@ -307,7 +307,13 @@ mod tests {
             (Format::Ktap, "ktap"),
         ] {
             let mut out = Vec::new();
-            render(format, &sample::environment(), &sample::verdicts(), &mut out).unwrap();
+            render(
+                format,
+                &sample::environment(),
+                &sample::verdicts(),
+                &mut out,
+            )
+            .unwrap();
             let text = String::from_utf8(out).unwrap();
             if let Some(dir) = std::env::var_os("NESTFAULT_EXAMPLES_DIR") {
                 std::fs::write(

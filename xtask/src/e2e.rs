@@ -112,9 +112,14 @@ fn check(
         }
         let fix = arch::fix_checked_by(case).filter(|fix| missing.contains(fix));
         let finding = arch::open_finding(case);
-        let should_fail = fix.is_some() || finding.is_some();
-        any_failed |= should_fail;
-        let wanted = if should_fail { "fail" } else { "pass" };
+        // A row wrong only as an open finding says is an expected failure; a missing fix makes
+        // it a failure like any other.
+        let wanted = match (fix, finding) {
+            (Some(_), _) => "fail",
+            (None, Some(_)) => "xfail",
+            (None, None) => "pass",
+        };
+        any_failed |= wanted == "fail";
         expect(
             status == wanted,
             format!("{id}: {status}, wanted {wanted}; diagnosis: {diagnosis}"),
@@ -574,7 +579,7 @@ mod tests {
     }
 
     /// 7.2 under Bochs, as measured: every row passes but the forced EPT-violation rows, which
-    /// show the open stale-linear-address finding.
+    /// show the open stale-linear-address finding and nothing else: expected failures, exit 0.
     #[test]
     fn an_open_finding_is_expected_on_a_fixed_kernel_and_must_be_named() {
         let cases: Vec<Case> = scenario::expand(&scenario::built_in().unwrap())
@@ -587,7 +592,7 @@ mod tests {
                 let point = &case.scenario;
                 let finding = arch::open_finding(case);
                 json!({
-                    "id": case.id(), "status": if finding.is_some() { "fail" } else { "pass" },
+                    "id": case.id(), "status": if finding.is_some() { "xfail" } else { "pass" },
                     "target": point.target.name(), "fault": point.fault.name(),
                     "access": point.access.name(), "nested_leaf": point.nested_leaf.name(),
                     "l2_leaf": point.l2_leaf.name(),
@@ -597,9 +602,11 @@ mod tests {
             .collect();
         let report = json!({"kernel": "7.2.13+deb14-amd64", "results": results});
         assert_eq!(
-            check("7.2", Some(1), &report, &cases).unwrap(),
+            check("7.2", Some(0), &report, &cases).unwrap(),
             Vec::<String>::new()
         );
+        // Expected failures must not fail the run, nor count as plain failures.
+        assert_eq!(check("7.2", Some(1), &report, &cases).unwrap().len(), 1);
         let forced = cases
             .iter()
             .position(|case| arch::open_finding(case).is_some())
@@ -607,9 +614,12 @@ mod tests {
         let mut unnamed = report.clone();
         unnamed["results"][forced]["diagnosis"] =
             json!("guest_linear_address: wanted 0x1, got 0x2");
-        assert_eq!(check("7.2", Some(1), &unnamed, &cases).unwrap().len(), 1);
+        assert_eq!(check("7.2", Some(0), &unnamed, &cases).unwrap().len(), 1);
         let mut passing = report.clone();
         passing["results"][forced]["status"] = json!("pass");
-        assert!(!check("7.2", Some(1), &passing, &cases).unwrap().is_empty());
+        assert!(!check("7.2", Some(0), &passing, &cases).unwrap().is_empty());
+        let mut failing = report.clone();
+        failing["results"][forced]["status"] = json!("fail");
+        assert!(!check("7.2", Some(0), &failing, &cases).unwrap().is_empty());
     }
 }
