@@ -108,8 +108,13 @@ fn run(cli: &Cli) -> anyhow::Result<Done> {
                      --kernel-param kvm.force_emulation_prefix=0 turns off: leave out one of them"
                 );
             }
-            kernel_mode::run(cli, image, &all)?
+            let run = kernel_mode::run(cli, image, &all)?;
+            if !cli.as_host.is_empty() {
+                return as_host_results(cli, &run.commands);
+            }
+            (run.environment, run.verdicts)
         }
+        None if !cli.as_host.is_empty() => bail!("--as-host needs --kernel"),
         None => run_here(cli, &all)?,
     };
     let mut stdout = std::io::stdout().lock();
@@ -141,6 +146,24 @@ fn run(cli: &Cli) -> anyhow::Result<Done> {
         );
     }
     Ok(Done::Judged(verdicts))
+}
+
+/// Prints what each `--as-host` command did, one JSON object a line; every command must have
+/// reported in every boot.
+fn as_host_results(cli: &Cli, results: &[crate::as_host::CommandResult]) -> anyhow::Result<Done> {
+    let mut stdout = std::io::stdout().lock();
+    for result in results {
+        writeln!(stdout, "{}", serde_json::to_string(result)?)?;
+    }
+    let boots = cli.explicit_vendors().map_or(2, |vendors| vendors.len());
+    if results.len() != cli.as_host.len() * boots {
+        bail!(
+            "the guest reported {} of {} --as-host commands (see the progress above)",
+            results.len(),
+            cli.as_host.len() * boots
+        );
+    }
+    Ok(Done::Informed)
 }
 
 /// Direct mode: the selected cases on this machine's KVM. A /dev/kvm this user cannot open is

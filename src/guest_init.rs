@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use anyhow::Context;
+
+use crate::as_host;
 use crate::boot;
 use crate::environment::VendorEnvironment;
 use crate::kernel_mode::{Record, LOADED};
@@ -43,6 +46,15 @@ pub fn main() -> ! {
 }
 
 fn inner_run(cli: &Cli, say: &mut dyn FnMut(Record)) -> anyhow::Result<()> {
+    if !cli.as_host.is_empty() {
+        as_host::prepare().context("making the guest a distribution host")?;
+        for command in &cli.as_host {
+            say(Record::HostCommand(Box::new(as_host::run(
+                "/init", command,
+            ))));
+        }
+        return Ok(());
+    }
     if cli.bare_boot {
         // Set up (modules loaded) and done: what the benchmark compares a full run with.
         return Ok(());

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+use crate::as_host::CommandResult;
 use crate::boot::{self, BootEnd, BootOptions, Emulator, KernelInput};
 use crate::debian;
 use crate::environment::{Environment, VendorEnvironment};
@@ -28,6 +29,8 @@ pub enum Record {
     Environment(Box<VendorEnvironment>),
     /// A case's run: the host puts it together with the case into a [`Verdict`].
     Verdict(Box<RunResult>),
+    /// What one `--as-host` command did.
+    HostCommand(Box<CommandResult>),
     /// The inner process could not test anything (KVM modules missing or refusing nested).
     Untestable(String),
     /// All selected cases ran.
@@ -51,6 +54,7 @@ impl Record {
                 format!("{TAG}environment {}", json_body(environment))
             }
             Record::Verdict(verdict) => format!("{TAG}verdict {}", json_body(verdict)),
+            Record::HostCommand(result) => format!("{TAG}command {}", json_body(result)),
             Record::Untestable(reason) => format!("{TAG}untestable {}", json_body(reason)),
             Record::Done => format!("{TAG}done"),
         }
@@ -85,6 +89,9 @@ impl Record {
             "verdict" => serde_json::from_str(rest)
                 .ok()
                 .map(|verdict| Record::Verdict(Box::new(verdict))),
+            "command" => serde_json::from_str(rest)
+                .ok()
+                .map(|result| Record::HostCommand(Box::new(result))),
             "untestable" => serde_json::from_str(rest).ok().map(Record::Untestable),
             "done" if rest.is_empty() => Some(Record::Done),
             _ => None,
@@ -104,7 +111,7 @@ fn json_body(value: &impl serde::Serialize) -> String {
 /// The outer side: one boot per vendor, all of that vendor's cases in it. Returns what the run
 /// was obtained under (the kernel's release, each vendor's KVM) and a verdict per selected case. Whatever must be fixed before a verdict is possible
 /// (an emulator missing or unsuitable, an unusable --console-log) is an error before any boot.
-pub fn run(cli: &Cli, image: &Path, all: &[Case]) -> anyhow::Result<(Environment, Vec<Verdict>)> {
+pub fn run(cli: &Cli, image: &Path, all: &[Case]) -> anyhow::Result<KernelRun> {
     // The guest gets the --scenarios-dir files in its initramfs.
     let scenario_files = match &cli.scenarios_dir {
         Some(dir) => scenario::read_dir(dir)?,
@@ -150,6 +157,9 @@ pub fn run(cli: &Cli, image: &Path, all: &[Case]) -> anyhow::Result<(Environment
         if cli.bare_boot {
             inner_args.push("--bare-boot".into());
         }
+        for command in &cli.as_host {
+            inner_args.extend(["--as-host".to_string(), command.clone()]);
+        }
         if !files.is_empty() {
             inner_args.extend(["--scenarios-dir".into(), boot::GUEST_FILES_DIR.into()]);
         }
@@ -173,7 +183,8 @@ pub fn run(cli: &Cli, image: &Path, all: &[Case]) -> anyhow::Result<(Environment
             &files,
             &boot::ModuleLoading {
                 unsigned_copies: !cli.no_fast_boot,
-                user_params: cli.kernel_params.clone(),
+                user_params: cli.boot_kernel_params(),
+                stock: !cli.as_host.is_empty(),
             },
             &initramfs,
         )?;
@@ -204,6 +215,7 @@ pub fn run(cli: &Cli, image: &Path, all: &[Case]) -> anyhow::Result<(Environment
     let mut release = kernel.release.clone();
     let mut verdicts = Vec::new();
     let mut vendors = Vec::new();
+    let mut commands = Vec::new();
     for (planned, outcome) in boots.iter().zip(outcomes) {
         let mut outcome = outcome?;
         release = outcome.kernel.clone().unwrap_or(release);
@@ -211,11 +223,28 @@ pub fn run(cli: &Cli, image: &Path, all: &[Case]) -> anyhow::Result<(Environment
             environment.machine = planned.emulator.to_string();
             vendors.push(environment);
         }
-        verdicts.extend(collate(&planned.cases, outcome, cli.repeat));
+        if cli.as_host.is_empty() {
+            verdicts.extend(collate(&planned.cases, outcome, cli.repeat));
+        } else {
+            commands.extend(std::mem::take(&mut outcome.commands));
+        }
     }
     let mut environment = Environment::new(&release);
     environment.vendors = vendors;
-    Ok((environment, verdicts))
+    Ok(KernelRun {
+        environment,
+        verdicts,
+        commands,
+    })
+}
+
+/// What a `--kernel` run brought back.
+pub struct KernelRun {
+    pub environment: Environment,
+    /// A verdict per selected case (none under `--as-host`).
+    pub verdicts: Vec<Verdict>,
+    /// What each `--as-host` command did, per boot in order.
+    pub commands: Vec<CommandResult>,
 }
 
 /// One boot to come: a vendor, its cases, the emulator and where its console goes.
@@ -308,6 +337,8 @@ const DEBIAN_PREFIX: &str = "debian:";
 struct Outcome {
     kernel: Option<String>,
     environment: Option<VendorEnvironment>,
+    /// What the `--as-host` commands did.
+    commands: Vec<CommandResult>,
     verdicts: Vec<Verdict>,
     /// Why cases without all their runs lack them.
     missing: Missing,
@@ -330,6 +361,7 @@ impl Outcome {
         Outcome {
             kernel: None,
             environment: None,
+            commands: Vec::new(),
             verdicts: Vec::new(),
             missing: Missing::Unfinished(crate::interrupt::reason()),
             note: None,
@@ -350,12 +382,13 @@ fn boot_and_collect(
     }
     options.verbose = cli.verbose;
     options.fast_boot = !cli.no_fast_boot;
-    options.kernel_params = cli.kernel_params.clone();
+    options.kernel_params = cli.boot_kernel_params();
     options.console_log = planned.console_log.clone();
     let started = Instant::now();
     let mut outcome = Outcome {
         kernel: None,
         environment: None,
+        commands: Vec::new(),
         verdicts: Vec::new(),
         missing: Missing::Unfinished(String::new()),
         note: None,
@@ -383,6 +416,7 @@ fn boot_and_collect(
             match record {
                 Record::Kernel(release) => outcome.kernel = Some(release),
                 Record::Environment(environment) => outcome.environment = Some(*environment),
+                Record::HostCommand(result) => outcome.commands.push(*result),
                 Record::Verdict(result) => {
                     // The report's words, in its order: status, then id.
                     eprintln!(
@@ -628,6 +662,7 @@ mod tests {
         Outcome {
             kernel: None,
             environment: None,
+            commands: Vec::new(),
             verdicts,
             missing,
             note: None,

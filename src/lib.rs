@@ -3,6 +3,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod arch;
+pub mod as_host;
 pub mod boot;
 pub mod cli;
 pub mod clock;

@@ -108,6 +108,14 @@ pub struct Cli {
           help = "With --kernel: boot without nestfault's speed parameters (see --help)")]
     pub no_fast_boot: bool,
 
+    /// The e2e's "as a host" stage: with --kernel, load KVM as a distribution does (no
+    /// nestfault parameters, only --kernel-param's), give /dev/kvm to group kvm (0660), and run
+    /// `nestfault ARGS` inside, in direct mode, as an unprivileged user: `kvm: ARGS` in the kvm
+    /// group, `nokvm: ARGS` outside it; repeatable. Prints one JSON line per command.
+    // Not `requires = "kernel"`: the guest's /init parses the same flag without --kernel.
+    #[arg(long = "as-host", value_name = "USER: ARGS", hide = true)]
+    pub as_host: Vec<String>,
+
     /// Set up but run no case: with --kernel, boot the kernel, load the KVM modules if --modules
     /// names them, and power off. What `cargo xtask bench` compares a full run with.
     #[arg(long, hide = true)]
@@ -173,6 +181,16 @@ impl Cli {
         self.scenarios
             .iter()
             .any(|pattern| pattern == id || pattern == scenario)
+    }
+
+    /// The kernel parameters a --kernel boot gets after nestfault's own: the user's, behind
+    /// those that make KVM a distribution's under --as-host.
+    pub fn boot_kernel_params(&self) -> Vec<String> {
+        if self.as_host.is_empty() {
+            self.kernel_params.clone()
+        } else {
+            crate::as_host::stock_kernel_params(&self.kernel_params)
+        }
     }
 
     /// Whether the user's `--kernel-param`s leave kvm's forced-emulation prefix off (the last

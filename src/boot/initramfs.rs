@@ -40,6 +40,9 @@ pub struct ModuleLoading {
     pub unsigned_copies: bool,
     /// The user's kernel parameters; `MODULE.PARAM=VALUE` ones become load parameters.
     pub user_params: Vec<String>,
+    /// Load the modules as a distribution does: without nestfault's parameters (nested=1, the
+    /// forced-emulation prefix), with the user's only.
+    pub stock: bool,
 }
 
 /// Builds the initramfs at `out`. See the module documentation for its contents. `files` (name,
@@ -111,11 +114,13 @@ pub fn build_initramfs(
         }
         let mut load_order = String::new();
         for (module, unsigned) in modules.iter().zip(&unsigned) {
-            let params = module_param::with_user_params(
-                &module.name,
-                &arch::module_parameters(vendor, &module.name, &module.info.params),
-                &modules_as.user_params,
-            );
+            let ours = if modules_as.stock {
+                String::new()
+            } else {
+                arch::module_parameters(vendor, &module.name, &module.info.params)
+            };
+            let params =
+                module_param::with_user_params(&module.name, &ours, &modules_as.user_params);
             load_order.push_str(&format!("{}\t{}\n", module.name, params));
             if let Some(copy) = unsigned {
                 let path = paths::unsigned_module(&module.name);
