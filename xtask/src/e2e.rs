@@ -14,6 +14,7 @@ use serde_json::Value;
 use nestfault::arch::{self, svm, vmx, Fix};
 use nestfault::scenario::{self, AccessPath, Case, VendorKind};
 
+use crate::as_host;
 use crate::kernels::{self, FetchedKernel, KernelsArgs};
 use crate::tree;
 
@@ -32,6 +33,9 @@ pub struct E2eArgs {
     #[arg(long)]
     pub no_tree: bool,
 }
+
+/// The kernel of the "as a host" stage: it carries every fix, so every case that runs passes.
+const AS_HOST_KERNEL: &str = "7.2";
 
 /// The upstream fixes a known kernel lacks: which rows it fails is then the oracle's answer
 /// (`arch::fix_checked_by`), not a guess from scenario names.
@@ -271,6 +275,15 @@ pub fn run(args: &E2eArgs) -> Result<()> {
             &format!("{} signed modules", kernel.label),
             outcome,
         ));
+    }
+    // A distribution host: the newest fixed kernel, KVM as Debian loads it, nestfault run
+    // inside by an unprivileged user.
+    match fetched.iter().find(|kernel| kernel.label == AS_HOST_KERNEL) {
+        Some(kernel) => outcomes.push(report_stage(
+            &format!("{} as a host", kernel.label),
+            as_host::run(&nestfault, kernel, &logs),
+        )),
+        None => println!("e2e as a host: not run ({AS_HOST_KERNEL} is not among the kernels)"),
     }
     if !args.no_tree {
         let outcome = tree::run(&args.kernels.cache.dir()?, &nestfault, &workspace);

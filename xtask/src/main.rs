@@ -1,6 +1,7 @@
 //! Developer tasks for nestfault, run as `cargo xtask <task>`.
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+mod as_host;
 mod bench;
 mod e2e;
 mod kernels;
