@@ -251,6 +251,43 @@ impl EmulatorChoice {
 mod tests {
     use super::*;
 
+    #[test]
+    fn only_exact_ids_and_names_are_requests_for_one_case() {
+        let cli = Cli::parse_from([
+            "nestfault",
+            "--scenario",
+            "svm/pt_page_unmapped/forced",
+            "--scenario",
+            "final_page_unmapped",
+            "--scenario",
+            "vmx/*",
+        ]);
+        assert!(cli.names_exactly("svm/pt_page_unmapped/forced", "pt_page_unmapped"));
+        assert!(cli.names_exactly("vmx/final_page_unmapped/forced", "final_page_unmapped"));
+        assert!(!cli.names_exactly("vmx/pd_page_unmapped_read/forced", "pd_page_unmapped_read"));
+        let all = Cli::parse_from(["nestfault", "--scenario", "all"]);
+        assert!(!all.names_exactly("svm/pt_page_unmapped/forced", "pt_page_unmapped"));
+    }
+
+    #[test]
+    fn the_last_forced_prefix_parameter_wins() {
+        let cli = |params: &[&str]| {
+            let mut args = vec!["nestfault", "--kernel", "bzImage"];
+            for param in params {
+                args.extend(["--kernel-param", param]);
+            }
+            Cli::parse_from(args)
+        };
+        assert!(cli(&["kvm.force_emulation_prefix=0"]).turns_forced_prefix_off());
+        assert!(!cli(&[
+            "kvm.force_emulation_prefix=0",
+            "kvm.force_emulation_prefix=1"
+        ])
+        .turns_forced_prefix_off());
+        assert!(!cli(&["kvm.tdp_mmu=0"]).turns_forced_prefix_off());
+        assert!(!cli(&[]).turns_forced_prefix_off());
+    }
+
     /// `--emulator` spells each emulator the way reports name it.
     #[test]
     fn emulator_choices_are_the_reported_names() {

@@ -480,6 +480,57 @@ mod tests {
         assert!(diagnosis.contains("297c2fe249db"), "{diagnosis}");
     }
 
+    /// A row wrong only where its open finding says is an expected failure naming the finding;
+    /// wrong anywhere else too, a failure; right everywhere, an unexpected pass.
+    #[test]
+    fn open_findings_make_expected_failures_and_nothing_more() {
+        let vendor = arch::for_tests(crate::scenario::VendorKind::Vmx);
+        let case = case("vmx/pt_page_unmapped/forced");
+        assert!(arch::open_finding(&case).is_some());
+        let expectation = vendor.expect(&case, &site());
+        let wanted = |field| expectation.get(field).map_or(0, |e| e.value);
+        let exit = [
+            wanted(arch::Field::Code),
+            wanted(arch::Field::Bits),
+            wanted(arch::Field::Gpa),
+            wanted(arch::Field::LinearAddress),
+        ];
+        let judged =
+            |exit: [u64; 4]| judge(vendor.as_ref(), &case, &expectation, &observed(exit), 1);
+        let xpass = judged(exit);
+        assert_eq!(xpass.status, Status::Xpass);
+        assert!(xpass.diagnosis.unwrap().contains("no longer shows"));
+        let stale = [exit[0], exit[1], exit[2], exit[3] ^ 0x40_0000];
+        let xfail = judged(stale);
+        assert_eq!(xfail.status, Status::Xfail);
+        let diagnosis = xfail.diagnosis.unwrap();
+        assert!(
+            diagnosis.starts_with(
+                "expected failure: the open finding \"stale guest-linear address\" \
+                 (docs/findings/vmx-stale-guest-linear-address.md)"
+            ),
+            "{diagnosis}"
+        );
+        assert!(
+            diagnosis.contains("guest_linear_address: wanted"),
+            "{diagnosis}"
+        );
+        // The stale address and wrong bits 8:7 (a kernel without 96b067b59ad9): a failure.
+        let also_bits = [exit[0], exit[1] ^ 0x180, exit[2], stale[3]];
+        assert_eq!(judged(also_bits).status, Status::Fail);
+        // Rows without an open finding never become expected failures.
+        let emulated = crate::scenario::built_in_case("vmx/pt_page_unmapped/emulated");
+        let expectation = vendor.expect(&emulated, &site());
+        let verdict = judge(
+            vendor.as_ref(),
+            &emulated,
+            &expectation,
+            &observed(stale),
+            1,
+        );
+        assert_eq!(verdict.status, Status::Fail);
+    }
+
     #[test]
     fn stopped_runs_and_stub_failures_are_errors() {
         let vendor = arch::for_tests(crate::scenario::VendorKind::Vmx);
