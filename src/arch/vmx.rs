@@ -27,7 +27,7 @@ pub const GVA_BITS_FIX: Fix = Fix {
 };
 
 /// KVM (7.2 as 6.1) sets GVA_IS_VALID on EPT violations it synthesizes but fills vmcs12's
-/// guest-linear address from vmcs02 (sync_vmcs02_to_vmcs12_rare), that is from whatever the CPU
+/// guest-linear address from vmcs02 (sync_vmcs02_to_vmcs12), that is from whatever the CPU
 /// last saved there. A string-I/O exit saves the memory operand's address, so the emulated path
 /// is right by coincidence; the #UD exit that starts forced emulation saves none, and L1 reads
 /// the address of an earlier access (nestfault's prime read).
@@ -35,7 +35,7 @@ pub const STALE_LINEAR_ADDRESS: Finding = Finding {
     name: "stale guest-linear address",
     summary:
         "KVM sets GVA_IS_VALID on an EPT violation it synthesizes after a #UD exit but leaves \
-              vmcs12's guest-linear address as the CPU last saved it (sync_vmcs02_to_vmcs12_rare; \
+              vmcs12's guest-linear address as the CPU last saved it (sync_vmcs02_to_vmcs12; \
               nested_ept_inject_page_fault sets only the GPA); no upstream fix known",
     field: Field::LinearAddress,
     write_up: "docs/findings/vmx-stale-guest-linear-address.md",
@@ -711,6 +711,13 @@ mod tests {
             .unwrap();
         assert!(reason.contains("1 GiB"), "{reason}");
         assert_eq!(vmx().unsupported(&one_g.scenario), None);
+    }
+
+    #[test]
+    fn every_open_finding_has_its_write_up() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let page = std::fs::read_to_string(root.join(STALE_LINEAR_ADDRESS.write_up)).unwrap();
+        assert!(page.contains(STALE_LINEAR_ADDRESS.name), "{page}");
     }
 
     #[test]
