@@ -13,12 +13,15 @@
 //! 0x0014_0000  page pool: tables, VMCB/VMCS, L2 code, stack and data pages
 //! ```
 //!
-//! L2 (virtual) address space: its code and stack identity-mapped through PML4 entry 0;
-//! [`FAULT_GVA`] mapped to the data page through PML4 entry 1, so that every L2 table page on its
-//! walk below the root is its own (a broken one cannot stop L2's code or stack), and at index 0 of
-//! each (the emulator reports page-aligned GPAs, the CPU the entry's own address: index 0 makes
-//! them agree). A data page behind a large nested leaf or a 2 MiB L2 page sits at
-//! [`DATA_GPA_BEYOND_RAM`]: every case faults before reaching it, so nothing needs to back it.
+//! L2 (virtual) address space: its code and stack identity-mapped through PML4 entry 0; the
+//! faulting address mapped to the data page through a PML4 entry of its own, so that every L2
+//! table page on its walk below the root is its own (a broken one cannot stop L2's code or
+//! stack). Where in its pages the access lies is the scenario's [`Placement`]: [`FAULT_GVA`] at
+//! byte 0 through entry 0 of every table below the root (page-aligned and exact addresses
+//! coincide), or [`FAULT_GVA_OFFSET`] at a byte offset through a non-zero entry of every table (a
+//! GPA rounded to its page, or wrong at any level, shows). A data page behind a large nested leaf
+//! or a 2 MiB L2 page sits at [`DATA_GPA_BEYOND_RAM`]: every case faults before reaching it, so
+//! nothing needs to back it.
 
 use nestfault_protocol::{Mailbox, MAILBOX_GPA, MAX_WRITES};
 
@@ -27,7 +30,7 @@ use crate::elf;
 use crate::machine::{CpuState, FaultSite, Segment, TSS_GPA};
 use crate::mailbox::GuestMailbox;
 use crate::paging::{Format, LayoutError, PageTable, Perms, PhysImage, PAGE_SIZE};
-use crate::scenario::{Access, AccessPath, Case, LeafSize, Target};
+use crate::scenario::{Access, AccessPath, Case, LeafSize, Placement, Target};
 
 pub const MEMORY_SIZE: u64 = 2 << 20;
 const GDT_GPA: u64 = 0x2000;
@@ -38,8 +41,12 @@ const POOL_START: u64 = 0x14_0000;
 /// prefetches shadow entries in aligned groups of 8 or 16 around a fault.
 const PREFETCH_GROUP: u64 = 0x1_0000;
 
-/// The data page L2 touches: PML4 entry 1, index 0 at every level below.
+/// The data L2 touches, [`Placement::Aligned`]: PML4 entry 1, index 0 at every level below,
+/// byte 0 of the page.
 pub const FAULT_GVA: u64 = 0x80_0000_0000;
+/// The same, [`Placement::Offset`]: PML4 entry 3, PDPT entry 5, PD entry 7, PT entry 9, byte
+/// 0x5a8 of the page (a one-byte access stays inside it).
+pub const FAULT_GVA_OFFSET: u64 = (3 << 39) | (5 << 30) | (7 << 21) | (9 << 12) | 0x5a8;
 /// The data page's GPA when a 2 MiB or 1 GiB page maps it (1 GiB-aligned, above L1's memory).
 pub const DATA_GPA_BEYOND_RAM: u64 = 0x4000_0000;
 /// Mapped through page tables of its own to L2's code page (see [`Prime`]).
@@ -113,7 +120,18 @@ pub fn build(case: &Case, vendor: &dyn Vendor, stub: &[u8]) -> Result<GuestImage
     } else {
         memory.alloc_page("the data page")?
     };
-    l2_tables.map_sized(&mut memory, FAULT_GVA, data, Perms::RWX, point.l2_leaf)?;
+    let data_gva = match point.placement {
+        Placement::Aligned => FAULT_GVA,
+        Placement::Offset => FAULT_GVA_OFFSET,
+    };
+    let page_of = |gva: u64| gva & !(point.l2_leaf.bytes() - 1);
+    l2_tables.map_sized(
+        &mut memory,
+        page_of(data_gva),
+        data,
+        Perms::RWX,
+        point.l2_leaf,
+    )?;
     let prime = match point.target {
         Target::Final => Prime::Walk,
         _ => Prime::Final,
@@ -136,14 +154,14 @@ pub fn build(case: &Case, vendor: &dyn Vendor, stub: &[u8]) -> Result<GuestImage
     let gva = if point.target == Target::Pml4 {
         code
     } else {
-        FAULT_GVA
+        data_gva
     };
     let site = FaultSite {
         gva,
         data_gpa: data,
         walk: l2_tables.walk(&memory, gva)?,
     };
-    let program = l2_program(case, prime_gva, vendor.done_instruction());
+    let program = l2_program(case, prime_gva, data_gva, vendor.done_instruction());
     memory.write("L2 code", code, &program)?;
 
     // L1's nested tables: identity, with the scenario's fault.
@@ -232,9 +250,9 @@ fn write_mailbox(
 /// intercept #UD.
 const FORCED_EMULATION_PREFIX: [u8; 5] = [0x0f, 0x0b, b'k', b'v', b'm'];
 
-/// L2's code: the prime read, the scenario's access to [`FAULT_GVA`], then the vendor's
-/// hypercall, which L1 intercepts as "finished without a fault".
-fn l2_program(case: &Case, prime_gva: u64, done: [u8; 3]) -> Vec<u8> {
+/// L2's code: the prime read, the scenario's access to `data_gva`, then the vendor's hypercall,
+/// which L1 intercepts as "finished without a fault".
+fn l2_program(case: &Case, prime_gva: u64, data_gva: u64, done: [u8; 3]) -> Vec<u8> {
     let mut code = Vec::new();
     let imm64 = |code: &mut Vec<u8>, value: u64| code.extend_from_slice(&value.to_le_bytes());
     // mov al, [moffs64]
@@ -248,7 +266,7 @@ fn l2_program(case: &Case, prime_gva: u64, done: [u8; 3]) -> Vec<u8> {
                 _ => (0xbe, 0x6e),             // mov rsi, imm64; outsb
             };
             code.extend_from_slice(&[0x48, load_index_register]);
-            imm64(&mut code, FAULT_GVA);
+            imm64(&mut code, data_gva);
             code.extend_from_slice(&[0x66, 0xba]); // mov dx, imm16
             code.extend_from_slice(&L2_IO_PORT.to_le_bytes());
             code.push(string_op);
@@ -262,7 +280,7 @@ fn l2_program(case: &Case, prime_gva: u64, done: [u8; 3]) -> Vec<u8> {
                 Access::Write => code.push(0xa2), // mov [moffs64], al
                 Access::Fetch => code.extend_from_slice(&[0x48, 0xb8]), // mov rax, imm64
             }
-            imm64(&mut code, FAULT_GVA);
+            imm64(&mut code, data_gva);
             if access == Access::Fetch {
                 code.extend_from_slice(&[0xff, 0xe0]); // jmp rax
             }
@@ -290,7 +308,12 @@ mod tests {
     #[test]
     fn l2_programs_encode_the_scenario_access() {
         let done = [0x0f, 0x01, 0xd9];
-        let outsb = l2_program(&case("svm/pt_page_unmapped/emulated"), 0x1234, done);
+        let outsb = l2_program(
+            &case("svm/pt_page_unmapped/emulated"),
+            0x1234,
+            FAULT_GVA,
+            done,
+        );
         assert_eq!(&outsb[..9], &[0xa0, 0x34, 0x12, 0, 0, 0, 0, 0, 0]);
         assert_eq!(&outsb[9..11], &[0x48, 0xbe]);
         assert_eq!(&outsb[11..19], &FAULT_GVA.to_le_bytes());
@@ -298,21 +321,42 @@ mod tests {
             &outsb[19..],
             &[0x66, 0xba, 0x80, 0x00, 0x6e, 0x0f, 0x01, 0xd9]
         );
-        let insb = l2_program(&case("svm/final_page_write_protected/emulated"), 0, done);
+        let insb = l2_program(
+            &case("svm/final_page_write_protected/emulated"),
+            0,
+            FAULT_GVA,
+            done,
+        );
         assert_eq!((insb[10], insb[23]), (0xbf, 0x6c));
-        let store = l2_program(&case("svm/final_page_write_protected/hardware"), 0, done);
+        let store = l2_program(
+            &case("svm/final_page_write_protected/hardware"),
+            0,
+            FAULT_GVA,
+            done,
+        );
         assert_eq!(&store[9..18], &[0xa2, 0, 0, 0, 0, 0x80, 0, 0, 0]);
-        let forced = l2_program(&case("svm/final_page_write_protected/forced"), 0, done);
+        let forced = l2_program(
+            &case("svm/final_page_write_protected/forced"),
+            0,
+            FAULT_GVA,
+            done,
+        );
         assert_eq!(&forced[9..15], &[0x0f, 0x0b, b'k', b'v', b'm', 0xa2]);
         assert_eq!(&forced[15..23], &store[10..18]);
-        let jump = l2_program(&case("vmx/final_page_no_execute_fetch/hardware"), 0, done);
+        let jump = l2_program(
+            &case("vmx/final_page_no_execute_fetch/hardware"),
+            0,
+            FAULT_GVA,
+            done,
+        );
         assert_eq!(&jump[9..11], &[0x48, 0xb8], "mov rax, imm64");
         assert_eq!(&jump[19..21], &[0xff, 0xe0], "jmp rax");
     }
 
     /// For every built-in case: the nested leaf of the broken page carries the vendor's edit,
     /// the rest of L2's walk stays whole, the broken page is not L2's CR3 page (which its code
-    /// walks) unless the scenario says so, and the walk has index 0 below the root.
+    /// walks) unless the scenario says so, and the walk has index 0 below the root where the
+    /// placement is aligned and a non-zero index at every level where it is offset.
     #[test]
     fn nested_tables_break_exactly_the_scenarios_entry() {
         let stub = crate::elf::tests::tiny_stub();
@@ -358,13 +402,20 @@ mod tests {
                 }
             );
             if point.target != Target::Pml4 {
-                for (depth, entry) in site.walk.iter().enumerate().skip(1) {
-                    assert_eq!(
-                        entry % PAGE_SIZE,
-                        0,
-                        "{id}: entry {depth} of its table is index 0"
-                    );
+                for (depth, entry) in site.walk.iter().enumerate() {
+                    let index = entry % PAGE_SIZE / 8;
+                    match point.placement {
+                        Placement::Aligned if depth > 0 => {
+                            assert_eq!(index, 0, "{id}: entry {depth} of its table is index 0")
+                        }
+                        Placement::Aligned => {}
+                        Placement::Offset => {
+                            assert_ne!(index, 0, "{id}: entry {depth} of its table is not 0")
+                        }
+                    }
                 }
+                let offset = site.gva % PAGE_SIZE;
+                assert_eq!(offset != 0, point.placement == Placement::Offset, "{id}");
             }
             let whole = |gpa: u64| nested.translate(&image.memory, gpa).unwrap().map(|t| t.1);
             for page in site.walk.iter().map(|entry| entry & !(PAGE_SIZE - 1)) {

@@ -92,6 +92,18 @@ axis! {
 }
 
 axis! {
+    /// Where in its pages the faulting access lies, which decides the addresses L1 must be told.
+    pub enum Placement {
+        /// At byte 0 of its page, through entry 0 of every L2 table below the root: page-aligned
+        /// and exact addresses coincide.
+        Aligned = "aligned",
+        /// At a non-zero byte offset, through a non-zero entry of every L2 table (PML4, PDPT, PD,
+        /// PT): a GPA or linear address wrong at any level, or rounded to its page, shows.
+        Offset = "offset",
+    }
+}
+
+axis! {
     /// How the fault reaches L0.
     pub enum AccessPath {
         /// String I/O (OUTSB reads, INSB writes), which L0 emulates since L1 does not intercept I/O:
@@ -138,6 +150,7 @@ pub struct Scenario {
     pub access: Access,
     pub nested_leaf: LeafSize,
     pub l2_leaf: LeafSize,
+    pub placement: Placement,
     /// The (vendor, path) pairs left after the matrix's exclusions, vendor-major.
     pub runs: Vec<(VendorKind, AccessPath)>,
 }
@@ -157,12 +170,13 @@ impl Scenario {
             access: point.access,
             nested_leaf: point.nested_leaf,
             l2_leaf: point.l2_leaf,
+            placement: point.placement,
             runs,
         }
     }
 
     /// `<target>_<fault>_<access>`, then `_nested_<size>` and `_l2_<size>` for leaves that are
-    /// not 4 KiB.
+    /// not 4 KiB, and `_offset` for an access off its page's start.
     fn derived_name(point: &Point) -> String {
         let mut name = format!("{}_{}_{}", point.target, point.fault, point.access);
         if point.nested_leaf != LeafSize::Size4K {
@@ -170,6 +184,9 @@ impl Scenario {
         }
         if point.l2_leaf != LeafSize::Size4K {
             name += &format!("_l2_{}", point.l2_leaf);
+        }
+        if point.placement != Placement::Aligned {
+            name += &format!("_{}", point.placement);
         }
         name
     }
@@ -205,6 +222,9 @@ impl Scenario {
                 point.l2_leaf.name().to_uppercase()
             );
         }
+        if point.placement == Placement::Offset {
+            text += ", at a byte offset through non-zero entries of every L2 table";
+        }
         text
     }
 }
@@ -232,6 +252,7 @@ struct Point {
     access: Access,
     nested_leaf: LeafSize,
     l2_leaf: LeafSize,
+    placement: Placement,
 }
 
 /// Seeds and scenario files spell a point out field by field (serde's `flatten` would not
@@ -244,6 +265,7 @@ macro_rules! point_of {
             access: $spelled.access,
             nested_leaf: $spelled.nested_leaf,
             l2_leaf: $spelled.l2_leaf,
+            placement: $spelled.placement,
         }
     };
 }
@@ -264,6 +286,14 @@ fn only_4k() -> Vec<LeafSize> {
     vec![LeafSize::Size4K]
 }
 
+fn aligned() -> Placement {
+    Placement::Aligned
+}
+
+fn only_aligned() -> Vec<Placement> {
+    vec![Placement::Aligned]
+}
+
 /// A product of axis values; every point of it is a scenario.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -277,6 +307,32 @@ struct Block {
     nested_leaf: Vec<LeafSize>,
     #[serde(default = "only_4k")]
     l2_leaf: Vec<LeafSize>,
+    #[serde(default = "only_aligned")]
+    placement: Vec<Placement>,
+}
+
+impl Block {
+    /// Every point of the product, in axis order.
+    fn points(&self) -> impl Iterator<Item = Point> + '_ {
+        self.target.iter().flat_map(move |&target| {
+            self.fault.iter().flat_map(move |&fault| {
+                self.access.iter().flat_map(move |&access| {
+                    self.nested_leaf.iter().flat_map(move |&nested_leaf| {
+                        self.l2_leaf.iter().flat_map(move |&l2_leaf| {
+                            self.placement.iter().map(move |&placement| Point {
+                                target,
+                                fault,
+                                access,
+                                nested_leaf,
+                                l2_leaf,
+                                placement,
+                            })
+                        })
+                    })
+                })
+            })
+        })
+    }
 }
 
 /// Combinations that make no sense; a case matches when every axis the rule names holds its
@@ -290,6 +346,7 @@ struct Exclusion {
     access: Option<Vec<Access>>,
     nested_leaf: Option<Vec<LeafSize>>,
     l2_leaf: Option<Vec<LeafSize>>,
+    placement: Option<Vec<Placement>>,
     path: Option<Vec<AccessPath>>,
     vendor: Option<Vec<VendorKind>>,
 }
@@ -304,6 +361,7 @@ impl Exclusion {
             && holds(&self.access, point.access)
             && holds(&self.nested_leaf, point.nested_leaf)
             && holds(&self.l2_leaf, point.l2_leaf)
+            && holds(&self.placement, point.placement)
             && holds(&self.path, path)
             && holds(&self.vendor, vendor)
     }
@@ -321,6 +379,8 @@ struct Seed {
     nested_leaf: LeafSize,
     #[serde(default = "size_4k")]
     l2_leaf: LeafSize,
+    #[serde(default = "aligned")]
+    placement: Placement,
 }
 
 #[derive(Debug, Deserialize)]
@@ -345,6 +405,8 @@ struct ScenarioFile {
     nested_leaf: LeafSize,
     #[serde(default = "size_4k")]
     l2_leaf: LeafSize,
+    #[serde(default = "aligned")]
+    placement: Placement,
     #[serde(default = "all_paths")]
     paths: Vec<AccessPath>,
     #[serde(default = "all_vendors")]
@@ -397,24 +459,7 @@ impl Matrix {
         };
         let mut points: Vec<(Point, &str)> = Vec::new();
         for block in &parsed.block {
-            for &target in &block.target {
-                for &fault in &block.fault {
-                    for &access in &block.access {
-                        for &nested_leaf in &block.nested_leaf {
-                            for &l2_leaf in &block.l2_leaf {
-                                let point = Point {
-                                    target,
-                                    fault,
-                                    access,
-                                    nested_leaf,
-                                    l2_leaf,
-                                };
-                                points.push((point, &block.why));
-                            }
-                        }
-                    }
-                }
-            }
+            points.extend(block.points().map(|point| (point, block.why.as_str())));
         }
         let mut matrix = Matrix {
             scenarios: Vec::new(),

@@ -11,8 +11,8 @@ use kvm_bindings::CpuId;
 
 use crate::machine::{CpuState, FaultSite};
 use crate::module_param;
-use crate::paging::{Format, LeafEdit, PAGE_SIZE};
-use crate::scenario::{AccessPath, Case, Fault, Scenario, VendorKind};
+use crate::paging::{Format, LeafEdit};
+use crate::scenario::{AccessPath, Case, Fault, Placement, Scenario, Target, VendorKind};
 
 pub use svm::{Svm, SvmCapabilities};
 pub use vmx::{Vmx, VmxCapabilities};
@@ -53,8 +53,9 @@ impl Fix {
     }
 }
 
-/// A KVM defect nestfault found that no upstream fix addresses yet: the rows it affects fail on
-/// every kernel, with `name` in the diagnosis, until one does (docs/oracle.md, "Findings").
+/// A KVM defect nestfault found that no upstream fix addresses yet: the rows it affects are
+/// expected failures on every kernel, with `name` in the diagnosis, until one does
+/// (docs/oracle.md, "Findings"; a write-up each in docs/findings/).
 #[derive(Debug, PartialEq, Eq)]
 pub struct Finding {
     pub name: &'static str,
@@ -66,12 +67,32 @@ pub struct Finding {
     pub write_up: &'static str,
 }
 
-/// The open finding that makes `case` fail on every kernel known so far, if any.
-pub fn open_finding(case: &Case) -> Option<&'static Finding> {
-    match case.vendor {
-        VendorKind::Svm => None,
-        VendorKind::Vmx => vmx::open_finding(case),
+/// KVM's emulator walks L2's page tables with page-aligned GPAs: `walk_addr_generic`
+/// (arch/x86/kvm/mmu/paging_tmpl.h, 6.1 and 7.2) translates `gfn_to_gpa(table_gfn)` for a table
+/// page and `gfn_to_gpa(gfn)` for the final page through L1's NPT/EPT, and the nested fault it
+/// synthesizes carries that address. The architecture (and the CPU on the hardware path) names
+/// the faulting byte, or the entry's own address. Only an access off its page's start shows it.
+pub const PAGE_ALIGNED_GPA: Finding = Finding {
+    name: "page-aligned GPA",
+    summary: "KVM's emulator translates L2's table and data pages through L1's nested tables by \
+              page frame (walk_addr_generic: gfn_to_gpa(table_gfn), gfn_to_gpa(gfn)), so the \
+              nested fault it synthesizes names the page, not the faulting byte or entry; no \
+              upstream fix known",
+    field: Field::Gpa,
+    write_up: "docs/findings/page-aligned-gpa.md",
+};
+
+/// The open findings that make `case` wrong on every kernel known so far.
+pub fn open_findings(case: &Case) -> Vec<&'static Finding> {
+    let mut findings = Vec::new();
+    let off_page_start = case.scenario.placement == Placement::Offset;
+    if emulator_walks(case.path) && off_page_start && case.scenario.target != Target::Pml4 {
+        findings.push(&PAGE_ALIGNED_GPA);
     }
+    if case.vendor == VendorKind::Vmx {
+        findings.extend(vmx::open_finding(case));
+    }
+    findings
 }
 
 /// The KVM module that offers `kind`.
@@ -298,13 +319,14 @@ pub trait Vendor {
     fn diagnose(&self, case: &Case, expected: &Expectation, actual: &Exit) -> Vec<String>;
 }
 
-/// The emulator reports the page-aligned GPA of the page it failed to reach (data page or L2
-/// table page); the CPU the exact byte, or the address of the table entry it was reading.
+/// The GPA L1 must be told, whatever the path: the faulting byte's for the final page, the
+/// entry's own for an access to an L2 paging-structure page. SDM vol. 3C 28.2.1 (the
+/// guest-physical-address field holds the GPA of the access that caused the EPT violation or
+/// misconfiguration) and APM vol. 2 15.25.6 (EXITINFO2 holds the faulting guest-physical
+/// address); the CPU on the hardware path reports the same (docs/oracle.md, "Addresses").
 pub fn faulting_gpa(case: &Case, site: &FaultSite) -> u64 {
-    let target = case.scenario.target;
-    match site.entry_gpa(target) {
-        _ if emulator_walks(case.path) => site.broken_page(target),
-        None => site.data_gpa | (site.gva & (PAGE_SIZE - 1)),
+    match site.entry_gpa(case.scenario.target) {
+        None => site.data_gpa | (site.gva & (case.scenario.l2_leaf.bytes() - 1)),
         Some(entry) => entry,
     }
 }
