@@ -434,6 +434,37 @@ mod tests {
         }
     }
 
+    /// The addresses the oracle expects are the architecture's on every path: for an offset
+    /// case the faulting byte (data page plus the offset) or the L2 entry's own GPA, never its
+    /// page; the linear address (VMX) the access's own.
+    #[test]
+    fn the_oracle_expects_exact_addresses_on_every_path() {
+        let stub = crate::elf::tests::tiny_stub();
+        let offset_cases: Vec<Case> = crate::scenario::expand(&crate::scenario::built_in().unwrap())
+            .into_iter()
+            .filter(|case| case.scenario.placement == Placement::Offset)
+            .collect();
+        assert!(offset_cases.len() >= 60, "{}", offset_cases.len());
+        for case in offset_cases {
+            let id = case.id();
+            let vendor = arch::for_tests(case.vendor);
+            let image = build(&case, vendor.as_ref(), &stub).unwrap();
+            let site = &image.site;
+            let expectation = vendor.expect(&case, site);
+            let gpa = expectation.gpa.value;
+            let wanted = match site.entry_gpa(case.scenario.target) {
+                Some(entry) => entry,
+                None => site.data_gpa + (FAULT_GVA_OFFSET % PAGE_SIZE),
+            };
+            assert_eq!(gpa, wanted, "{id}");
+            assert_ne!(gpa % PAGE_SIZE, 0, "{id}: {gpa:#x} is a page, not the access");
+            assert_eq!(expectation.gpa.mask, !0, "{id}: the GPA is compared whole");
+            if let Some(linear) = expectation.linear_address.filter(|l| l.mask != 0) {
+                assert_eq!(linear.value, FAULT_GVA_OFFSET, "{id}");
+            }
+        }
+    }
+
     /// The nested root, as the control block tells L1: SVM's NESTED_CR3, VMX's EPT pointer.
     fn nested_root(image: &GuestImage, format: Format) -> u64 {
         let bytes = image
