@@ -30,7 +30,7 @@ use crate::elf;
 use crate::machine::{CpuState, FaultSite, Segment, TSS_GPA};
 use crate::mailbox::GuestMailbox;
 use crate::paging::{Format, LayoutError, PageTable, Perms, PhysImage, PAGE_SIZE};
-use crate::scenario::{Access, AccessPath, Case, LeafSize, Placement, Target};
+use crate::scenario::{Access, AccessPath, Case, LeafSize, Placement, Span, Target};
 
 pub const MEMORY_SIZE: u64 = 2 << 20;
 const GDT_GPA: u64 = 0x2000;
@@ -49,6 +49,9 @@ pub const FAULT_GVA: u64 = 0x80_0000_0000;
 pub const FAULT_GVA_OFFSET: u64 = (3 << 39) | (5 << 30) | (7 << 21) | (9 << 12) | 0x5a8;
 /// The data page's GPA when a 2 MiB or 1 GiB page maps it (1 GiB-aligned, above L1's memory).
 pub const DATA_GPA_BEYOND_RAM: u64 = 0x4000_0000;
+/// A crossing access ([`Span::Crossing`]) starts this many bytes before the broken page's first
+/// byte and is 4 bytes long.
+pub const CROSSING_LEAD: u64 = 2;
 /// Mapped through page tables of its own to L2's code page (see [`Prime`]).
 const PRIME_WALK_GVA: u64 = 0x8000_0000;
 /// I/O port L2's string I/O uses; the host answers INSB's read of it.
@@ -132,6 +135,17 @@ pub fn build(case: &Case, vendor: &dyn Vendor, stub: &[u8]) -> Result<GuestImage
         Perms::RWX,
         point.l2_leaf,
     )?;
+    // A crossing access starts on the page before the data page: whole, and (the data page
+    // starting a PML4 entry of its own) walked through none of the data page's L2 tables.
+    let lead_in = match point.span {
+        Span::Within => None,
+        Span::Crossing => {
+            let gva = page_of(data_gva) - PAGE_SIZE;
+            let page = memory.alloc_page("the lead-in page")?;
+            l2_tables.map(&mut memory, gva, page, Perms::RWX)?;
+            Some(gva)
+        }
+    };
     let prime = match point.target {
         Target::Final => Prime::Walk,
         _ => Prime::Final,
@@ -161,7 +175,19 @@ pub fn build(case: &Case, vendor: &dyn Vendor, stub: &[u8]) -> Result<GuestImage
         data_gpa: data,
         walk: l2_tables.walk(&memory, gva)?,
     };
-    let program = l2_program(case, prime_gva, data_gva, vendor.done_instruction());
+    let access_gva = match lead_in {
+        Some(_) => data_gva - CROSSING_LEAD,
+        None => data_gva,
+    };
+    let program = l2_program(
+        case,
+        L2Accesses {
+            lead_in,
+            prime: prime_gva,
+            access: access_gva,
+        },
+        vendor.done_instruction(),
+    );
     memory.write("L2 code", code, &program)?;
 
     // L1's nested tables: identity, with the scenario's fault.
@@ -250,15 +276,32 @@ fn write_mailbox(
 /// intercept #UD.
 const FORCED_EMULATION_PREFIX: [u8; 5] = [0x0f, 0x0b, b'k', b'v', b'm'];
 
-/// L2's code: the prime read, the scenario's access to `data_gva`, then the vendor's hypercall,
-/// which L1 intercepts as "finished without a fault".
-fn l2_program(case: &Case, prime_gva: u64, data_gva: u64, done: [u8; 3]) -> Vec<u8> {
+/// The linear addresses L2's program touches, in order.
+struct L2Accesses {
+    /// A crossing access's first page, read first so that L0 has shadowed it before the prime:
+    /// the crossing access itself then takes no hardware fault on it, and the last one L0
+    /// handled stays the prime's.
+    lead_in: Option<u64>,
+    prime: u64,
+    /// Where the scenario's access starts.
+    access: u64,
+}
+
+/// L2's code: the lead-in read (a crossing access), the prime read, the scenario's access, then
+/// the vendor's hypercall, which L1 intercepts as "finished without a fault". A crossing access
+/// is 4 bytes (OUTSD/INSD, or MOV EAX), any other 1 byte (OUTSB/INSB, MOV AL).
+fn l2_program(case: &Case, at: L2Accesses, done: [u8; 3]) -> Vec<u8> {
     let mut code = Vec::new();
     let imm64 = |code: &mut Vec<u8>, value: u64| code.extend_from_slice(&value.to_le_bytes());
-    // mov al, [moffs64]
-    code.push(0xa0);
-    imm64(&mut code, prime_gva);
+    for read in at.lead_in.into_iter().chain([at.prime]) {
+        // mov al, [moffs64]
+        code.push(0xa0);
+        imm64(&mut code, read);
+    }
     let access = case.scenario.access;
+    // The one-byte opcodes' 4-byte forms are the next opcode up (OUTSB 6e -> OUTSD 6f, INSB 6c
+    // -> INSD 6d, MOV AL a0/a2 -> MOV EAX a1/a3).
+    let wide = u8::from(case.scenario.span == Span::Crossing);
     match case.path {
         AccessPath::Emulated => {
             let (load_index_register, string_op) = match access {
@@ -266,21 +309,21 @@ fn l2_program(case: &Case, prime_gva: u64, data_gva: u64, done: [u8; 3]) -> Vec<
                 _ => (0xbe, 0x6e),             // mov rsi, imm64; outsb
             };
             code.extend_from_slice(&[0x48, load_index_register]);
-            imm64(&mut code, data_gva);
+            imm64(&mut code, at.access);
             code.extend_from_slice(&[0x66, 0xba]); // mov dx, imm16
             code.extend_from_slice(&L2_IO_PORT.to_le_bytes());
-            code.push(string_op);
+            code.push(string_op + wide);
         }
         AccessPath::Hardware | AccessPath::Forced => {
             if case.path == AccessPath::Forced {
                 code.extend_from_slice(&FORCED_EMULATION_PREFIX);
             }
             match access {
-                Access::Read => code.push(0xa0),  // mov al, [moffs64]
-                Access::Write => code.push(0xa2), // mov [moffs64], al
+                Access::Read => code.push(0xa0 + wide),  // mov al, [moffs64]
+                Access::Write => code.push(0xa2 + wide), // mov [moffs64], al
                 Access::Fetch => code.extend_from_slice(&[0x48, 0xb8]), // mov rax, imm64
             }
-            imm64(&mut code, data_gva);
+            imm64(&mut code, at.access);
             if access == Access::Fetch {
                 code.extend_from_slice(&[0xff, 0xe0]); // jmp rax
             }
@@ -305,15 +348,18 @@ mod tests {
         assert_eq!(Segment::DATA.svm_attributes(), 0xc93);
     }
 
+    fn at(prime: u64) -> L2Accesses {
+        L2Accesses {
+            lead_in: None,
+            prime,
+            access: FAULT_GVA,
+        }
+    }
+
     #[test]
     fn l2_programs_encode_the_scenario_access() {
         let done = [0x0f, 0x01, 0xd9];
-        let outsb = l2_program(
-            &case("svm/pt_page_unmapped/emulated"),
-            0x1234,
-            FAULT_GVA,
-            done,
-        );
+        let outsb = l2_program(&case("svm/pt_page_unmapped/emulated"), at(0x1234), done);
         assert_eq!(&outsb[..9], &[0xa0, 0x34, 0x12, 0, 0, 0, 0, 0, 0]);
         assert_eq!(&outsb[9..11], &[0x48, 0xbe]);
         assert_eq!(&outsb[11..19], &FAULT_GVA.to_le_bytes());
@@ -323,30 +369,22 @@ mod tests {
         );
         let insb = l2_program(
             &case("svm/final_page_write_protected/emulated"),
-            0,
-            FAULT_GVA,
+            at(0),
             done,
         );
         assert_eq!((insb[10], insb[23]), (0xbf, 0x6c));
         let store = l2_program(
             &case("svm/final_page_write_protected/hardware"),
-            0,
-            FAULT_GVA,
+            at(0),
             done,
         );
         assert_eq!(&store[9..18], &[0xa2, 0, 0, 0, 0, 0x80, 0, 0, 0]);
-        let forced = l2_program(
-            &case("svm/final_page_write_protected/forced"),
-            0,
-            FAULT_GVA,
-            done,
-        );
+        let forced = l2_program(&case("svm/final_page_write_protected/forced"), at(0), done);
         assert_eq!(&forced[9..15], &[0x0f, 0x0b, b'k', b'v', b'm', 0xa2]);
         assert_eq!(&forced[15..23], &store[10..18]);
         let jump = l2_program(
             &case("vmx/final_page_no_execute_fetch/hardware"),
-            0,
-            FAULT_GVA,
+            at(0),
             done,
         );
         assert_eq!(&jump[9..11], &[0x48, 0xb8], "mov rax, imm64");
@@ -440,10 +478,11 @@ mod tests {
     #[test]
     fn the_oracle_expects_exact_addresses_on_every_path() {
         let stub = crate::elf::tests::tiny_stub();
-        let offset_cases: Vec<Case> = crate::scenario::expand(&crate::scenario::built_in().unwrap())
-            .into_iter()
-            .filter(|case| case.scenario.placement == Placement::Offset)
-            .collect();
+        let offset_cases: Vec<Case> =
+            crate::scenario::expand(&crate::scenario::built_in().unwrap())
+                .into_iter()
+                .filter(|case| case.scenario.placement == Placement::Offset)
+                .collect();
         assert!(offset_cases.len() >= 60, "{}", offset_cases.len());
         for case in offset_cases {
             let id = case.id();
@@ -457,10 +496,51 @@ mod tests {
                 None => site.data_gpa + (FAULT_GVA_OFFSET % PAGE_SIZE),
             };
             assert_eq!(gpa, wanted, "{id}");
-            assert_ne!(gpa % PAGE_SIZE, 0, "{id}: {gpa:#x} is a page, not the access");
+            assert_ne!(
+                gpa % PAGE_SIZE,
+                0,
+                "{id}: {gpa:#x} is a page, not the access"
+            );
             assert_eq!(expectation.gpa.mask, !0, "{id}: the GPA is compared whole");
             if let Some(linear) = expectation.linear_address.filter(|l| l.mask != 0) {
                 assert_eq!(linear.value, FAULT_GVA_OFFSET, "{id}");
+            }
+        }
+    }
+
+    /// A crossing access starts on a page whose walk shares no L2 table page below the root
+    /// with the broken page's, and the oracle names the broken page's first byte.
+    #[test]
+    fn crossing_accesses_start_on_a_whole_page_of_other_tables() {
+        let stub = crate::elf::tests::tiny_stub();
+        for case in crate::scenario::expand(&crate::scenario::built_in().unwrap())
+            .into_iter()
+            .filter(|case| case.scenario.span == Span::Crossing)
+        {
+            let id = case.id();
+            let vendor = arch::for_tests(case.vendor);
+            let image = build(&case, vendor.as_ref(), &stub).unwrap();
+            let l2 = PageTable {
+                format: Format::X86_64,
+                root: image.site.walk[0] & !(PAGE_SIZE - 1),
+            };
+            let lead_in = l2.walk(&image.memory, FAULT_GVA - CROSSING_LEAD).unwrap();
+            let pages = |walk: &[u64]| -> Vec<u64> {
+                walk.iter()
+                    .skip(1)
+                    .map(|entry| entry & !(PAGE_SIZE - 1))
+                    .collect()
+            };
+            for page in pages(&lead_in) {
+                assert!(!pages(&image.site.walk).contains(&page), "{id}: {page:#x}");
+            }
+            assert_eq!(image.site.gva, FAULT_GVA, "{id}");
+            let expectation = vendor.expect(&case, &image.site);
+            if let Some(linear) = expectation.linear_address.filter(|l| l.mask != 0) {
+                assert_eq!(
+                    linear.value, FAULT_GVA,
+                    "{id}: the broken page's first byte"
+                );
             }
         }
     }

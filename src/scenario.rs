@@ -104,6 +104,17 @@ axis! {
 }
 
 axis! {
+    /// How much of the access lies on the broken page.
+    pub enum Span {
+        /// All of it.
+        Within = "within",
+        /// A 4-byte access whose first two bytes lie on the page before, which is whole (and
+        /// walked through other L2 tables): the fault must name the broken page's first byte.
+        Crossing = "crossing",
+    }
+}
+
+axis! {
     /// How the fault reaches L0.
     pub enum AccessPath {
         /// String I/O (OUTSB reads, INSB writes), which L0 emulates since L1 does not intercept I/O:
@@ -151,6 +162,7 @@ pub struct Scenario {
     pub nested_leaf: LeafSize,
     pub l2_leaf: LeafSize,
     pub placement: Placement,
+    pub span: Span,
     /// The (vendor, path) pairs left after the matrix's exclusions, vendor-major.
     pub runs: Vec<(VendorKind, AccessPath)>,
 }
@@ -171,12 +183,14 @@ impl Scenario {
             nested_leaf: point.nested_leaf,
             l2_leaf: point.l2_leaf,
             placement: point.placement,
+            span: point.span,
             runs,
         }
     }
 
     /// `<target>_<fault>_<access>`, then `_nested_<size>` and `_l2_<size>` for leaves that are
-    /// not 4 KiB, and `_offset` for an access off its page's start.
+    /// not 4 KiB, `_offset` for an access off its page's start and `_crossing` for one that
+    /// starts on the page before.
     fn derived_name(point: &Point) -> String {
         let mut name = format!("{}_{}_{}", point.target, point.fault, point.access);
         if point.nested_leaf != LeafSize::Size4K {
@@ -187,6 +201,9 @@ impl Scenario {
         }
         if point.placement != Placement::Aligned {
             name += &format!("_{}", point.placement);
+        }
+        if point.span != Span::Within {
+            name += &format!("_{}", point.span);
         }
         name
     }
@@ -225,6 +242,9 @@ impl Scenario {
         if point.placement == Placement::Offset {
             text += ", at a byte offset through non-zero entries of every L2 table";
         }
+        if point.span == Span::Crossing {
+            text += ", 4 bytes starting 2 bytes before the page";
+        }
         text
     }
 }
@@ -253,6 +273,7 @@ struct Point {
     nested_leaf: LeafSize,
     l2_leaf: LeafSize,
     placement: Placement,
+    span: Span,
 }
 
 /// Seeds and scenario files spell a point out field by field (serde's `flatten` would not
@@ -266,6 +287,7 @@ macro_rules! point_of {
             nested_leaf: $spelled.nested_leaf,
             l2_leaf: $spelled.l2_leaf,
             placement: $spelled.placement,
+            span: $spelled.span,
         }
     };
 }
@@ -294,6 +316,14 @@ fn only_aligned() -> Vec<Placement> {
     vec![Placement::Aligned]
 }
 
+fn within() -> Span {
+    Span::Within
+}
+
+fn only_within() -> Vec<Span> {
+    vec![Span::Within]
+}
+
 /// A product of axis values; every point of it is a scenario.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -309,6 +339,8 @@ struct Block {
     l2_leaf: Vec<LeafSize>,
     #[serde(default = "only_aligned")]
     placement: Vec<Placement>,
+    #[serde(default = "only_within")]
+    span: Vec<Span>,
 }
 
 impl Block {
@@ -319,13 +351,16 @@ impl Block {
                 self.access.iter().flat_map(move |&access| {
                     self.nested_leaf.iter().flat_map(move |&nested_leaf| {
                         self.l2_leaf.iter().flat_map(move |&l2_leaf| {
-                            self.placement.iter().map(move |&placement| Point {
-                                target,
-                                fault,
-                                access,
-                                nested_leaf,
-                                l2_leaf,
-                                placement,
+                            self.placement.iter().flat_map(move |&placement| {
+                                self.span.iter().map(move |&span| Point {
+                                    target,
+                                    fault,
+                                    access,
+                                    nested_leaf,
+                                    l2_leaf,
+                                    placement,
+                                    span,
+                                })
                             })
                         })
                     })
@@ -347,6 +382,7 @@ struct Exclusion {
     nested_leaf: Option<Vec<LeafSize>>,
     l2_leaf: Option<Vec<LeafSize>>,
     placement: Option<Vec<Placement>>,
+    span: Option<Vec<Span>>,
     path: Option<Vec<AccessPath>>,
     vendor: Option<Vec<VendorKind>>,
 }
@@ -362,6 +398,7 @@ impl Exclusion {
             && holds(&self.nested_leaf, point.nested_leaf)
             && holds(&self.l2_leaf, point.l2_leaf)
             && holds(&self.placement, point.placement)
+            && holds(&self.span, point.span)
             && holds(&self.path, path)
             && holds(&self.vendor, vendor)
     }
@@ -381,6 +418,8 @@ struct Seed {
     l2_leaf: LeafSize,
     #[serde(default = "aligned")]
     placement: Placement,
+    #[serde(default = "within")]
+    span: Span,
 }
 
 #[derive(Debug, Deserialize)]
@@ -407,6 +446,8 @@ struct ScenarioFile {
     l2_leaf: LeafSize,
     #[serde(default = "aligned")]
     placement: Placement,
+    #[serde(default = "within")]
+    span: Span,
     #[serde(default = "all_paths")]
     paths: Vec<AccessPath>,
     #[serde(default = "all_vendors")]

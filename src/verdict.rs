@@ -135,6 +135,7 @@ pub struct Axes {
     pub nested_leaf: String,
     pub l2_leaf: String,
     pub placement: String,
+    pub span: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -229,6 +230,7 @@ impl Verdict {
                 nested_leaf: case.scenario.nested_leaf.name().to_string(),
                 l2_leaf: case.scenario.l2_leaf.name().to_string(),
                 placement: case.scenario.placement.name().to_string(),
+                span: case.scenario.span.name().to_string(),
             },
             status,
             expected: ExitValues::default(),

@@ -109,6 +109,7 @@ fn check(
             ("nested_leaf", point.nested_leaf.name()),
             ("l2_leaf", point.l2_leaf.name()),
             ("placement", point.placement.name()),
+            ("span", point.span.name()),
         ] {
             expect(
                 field(axis) == value,
@@ -542,6 +543,7 @@ mod tests {
                     "target": point.target.name(), "fault": point.fault.name(),
                     "access": point.access.name(), "nested_leaf": point.nested_leaf.name(),
                     "l2_leaf": point.l2_leaf.name(), "placement": point.placement.name(),
+                    "span": point.span.name(),
                     "expected": {"exit_info_1": format!("{expected:#x}")},
                     "actual": {"exit_info_1": format!("{actual:#x}")},
                     "diagnosis": diagnosis,
@@ -622,6 +624,7 @@ mod tests {
                     "target": point.target.name(), "fault": point.fault.name(),
                     "access": point.access.name(), "nested_leaf": point.nested_leaf.name(),
                     "l2_leaf": point.l2_leaf.name(), "placement": point.placement.name(),
+                    "span": point.span.name(),
                     "diagnosis": if names.is_empty() { "paths agree".to_string() } else { names.join("; ") },
                 })
             })
