@@ -9,7 +9,7 @@ use super::{
 };
 use crate::machine::{CpuState, FaultSite, Segment, RFLAGS_FIXED};
 use crate::paging::{Format, LeafEdit, Perms};
-use crate::scenario::{Access, AccessPath, Case, Fault, LeafSize, Scenario, Target};
+use crate::scenario::{Access, AccessPath, Case, Fault, LeafSize, Scenario, Span, Target};
 
 /// The KVM module that offers VMX.
 pub const KVM_MODULE: &str = "kvm_intel";
@@ -28,24 +28,32 @@ pub const GVA_BITS_FIX: Fix = Fix {
 
 /// KVM (7.2 as 6.1) sets GVA_IS_VALID on EPT violations it synthesizes but fills vmcs12's
 /// guest-linear address from vmcs02 (sync_vmcs02_to_vmcs12), that is from whatever the CPU
-/// last saved there. A string-I/O exit saves the memory operand's address, so the emulated path
-/// is right by coincidence; the #UD exit that starts forced emulation saves none, and L1 reads
-/// the address of an earlier access (nestfault's prime read).
+/// last saved there. A string-I/O exit saves the memory operand's address, which is the faulting
+/// one only when the access does not cross into the broken page; the #UD exit that starts forced
+/// emulation saves none, and L1 reads the address of an earlier access (nestfault's prime read).
 pub const STALE_LINEAR_ADDRESS: Finding = Finding {
     name: "stale guest-linear address",
     summary:
-        "KVM sets GVA_IS_VALID on an EPT violation it synthesizes after a #UD exit but leaves \
-              vmcs12's guest-linear address as the CPU last saved it (sync_vmcs02_to_vmcs12; \
-              nested_ept_inject_page_fault sets only the GPA); no upstream fix known",
+        "KVM sets GVA_IS_VALID on an EPT violation it synthesizes but leaves vmcs12's \
+              guest-linear address as the CPU last saved it (sync_vmcs02_to_vmcs12; \
+              nested_ept_inject_page_fault sets only the GPA): after the #UD exit of forced \
+              emulation an earlier access's, after a string-I/O exit where the access starts, \
+              not where it faults; no upstream fix known",
     field: Field::LinearAddress,
     write_up: "docs/findings/vmx-stale-guest-linear-address.md",
 };
 
 /// Forced emulation starts at a #UD exit, which saves no linear address: every EPT violation it
-/// injects shows [`STALE_LINEAR_ADDRESS`]. Misconfigurations carry no linear address.
+/// injects shows [`STALE_LINEAR_ADDRESS`]. On the emulated path the string-I/O exit saved where
+/// the access starts: it shows where the access crosses into the broken page. Misconfigurations
+/// carry no linear address.
 pub fn open_finding(case: &Case) -> Option<&'static Finding> {
-    (case.path == AccessPath::Forced && case.scenario.fault != Fault::ReservedBit)
-        .then_some(&STALE_LINEAR_ADDRESS)
+    let saved_elsewhere = match case.path {
+        AccessPath::Forced => true,
+        AccessPath::Emulated => case.scenario.span == Span::Crossing,
+        AccessPath::Hardware => false,
+    };
+    (saved_elsewhere && case.scenario.fault != Fault::ReservedBit).then_some(&STALE_LINEAR_ADDRESS)
 }
 
 /// Measured on 6.1 (all paths): an EPT misconfiguration reached L1 with the qualification of
