@@ -5,6 +5,7 @@
 pub mod arch;
 pub mod as_host;
 pub mod boot;
+pub mod cache_lock;
 pub mod cli;
 pub mod clock;
 pub mod debian;

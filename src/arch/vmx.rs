@@ -33,8 +33,7 @@ pub const GVA_BITS_FIX: Fix = Fix {
 /// emulation saves none, and L1 reads the address of an earlier access (nestfault's prime read).
 pub const STALE_LINEAR_ADDRESS: Finding = Finding {
     name: "stale guest-linear address",
-    summary:
-        "KVM sets GVA_IS_VALID on an EPT violation it synthesizes but leaves vmcs12's \
+    summary: "KVM sets GVA_IS_VALID on an EPT violation it synthesizes but leaves vmcs12's \
               guest-linear address as the CPU last saved it (sync_vmcs02_to_vmcs12; \
               nested_ept_inject_page_fault sets only the GPA): after the #UD exit of forced \
               emulation an earlier access's, after a string-I/O exit where the access starts, \

@@ -112,7 +112,14 @@ fn extract_data(deb: &Path, into: &Path) -> Result<(), BootError> {
         tar.set_preserve_ownerships(false);
         return tar
             .unpack(into)
-            .map_err(|e| bad(format!("cannot unpack {name}: {e}")));
+            .map_err(|e| match crate::path_io::os_error(&e) {
+                // The machine's (a full disk, no permission), not the package's.
+                Some(_) => BootError::io("unpack into", into, e),
+                None => bad(format!(
+                    "cannot unpack {name}: {}",
+                    crate::path_io::with_causes(&e)
+                )),
+            });
     }
     Err(bad("no data.tar member: not a binary package".into()))
 }

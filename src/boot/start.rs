@@ -33,7 +33,8 @@ pub(crate) fn boot_files(
         return Ok(bzimage());
     }
     on_progress("finding the uncompressed kernel (extracted once, then cached)");
-    let extracted = match vmlinux::extract_vmlinux(&kernel.vmlinuz, vmlinux::cache_dir(), dir)? {
+    let cache = vmlinux::cache_dir();
+    let extracted = match vmlinux::extract_vmlinux(&kernel.vmlinuz, cache, dir, on_progress)? {
         Ok(extracted) => extracted,
         Err(why) => {
             on_progress(&format!("booting the bzImage: {why}"));

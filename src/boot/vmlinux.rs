@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use super::cache;
 use super::compression::Compression;
 use super::error::BootError;
+use crate::cache_lock::EntryLock;
 use crate::elf::{Elf, EM_X86_64};
 
 /// The Xen ELF note that gives the 32-bit PVH entry point,
@@ -47,17 +48,39 @@ pub(crate) struct Vmlinux {
 /// bench, skips it. Whether it has a PVH entry point is kept beside it (a
 /// `.pvh-entry` file: `yes`, or the reason), so that a rerun need not read it.
 /// Without a usable cache the vmlinux goes to `dir`.
+///
+/// Concurrent runs on the same kernel wait for the one extracting it (a lock per entry), and a
+/// cached vmlinux is checked before use ([`check_cached`]): a damaged one is removed and
+/// extracted again, which `on_progress` hears.
 pub(crate) fn extract_vmlinux(
     bzimage: &Path,
     cache: Option<PathBuf>,
     dir: &Path,
+    on_progress: &mut dyn FnMut(&str),
 ) -> Result<Result<Vmlinux, String>, BootError> {
     let image = fs::read(bzimage).map_err(|e| BootError::io("read", bzimage, e))?;
     let key = cache::key(&image);
     let cache = cache.filter(|cache| fs::create_dir_all(cache).is_ok());
     let pvh_name = format!("{key}.{PVH_ANSWER}");
+    // Held until this run has what it needs from the cache.
+    let _lock = match &cache {
+        Some(cache) => Some(
+            EntryLock::acquire(cache, &key, "extracting this kernel's vmlinux", on_progress)
+                .map_err(|e| BootError::io("lock", cache.join(&key), e))?,
+        ),
+        None => None,
+    };
     if let Some(cache) = &cache {
         let cached = cache.join(format!("{key}.vmlinux"));
+        if let (true, Err(damage)) = (cached.exists(), check_cached(&cached)) {
+            on_progress(&format!(
+                "the cached vmlinux {} is damaged ({damage}): extracting it again",
+                cached.display()
+            ));
+            for companion in [PVH_ANSWER, SIZE_RECORD, "vmlinux"] {
+                let _ = fs::remove_file(cached.with_extension(companion));
+            }
+        }
         if cache::touch(&cached) {
             let pvh = match fs::read_to_string(cache.join(&pvh_name)) {
                 Ok(answer) => parse_pvh_answer(answer),
@@ -94,8 +117,12 @@ pub(crate) fn extract_vmlinux(
     };
     let (name, contents) = match &vmlinux {
         Ok((pvh, vmlinux)) => {
-            // Before the vmlinux, so that nobody finds the vmlinux without it.
+            // Before the vmlinux, so that nobody finds the vmlinux without them.
             let _ = fs::write(cache.join(&pvh_name), pvh_answer(pvh));
+            let _ = fs::write(
+                cache.join(format!("{key}.{SIZE_RECORD}")),
+                vmlinux.len().to_string(),
+            );
             (format!("{key}.vmlinux"), vmlinux.as_slice())
         }
         Err(why) => (format!("{key}.{NO_VMLINUX}"), why.as_bytes()),
@@ -106,12 +133,62 @@ pub(crate) fn extract_vmlinux(
     let path = cache.join(&name);
     write_new(&partial, contents)?;
     let stored = cache::install(&partial, &path);
-    cache::prune(&cache, "vmlinux", CACHE_KEEP, &[PVH_ANSWER]);
+    cache::prune(&cache, "vmlinux", CACHE_KEEP, &[PVH_ANSWER, SIZE_RECORD]);
     match vmlinux {
         Ok((pvh, _)) if stored => Ok(Ok(Vmlinux { path, pvh })),
         Ok((pvh, _)) => Ok(Ok(Vmlinux { path: partial, pvh })),
         Err(why) => Ok(Err(why)),
     }
+}
+
+/// Beside a cached vmlinux: its length in bytes when it was written.
+const SIZE_RECORD: &str = "size";
+
+/// Whether the cached vmlinux at `path` is whole: as long as recorded when it was made (an entry
+/// of an older nestfault has no record), and every PT_LOAD segment inside the file. A run killed
+/// while the file was copied in, or a full disk, leaves it short, and QEMU then refuses it
+/// ("Error while loading elf kernel") on every later run. Reads the ELF and program headers
+/// only (every segment must end inside the file): the check costs a few kilobytes, not the
+/// 60 MB a digest of the file would.
+fn check_cached(path: &Path) -> Result<(), String> {
+    use std::io::{Seek, SeekFrom};
+    let io = |e: std::io::Error| e.to_string();
+    let mut file = fs::File::open(path).map_err(io)?;
+    let length = file.metadata().map_err(io)?.len();
+    if let Ok(recorded) = fs::read_to_string(path.with_extension(SIZE_RECORD)) {
+        let recorded: u64 = recorded
+            .trim()
+            .parse()
+            .map_err(|_| "an unreadable size record")?;
+        if recorded != length {
+            return Err(format!("{length} bytes, {recorded} when it was made"));
+        }
+    }
+    let mut header = [0u8; 64];
+    file.read_exact(&mut header)
+        .map_err(|_| format!("{length} bytes: no ELF header"))?;
+    let field = |at: usize, width: usize| {
+        header[at..at + width]
+            .iter()
+            .rev()
+            .fold(0u64, |value, &byte| value << 8 | u64::from(byte))
+    };
+    if &header[..4] != b"\x7fELF" {
+        return Err("not an ELF file".into());
+    }
+    let (phoff, phentsize, phnum) = (field(32, 8), field(54, 2), field(56, 2));
+    let mut headers = vec![0u8; (phentsize * phnum) as usize];
+    file.seek(SeekFrom::Start(phoff))
+        .and_then(|_| file.read_exact(&mut headers))
+        .map_err(|_| format!("{length} bytes: its program headers are cut off"))?;
+    for ph in headers.chunks(phentsize.max(1) as usize) {
+        let word = |at: usize| u64::from_le_bytes(ph[at..at + 8].try_into().unwrap_or([0; 8]));
+        let end = word(8).saturating_add(word(32));
+        if end > length {
+            return Err(format!("{length} bytes, a segment ends at {end}"));
+        }
+    }
+    Ok(())
 }
 
 /// `$XDG_CACHE_HOME/nestfault/vmlinux`, or `~/.cache/nestfault/vmlinux`.
@@ -269,10 +346,10 @@ mod tests {
         let image = dir.path().join("bzImage");
         fs::write(&image, bzimage(vmlinux)).unwrap();
         let cache = dir.path().join("cache");
-        let first = extract_vmlinux(&image, Some(cache.clone()), dir.path()).unwrap();
-        let again = extract_vmlinux(&image, Some(cache), dir.path()).unwrap();
+        let first = extract_vmlinux(&image, Some(cache.clone()), dir.path(), &mut |_| {}).unwrap();
+        let again = extract_vmlinux(&image, Some(cache), dir.path(), &mut |_| {}).unwrap();
         assert_eq!(first, again);
-        let uncached = extract_vmlinux(&image, None, dir.path()).unwrap();
+        let uncached = extract_vmlinux(&image, None, dir.path(), &mut |_| {}).unwrap();
         let contents = |extracted: &Result<Vmlinux, String>| {
             extracted
                 .as_ref()
@@ -294,6 +371,46 @@ mod tests {
         assert!(why.contains("no PVH entry point"), "{why}");
     }
 
+    /// Issue 22: a cached vmlinux cut short (a killed run, a full disk) is noticed, removed and
+    /// extracted again, once, and the run says so; before, every later run booted the stub.
+    #[test]
+    fn a_truncated_cached_vmlinux_is_extracted_again() {
+        let dir = private_dir("test").unwrap();
+        let image = dir.path().join("bzImage");
+        let vmlinux = with_notes(&[(b"Xen", XEN_ELFNOTE_PHYS32_ENTRY)]);
+        fs::write(&image, bzimage(&vmlinux)).unwrap();
+        let cache = dir.path().join("cache");
+        let extract = |said: &mut Vec<String>| {
+            extract_vmlinux(&image, Some(cache.clone()), dir.path(), &mut |line| {
+                said.push(line.to_string())
+            })
+            .unwrap()
+            .unwrap()
+        };
+        let mut said = Vec::new();
+        let first = extract(&mut said);
+        assert!(said.is_empty(), "{said:?}");
+        let file = fs::File::options().write(true).open(&first.path).unwrap();
+        file.set_len(vmlinux.len() as u64 / 2).unwrap();
+        let healed = extract(&mut said);
+        assert_eq!(said.len(), 1, "{said:?}");
+        assert!(
+            said[0].contains("is damaged") && said[0].contains("extracting it again"),
+            "{said:?}"
+        );
+        assert_eq!(fs::read(&healed.path).unwrap(), vmlinux);
+        said.clear();
+        extract(&mut said);
+        assert!(said.is_empty(), "said once: {said:?}");
+        // Without a size record (an older nestfault's entry), the ELF headers still show it.
+        fs::remove_file(healed.path.with_extension(SIZE_RECORD)).unwrap();
+        let file = fs::File::options().write(true).open(&healed.path).unwrap();
+        file.set_len(vmlinux.len() as u64 - 1).unwrap();
+        assert!(check_cached(&healed.path).is_err());
+        file.set_len(40).unwrap();
+        assert!(check_cached(&healed.path).is_err());
+    }
+
     /// A vmlinux cached by an older nestfault has no PVH answer beside it; it is found out, not
     /// assumed (a kernel without the note made QEMU refuse to start).
     #[test]
@@ -302,7 +419,7 @@ mod tests {
         let image = dir.path().join("bzImage");
         fs::write(&image, bzimage(&with_notes(&[(b"Xen", 17)]))).unwrap();
         let cache = dir.path().join("cache");
-        extract_vmlinux(&image, Some(cache.clone()), dir.path())
+        extract_vmlinux(&image, Some(cache.clone()), dir.path(), &mut |_| {})
             .unwrap()
             .unwrap();
         let answers: Vec<_> = fs::read_dir(&cache)
@@ -312,7 +429,7 @@ mod tests {
             .collect();
         assert_eq!(answers.len(), 1, "{answers:?}");
         fs::remove_file(&answers[0]).unwrap();
-        let again = extract_vmlinux(&image, Some(cache), dir.path())
+        let again = extract_vmlinux(&image, Some(cache), dir.path(), &mut |_| {})
             .unwrap()
             .unwrap();
         assert!(again.pvh.unwrap_err().contains("no PVH entry point"));
