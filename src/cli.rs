@@ -72,6 +72,10 @@ fn run(cli: &Cli) -> anyhow::Result<Done> {
             crate::kconfig::run(args)?;
             return Ok(Done::Informed);
         }
+        Some(Command::Cache(args)) => {
+            crate::caches::run(args, &mut std::io::stdout().lock())?;
+            return Ok(Done::Informed);
+        }
         Some(Command::Host) => {
             let cases = scenario::expand(&scenario::built_in()?);
             let nests = crate::host_check::run(&cases, &mut std::io::stdout().lock())?;

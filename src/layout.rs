@@ -146,22 +146,23 @@ pub fn build(case: &Case, vendor: &dyn Vendor, stub: &[u8]) -> Result<GuestImage
             Some(gva)
         }
     };
-    let prime = match point.target {
+    let prime = vendor.needs_prime().then_some(match point.target {
         Target::Final => Prime::Walk,
         _ => Prime::Final,
-    };
+    });
     memory.align_pool(PREFETCH_GROUP);
     let prime_gva = match prime {
-        Prime::Walk => {
+        None => None,
+        Some(Prime::Walk) => {
             l2_tables.map(&mut memory, PRIME_WALK_GVA, code, Perms::RWX)?;
-            PRIME_WALK_GVA
+            Some(PRIME_WALK_GVA)
         }
-        Prime::Final => {
+        Some(Prime::Final) => {
             // Next to the code page, so it shares the code's (already shadowed) page tables.
             let gva = code + 2 * PAGE_SIZE;
             let fresh = memory.alloc_page("the prime page")?;
             l2_tables.map(&mut memory, gva, fresh, Perms::RWX)?;
-            gva
+            Some(gva)
         }
     };
     // L2's first instruction fetch is the first walk of its CR3 page.
@@ -282,7 +283,8 @@ struct L2Accesses {
     /// the crossing access itself then takes no hardware fault on it, and the last one L0
     /// handled stays the prime's.
     lead_in: Option<u64>,
-    prime: u64,
+    /// `None` where the vendor needs no prime ([`Vendor::needs_prime`]).
+    prime: Option<u64>,
     /// Where the scenario's access starts.
     access: u64,
 }
@@ -293,7 +295,7 @@ struct L2Accesses {
 fn l2_program(case: &Case, at: L2Accesses, done: [u8; 3]) -> Vec<u8> {
     let mut code = Vec::new();
     let imm64 = |code: &mut Vec<u8>, value: u64| code.extend_from_slice(&value.to_le_bytes());
-    for read in at.lead_in.into_iter().chain([at.prime]) {
+    for read in at.lead_in.into_iter().chain(at.prime) {
         // mov al, [moffs64]
         code.push(0xa0);
         imm64(&mut code, read);
@@ -351,7 +353,7 @@ mod tests {
     fn at(prime: u64) -> L2Accesses {
         L2Accesses {
             lead_in: None,
-            prime,
+            prime: Some(prime),
             access: FAULT_GVA,
         }
     }

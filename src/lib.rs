@@ -6,6 +6,7 @@ pub mod arch;
 pub mod as_host;
 pub mod boot;
 pub mod cache_lock;
+pub mod caches;
 pub mod cli;
 pub mod clock;
 pub mod debian;

@@ -133,6 +133,9 @@ pub enum Command {
     /// run here, each with what turns it on. Exit 0 when some vendor can run, 125 when none can
     /// nest, 255 when /dev/kvm cannot be opened.
     Host,
+    /// Say where nestfault's caches are, what each holds and its size (Debian kernels, kernel
+    /// trees, extracted vmlinux files, unsigned module copies); --clear [KIND] removes it.
+    Cache(crate::caches::CacheArgs),
 }
 
 impl Cli {

@@ -300,6 +300,10 @@ pub trait Vendor {
     fn msrs(&self) -> Vec<(u32, u64)>;
     /// The hypercall L2 ends with; L1 intercepts it as "finished without a fault".
     fn done_instruction(&self) -> [u8; 3];
+    /// Whether L2 must prime L0 with a hardware nested fault of the opposite stage before the
+    /// faulting access: kernels that copied stale exit information from it into the faults they
+    /// synthesize (VMX bits 8:7 up to 6.9) would otherwise pass some rows by coincidence.
+    fn needs_prime(&self) -> bool;
     fn control_block(
         &self,
         l1: &CpuState,

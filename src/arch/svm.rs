@@ -202,6 +202,13 @@ impl Vendor for Svm {
         Vec::new()
     }
 
+    /// No SVM kernel is known to have carried stale state into an #NPF it synthesizes (the
+    /// stage bug wrote a constant GUEST_FINAL): the prime would only cost each case L0's faults
+    /// on its fresh page tables.
+    fn needs_prime(&self) -> bool {
+        false
+    }
+
     fn done_instruction(&self) -> [u8; 3] {
         [0x0f, 0x01, 0xd9] // vmmcall
     }

@@ -330,6 +330,10 @@ impl Vendor for Vmx {
         )]
     }
 
+    fn needs_prime(&self) -> bool {
+        true
+    }
+
     fn done_instruction(&self) -> [u8; 3] {
         [0x0f, 0x01, 0xc1] // vmcall
     }

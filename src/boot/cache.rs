@@ -11,9 +11,9 @@ use std::time::SystemTime;
 use sha2::{Digest, Sha256};
 
 /// The extracted vmlinux files.
-pub(crate) const VMLINUX: &str = "vmlinux";
+pub const VMLINUX: &str = "vmlinux";
 /// The unsigned copies of KVM modules.
-pub(crate) const UNSIGNED: &str = "unsigned";
+pub const UNSIGNED: &str = "unsigned";
 
 /// The directories of both caches, where there is a cache at all: for a benchmark that reads
 /// them before it times a run.
@@ -22,7 +22,7 @@ pub fn dirs() -> Vec<PathBuf> {
 }
 
 /// `$XDG_CACHE_HOME/nestfault/<kind>`, or `~/.cache/nestfault/<kind>`.
-pub(crate) fn dir(kind: &str) -> Option<PathBuf> {
+pub fn dir(kind: &str) -> Option<PathBuf> {
     let base = std::env::var_os("XDG_CACHE_HOME")
         .filter(|dir| !dir.is_empty())
         .map(PathBuf::from)

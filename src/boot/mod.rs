@@ -64,7 +64,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use cache::dirs as cache_dirs;
+pub use cache::{
+    dir as cache_dir, dirs as cache_dirs, UNSIGNED as UNSIGNED_CACHE, VMLINUX as VMLINUX_CACHE,
+};
 pub use cmdline::fast_boot_help;
 pub use contract::paths::FILES_DIR as GUEST_FILES_DIR;
 pub use emulator::choose_emulator;

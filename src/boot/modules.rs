@@ -444,6 +444,19 @@ parmtype=npt:int\0\0\0";
         assert!(matches!(&cached.contents, Contents::UnsignedCopy(found) if *found == copy));
         assert_eq!(cached.info.params, ["nested"], "modinfo from the copy");
 
+        // Issue 22: a copy cut short in the cache is not used but made again.
+        let cached_copy = fs::read_dir(dir.path().join("cache"))
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .find(|path| path.extension().is_some_and(|ext| ext == "ko"))
+            .unwrap();
+        fs::write(&cached_copy, &copy[..copy.len() / 2]).unwrap();
+        let [decompressed] = &resolve_kvm()[..] else {
+            panic!("one module")
+        };
+        assert!(matches!(&decompressed.contents, Contents::Image(image) if *image == module));
+        assert!(!cached_copy.exists(), "the damaged copy is removed");
+
         let rebuilt = module_elf("vermagic=6.1.0 SMP\0depends=\0\0", dir.path());
         fs::write(modules.join("kernel/kvm.ko"), &rebuilt).unwrap();
         let [fresh] = &resolve_kvm()[..] else {

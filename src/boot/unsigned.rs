@@ -60,6 +60,7 @@ use std::process::Command;
 use super::cache;
 use super::error::BootError;
 use super::tools::{run_tool, Location};
+use crate::elf::Elf;
 
 /// Ends a signed module (include/linux/module_signature.h, MODULE_SIG_STRING).
 const SIGNATURE_MARKER: &[u8] = b"~Module signature appended~\n";
@@ -107,13 +108,25 @@ impl CopyCache {
         self.dir.join(format!("{key}.ko"))
     }
 
-    /// The copy made earlier of the module file `packed` (as found, compressed or not).
+    /// The copy made earlier of the module file `packed` (as found, compressed or not), if it
+    /// is whole: an ELF whose section headers and `.modinfo` lie inside the file. A damaged copy
+    /// (a full disk while it was copied in) is removed, so that this run makes it again.
     pub(crate) fn get(&self, packed: &[u8]) -> Option<Vec<u8>> {
         let path = self.path(packed);
         if !cache::touch(&path) {
             return None;
         }
-        fs::read(path).ok()
+        let copy = fs::read(&path).ok()?;
+        let whole = Elf::parse(&copy).and_then(|elf| elf.section(".modinfo"));
+        if !matches!(whole, Ok(Some(_))) {
+            eprintln!(
+                "nestfault: the cached module copy {} is damaged: making it again",
+                path.display()
+            );
+            let _ = fs::remove_file(&path);
+            return None;
+        }
+        Some(copy)
     }
 
     /// Keeps `copy`, made of the module file `packed`, written first to `scratch`. A cache that

@@ -285,6 +285,9 @@ impl Apt {
         Ok(output)
     }
 
+    /// Refreshes the package lists. apt exits 0 when it could not reach the archive (it
+    /// warns and keeps the old lists, if any): that is an error here, [`DebianError::Unreachable`],
+    /// so that "nothing found" is never said of an archive that was not asked.
     pub fn update(&self) -> Result<()> {
         let mut command = self.command("apt-get");
         command.args(["-q", "update"]);
@@ -292,17 +295,45 @@ impl Apt {
             "; updating the system's package lists needs root: run `sudo apt-get update` and \
              try again"
         } else {
-            "; could not fetch the package lists: is the Debian mirror reachable?"
+            ""
         };
-        self.run_with_hint(command, "apt-get update", hint)
-            .map(|_| ())
+        let stderr = match self.run_with_hint(command, "apt-get update", hint) {
+            Ok(output) => String::from_utf8_lossy(&output.stderr).into_owned(),
+            Err(DebianError::AptFailed { stderr, .. }) if !unreachable(&stderr).is_empty() => {
+                stderr
+            }
+            Err(error) => return Err(error),
+        };
+        let failures = unreachable(&stderr);
+        if failures.is_empty() {
+            return Ok(());
+        }
+        Err(DebianError::Unreachable {
+            using: self.label.clone(),
+            apt: failures.join("\n"),
+        })
     }
 
-    /// Refreshes a private configuration's lists when missing or stale.
-    pub fn update_if_stale(&self) -> Result<()> {
-        match &self.private_lists {
-            Some(lists) if !lists_are_fresh(lists) => self.update(),
-            _ => Ok(()),
+    /// Refreshes a private configuration's lists when missing or stale. Stale lists are kept
+    /// when the archive cannot be reached (`on_progress` hears of it): the packages they name
+    /// may be in the cache already.
+    pub fn update_if_stale(&self, on_progress: &mut dyn FnMut(&str)) -> Result<()> {
+        let Some(lists) = &self.private_lists else {
+            return Ok(());
+        };
+        if lists_are_fresh(lists) {
+            return Ok(());
+        }
+        match self.update() {
+            Err(DebianError::Unreachable { apt, .. }) if has_lists(lists) => {
+                let first = apt.lines().next().unwrap_or_default();
+                on_progress(&format!(
+                    "cannot reach the Debian archive ({first}); using the package lists of an \
+                     earlier run"
+                ));
+                Ok(())
+            }
+            other => other,
         }
     }
 
@@ -347,6 +378,31 @@ impl Apt {
     }
 }
 
+/// apt's lines that say it could not reach the archive, in its C-locale words.
+fn unreachable(stderr: &str) -> Vec<&str> {
+    const SIGNS: [&str; 6] = [
+        "Failed to fetch",
+        "Temporary failure resolving",
+        "Could not resolve",
+        "Unable to connect",
+        "Could not connect",
+        "Some index files failed to download",
+    ];
+    stderr
+        .lines()
+        .filter(|line| SIGNS.iter().any(|sign| line.contains(sign)))
+        .collect()
+}
+
+/// Whether `lists` holds any package list, however old.
+fn has_lists(lists: &Path) -> bool {
+    fs::read_dir(lists)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|entry| entry.file_name().to_string_lossy().contains("_Packages"))
+}
+
 /// Whether `lists` holds package lists younger than LISTS_MAX_AGE.
 fn lists_are_fresh(lists: &Path) -> bool {
     fs::read_dir(lists)
@@ -363,6 +419,44 @@ fn lists_are_fresh(lists: &Path) -> bool {
 
 fn running_as_root() -> bool {
     fs::metadata("/proc/self").is_ok_and(|meta| meta.uid() == 0)
+}
+
+/// Whether `deb` is a whole ar archive (what a .deb is): the magic, then every member's 60-byte
+/// header and data inside the file. A download cut short, or a disk that filled up while it was
+/// copied, leaves a member cut off. Seeks from header to header: a 100 MB package costs a few
+/// reads.
+pub fn check_package(deb: &Path) -> std::result::Result<(), String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = fs::File::open(deb).map_err(|e| e.to_string())?;
+    let length = file.metadata().map_err(|e| e.to_string())?.len();
+    let mut magic = [0u8; 8];
+    if file.read_exact(&mut magic).is_err() || &magic != b"!<arch>\n" {
+        return Err(format!("{length} bytes: not an ar archive"));
+    }
+    let mut at = 8u64;
+    let mut members = 0;
+    while at < length {
+        let mut header = [0u8; 60];
+        file.seek(SeekFrom::Start(at))
+            .and_then(|_| file.read_exact(&mut header))
+            .map_err(|_| format!("{length} bytes: member {} has no whole header", members + 1))?;
+        let size: u64 = std::str::from_utf8(&header[48..58])
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+            .ok_or_else(|| format!("member {} has an unreadable size", members + 1))?;
+        at += 60 + size + size % 2;
+        members += 1;
+        if at > length + 1 {
+            return Err(format!(
+                "{length} bytes, member {members} ends at {}",
+                at - size % 2
+            ));
+        }
+    }
+    if members < 3 {
+        return Err(format!("{members} members, a .deb has three"));
+    }
+    Ok(())
 }
 
 /// The .deb of `package` at `version` in `dir`, if there (apt names it

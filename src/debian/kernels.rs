@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use super::apt::{self, Apt};
 use super::DebianError;
+use crate::cache_lock::EntryLock;
 
 type Result<T> = std::result::Result<T, DebianError>;
 
@@ -283,6 +284,20 @@ fn fetch(
     cache: &Path,
     on_progress: &mut dyn FnMut(&str),
 ) -> Result<Option<FetchedKernel>> {
+    // One run at a time fetches a suite into this cache; the others wait and then find its
+    // packages there (apt's own lock would make them fail instead).
+    let suite = match &spec.suite {
+        Suite::System => "system",
+        Suite::Private(suite) => suite.as_str(),
+    };
+    let lock_name = format!("apt-{suite}");
+    let _lock = EntryLock::acquire(
+        cache,
+        &lock_name,
+        &format!("fetching {}", spec.label),
+        on_progress,
+    )
+    .map_err(|e| DebianError::io("lock", cache.join(format!("{lock_name}.lock")), e))?;
     let apt = match &spec.suite {
         Suite::System => Apt::system(),
         Suite::Private(suite) => Apt::private(&cache.join(format!("apt-{suite}")), suite)?,
@@ -292,7 +307,7 @@ fn fetch(
         spec.label,
         spec_description(spec)
     ));
-    apt.update_if_stale()?;
+    apt.update_if_stale(on_progress)?;
     let found = match newest(spec, &apt)? {
         Some(found) => found,
         // The system's lists may predate the package, or be absent.
@@ -415,11 +430,22 @@ pub fn obtain(
     on_progress: &mut dyn FnMut(&str),
 ) -> Result<PathBuf> {
     if let Some(file) = apt::downloaded_file(dir, package, version) {
-        on_progress(&format!(
-            "{package} {version}: already in {}",
-            dir.display()
-        ));
-        return Ok(file);
+        match apt::check_package(&file) {
+            Ok(()) => {
+                on_progress(&format!(
+                    "{package} {version}: already in {}",
+                    dir.display()
+                ));
+                return Ok(file);
+            }
+            Err(damage) => {
+                on_progress(&format!(
+                    "the cached {} is damaged ({damage}): downloading it again",
+                    file.display()
+                ));
+                fs::remove_file(&file).map_err(|e| DebianError::io("remove", &file, e))?;
+            }
+        }
     }
     on_progress(&format!("{package} {version}: downloading"));
     match apt.download(package, version, dir) {

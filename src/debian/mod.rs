@@ -27,6 +27,13 @@ pub enum DebianError {
         hint: &'static str,
     },
 
+    #[error(
+        "cannot reach the Debian archive ({using}); apt says:\n{apt}\nnestfault fetches \
+         debian: kernels with apt; a kernel already in the cache runs without the network \
+         (`nestfault cache` lists what it holds)"
+    )]
+    Unreachable { using: String, apt: String },
+
     #[error("{0}")]
     NoSources(String),
 

@@ -248,7 +248,7 @@ pub fn cached_build(cache: &Path) -> Option<PathBuf> {
 /// unless already there.
 fn source_tree(cache: &Path) -> Result<PathBuf> {
     let apt = Apt::private(&cache.join(format!("apt-{SUITE}")), SUITE)?;
-    apt.update_if_stale()?;
+    apt.update_if_stale(&mut |line| println!("e2e tree: {line}"))?;
     let names: Vec<String> = apt
         .search_names("^linux-source-[0-9]+\\.[0-9]+$")?
         .into_iter()
