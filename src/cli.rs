@@ -36,6 +36,9 @@ pub fn main() -> ExitCode {
     boot::remove_stale_dirs();
     let result = run(&cli);
     let ending = match &result {
+        // A reader that went away (`nestfault --list | head -1`) ends the run quietly, with the
+        // status the verdicts give; everything of the run but its report is done.
+        Err(error) if closed_stdout(error) => Ending::Informed,
         _ if interrupt::requested() => {
             eprintln!(
                 "nestfault: {}; the report above (if any) is partial",
@@ -55,6 +58,23 @@ pub fn main() -> ExitCode {
         }
     };
     ExitClass::of(&ending).into()
+}
+
+/// A report written to a stdout whose reader has gone is no error: the verdicts stand, and decide
+/// the exit status.
+fn unless_closed(written: std::io::Result<()>) -> std::io::Result<()> {
+    match written {
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
+}
+
+/// Whether `error` is a write to a stdout whose reader has gone (EPIPE).
+fn closed_stdout(error: &anyhow::Error) -> bool {
+    error
+        .chain()
+        .filter_map(|cause| cause.downcast_ref::<std::io::Error>())
+        .any(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
 /// What a command line came to, short of an error.
@@ -123,9 +143,19 @@ fn run(cli: &Cli) -> anyhow::Result<Done> {
     };
     let mut stdout = std::io::stdout().lock();
     match output.as_mut() {
-        None => report::render(cli.format, &environment, &verdicts, &mut stdout)?,
+        None => unless_closed(report::render(
+            cli.format,
+            &environment,
+            &verdicts,
+            &mut stdout,
+        ))?,
         Some(file) => {
-            report::render(Format::Human, &environment, &verdicts, &mut stdout)?;
+            unless_closed(report::render(
+                Format::Human,
+                &environment,
+                &verdicts,
+                &mut stdout,
+            ))?;
             let mut writer = BufWriter::new(file.file());
             report::render(cli.format, &environment, &verdicts, &mut writer)
                 .and_then(|()| writer.flush())

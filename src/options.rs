@@ -71,7 +71,7 @@ pub struct Cli {
           value_parser = clap::value_parser!(u64).range(1..=MAX_TIMEOUT_SECS))]
     pub timeout: Option<u64>,
 
-    /// Also load the scenarios in this directory (*.toml), e.g. scenarios/extra.
+    /// Also load the scenarios in this directory (*.toml), e.g. scenarios/examples.
     #[arg(long, value_name = "DIR")]
     pub scenarios_dir: Option<PathBuf>,
 

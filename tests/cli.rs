@@ -245,3 +245,52 @@ fn unknown_scenario_lists_each_name_once() {
     let stderr = text(&output.stderr);
     assert_eq!(stderr.matches("pt_page_unmapped,").count(), 1, "{stderr}");
 }
+
+/// Issue 21: a reader that goes away (`nestfault --list | head -1`) ends the run quietly, with
+/// the status it would have had; no "Broken pipe" on stderr.
+#[test]
+fn a_closed_stdout_ends_quietly() {
+    let mut child = Command::new(binary())
+        .arg("--list")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Closed before anything is read: every write fails with EPIPE.
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    assert_eq!(text(&output.stderr), "");
+}
+
+/// Issue 21: every path of this repository that a help text names exists.
+#[test]
+fn help_texts_name_only_paths_that_exist() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut named = Vec::new();
+    for args in [
+        &["--help"][..],
+        &["kconfig", "--help"],
+        &["host", "--help"],
+        &["cache", "--help"],
+    ] {
+        let help = text(&nestfault(args).stdout);
+        for word in help.split(|c: char| c.is_whitespace() || "(),;`'\"".contains(c)) {
+            let word = word.trim_end_matches(['.', ':']);
+            let ours = ["scenarios/", "docs/", "src/", "guest/", "xtask/", "tests/"];
+            if ours.iter().any(|prefix| word.starts_with(prefix)) {
+                named.push(word.to_string());
+            }
+        }
+    }
+    assert!(
+        !named.is_empty(),
+        "the help names no repository path at all"
+    );
+    for path in named {
+        assert!(
+            root.join(&path).exists(),
+            "--help names {path}, which does not exist"
+        );
+    }
+}
