@@ -12,7 +12,7 @@ use crate::environment::{Environment, VendorEnvironment};
 use crate::exit::{Ending, ExitClass};
 use crate::options::{Cli, Command};
 use crate::output::{self, ReportFile};
-use crate::report::{self, Format};
+use crate::report::{self, Format, HumanStyle};
 use crate::scenario::{Case, VendorKind};
 use crate::selection::PathChoice;
 use crate::{boot, interrupt, kernel_mode, repeat, runner, scenario, verdict, vm};
@@ -124,7 +124,8 @@ fn run(cli: &Cli) -> anyhow::Result<Done> {
         }
         None => None,
     };
-    let (environment, verdicts) = match &cli.kernel {
+    let started = std::time::Instant::now();
+    let (mut environment, verdicts) = match &cli.kernel {
         Some(image) => {
             if cli.path == PathChoice::Forced && cli.turns_forced_prefix_off() {
                 bail!(
@@ -141,12 +142,15 @@ fn run(cli: &Cli) -> anyhow::Result<Done> {
         None if !cli.as_host.is_empty() => bail!("--as-host needs --kernel"),
         None => run_here(cli, &all)?,
     };
+    environment.wall_ms = Some(started.elapsed().as_millis() as u64);
+    let style = HumanStyle::for_stdout(cli.verbose);
     let mut stdout = std::io::stdout().lock();
     match output.as_mut() {
         None => unless_closed(report::render(
             cli.format,
             &environment,
             &verdicts,
+            style,
             &mut stdout,
         ))?,
         Some(file) => {
@@ -154,10 +158,15 @@ fn run(cli: &Cli) -> anyhow::Result<Done> {
                 Format::Human,
                 &environment,
                 &verdicts,
+                style,
                 &mut stdout,
             ))?;
             let mut writer = BufWriter::new(file.file());
-            report::render(cli.format, &environment, &verdicts, &mut writer)
+            let plain = HumanStyle {
+                color: false,
+                ..style
+            };
+            report::render(cli.format, &environment, &verdicts, plain, &mut writer)
                 .and_then(|()| writer.flush())
                 .context("writing the report to --output")?;
         }

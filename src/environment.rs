@@ -22,6 +22,9 @@ pub struct Environment {
     pub kernel: String,
     /// One per vendor that reached its KVM, in the order the vendors ran.
     pub vendors: Vec<VendorEnvironment>,
+    /// How long the run took, start to verdicts, for the summary line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wall_ms: Option<u64>,
 }
 
 impl Environment {
@@ -30,6 +33,7 @@ impl Environment {
             nestfault: env!("CARGO_PKG_VERSION").to_string(),
             kernel: kernel.to_string(),
             vendors: Vec::new(),
+            wall_ms: None,
         }
     }
 }

@@ -91,8 +91,9 @@ pub struct Cli {
     #[arg(long, value_enum, default_value = "auto", requires = "kernel")]
     pub emulator: EmulatorChoice,
 
-    /// With --kernel: copy the guest's raw console to stderr.
-    #[arg(long, requires = "kernel")]
+    /// A report line per case instead of the matrix; with --kernel, also the guest's raw console
+    /// on stderr.
+    #[arg(long)]
     pub verbose: bool,
 
     /// With --kernel: write the guest's raw console to FILE. When both vendors run (two boots),

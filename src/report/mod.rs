@@ -14,6 +14,28 @@ use crate::verdict::{Axes, ExitValues, Status, Verdict};
 
 pub use human::label as status_label;
 
+/// How the human report looks: a line per case (`--verbose`) or the matrix, in colour or plain.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HumanStyle {
+    /// A line per case with its diagnosis, as before the matrix view.
+    pub per_case: bool,
+    /// ANSI colours and glyphs: only on a terminal that has not asked for plain text.
+    pub color: bool,
+}
+
+impl HumanStyle {
+    /// Colour where stdout is a terminal and neither `NO_COLOR` nor `TERM=dumb` says otherwise.
+    pub fn for_stdout(per_case: bool) -> Self {
+        use std::io::IsTerminal;
+        let asked_plain = std::env::var_os("NO_COLOR").is_some_and(|value| !value.is_empty())
+            || std::env::var("TERM").is_ok_and(|term| term == "dumb");
+        HumanStyle {
+            per_case,
+            color: std::io::stdout().is_terminal() && !asked_plain,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
     Human,
@@ -111,10 +133,12 @@ impl Counts {
     }
 }
 
+/// `format`'s report of `verdicts`; `style` only shapes the human one.
 pub fn render(
     format: Format,
     environment: &Environment,
     verdicts: &[Verdict],
+    style: HumanStyle,
     out: &mut dyn Write,
 ) -> io::Result<()> {
     match format {
@@ -129,7 +153,7 @@ pub fn render(
             serde_json::to_writer_pretty(&mut *out, &report)?;
             writeln!(out)
         }
-        Format::Human => human::render(environment, verdicts, out),
+        Format::Human => human::render(environment, verdicts, style, out),
         Format::Junit => junit::render(environment, verdicts, out),
         Format::Ktap => ktap::render(environment, verdicts, out),
     }
@@ -167,23 +191,16 @@ pub(crate) mod sample {
                 gbpages: Some(true),
                 ept_vpid_cap: None,
             }],
+            wall_ms: None,
         }
     }
 
     fn verdict(id: &str, status: Status, diagnosis: Option<&str>, duration_ms: u64) -> Verdict {
-        let parts: Vec<&str> = id.split('/').collect();
-        Verdict {
-            id: id.into(),
-            vendor: parts[0].into(),
-            scenario: parts[1].into(),
-            path: parts[2].into(),
-            axes: Default::default(),
-            status,
-            expected: ExitValues::default(),
-            actual: None,
-            diagnosis: diagnosis.map(str::to_string),
-            duration_ms,
-        }
+        let case = crate::scenario::built_in_case(id);
+        let mut verdict = Verdict::without_run(&case, status, String::new());
+        verdict.diagnosis = diagnosis.map(str::to_string);
+        verdict.duration_ms = duration_ms;
+        verdict
     }
 
     fn svm_exit(exit_info_1: u64) -> ExitValues {
@@ -311,6 +328,7 @@ mod tests {
                 format,
                 &sample::environment(),
                 &sample::verdicts(),
+                HumanStyle::default(),
                 &mut out,
             )
             .unwrap();
@@ -337,7 +355,15 @@ mod tests {
     fn json_has_the_contracted_shape() {
         let mut out = Vec::new();
         let environment = sample::environment();
-        render(Format::Json, &environment, &sample::verdicts(), &mut out).unwrap();
+        let style = HumanStyle::default();
+        render(
+            Format::Json,
+            &environment,
+            &sample::verdicts(),
+            style,
+            &mut out,
+        )
+        .unwrap();
         let json: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(json["kernel"], sample::KERNEL);
         assert_eq!(json["nestfault"], "0.0.0-example");
