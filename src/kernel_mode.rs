@@ -15,6 +15,7 @@ use crate::debian;
 use crate::environment::{Environment, VendorEnvironment};
 use crate::options::Cli;
 use crate::output::{self, NamedPath};
+use crate::progress::Progress;
 use crate::scenario::{self, Case, VendorKind};
 use crate::verdict::{RunResult, Status, Verdict};
 use crate::{repeat, report};
@@ -127,11 +128,12 @@ pub fn run(cli: &Cli, image: &Path, all: &[Case]) -> anyhow::Result<KernelRun> {
     let workdir = boot::private_dir("kernel")?;
     // Fetching, unpacking packages and extracting modules take seconds: they are phases too.
     let started = Instant::now();
+    let shown = Progress::for_stderr();
     let mut preparing = |phase: &str| {
-        eprintln!(
+        shown.step(&format!(
             "[prepare {:>5.1}s] {phase}",
             started.elapsed().as_secs_f64()
-        )
+        ))
     };
     let input = kernel_input(image, cli.modules.clone(), &mut preparing)?;
     let mut kernel = boot::prepare_kernel(&input, workdir.path(), &mut preparing)?;
@@ -200,7 +202,7 @@ pub fn run(cli: &Cli, image: &Path, all: &[Case]) -> anyhow::Result<KernelRun> {
                     if crate::interrupt::requested() {
                         return Ok(Outcome::not_started());
                     }
-                    boot_and_collect(cli, planned, kernel, initramfs)
+                    boot_and_collect(cli, planned, kernel, initramfs, shown)
                 })
             })
             .collect();
@@ -212,6 +214,7 @@ pub fn run(cli: &Cli, image: &Path, all: &[Case]) -> anyhow::Result<KernelRun> {
             })
             .collect()
     });
+    shown.finish();
     let mut release = kernel.release.clone();
     let mut verdicts = Vec::new();
     let mut vendors = Vec::new();
@@ -374,6 +377,7 @@ fn boot_and_collect(
     planned: &PlannedBoot,
     kernel: &boot::PreparedKernel,
     initramfs: &Path,
+    shown: Progress,
 ) -> anyhow::Result<Outcome> {
     let (kind, emulator) = (planned.kind, planned.emulator);
     let mut options = BootOptions::for_emulator(emulator);
@@ -401,16 +405,14 @@ fn boot_and_collect(
             started.elapsed().as_secs_f64()
         )
     };
-    let mut progress = |phase: &str| eprintln!("{} {phase}", stamp(started));
+    let mut progress = |phase: &str| shown.step(&format!("{} {phase}", stamp(started)));
+    let total = planned.cases.len() * cli.repeat as usize;
     // A run's result names its case by id; the boot's cases by theirs, computed once.
     let cases_by_id: HashMap<String, &Case> =
         planned.cases.iter().map(|case| (case.id(), case)).collect();
     let mut on_line = |line: &str| {
         if let Some(modules) = line.trim_end().strip_prefix(LOADED) {
-            eprintln!(
-                "[{kind} {emulator} {:>5.1}s] loaded {modules}",
-                started.elapsed().as_secs_f64()
-            );
+            shown.step(&format!("{} loaded {modules}", stamp(started)));
         }
         for record in Record::parse(line) {
             match record {
@@ -419,11 +421,11 @@ fn boot_and_collect(
                 Record::HostCommand(result) => outcome.commands.push(*result),
                 Record::Verdict(result) => {
                     // The report's words, in its order: status, then id.
-                    eprintln!(
-                        "{} {} {}",
-                        stamp(started),
-                        report::status_label(result.status),
-                        result.id
+                    shown.case(
+                        &stamp(started),
+                        outcome.verdicts.len() + 1,
+                        total,
+                        &format!("{} {}", report::status_label(result.status), result.id),
                     );
                     // A result for no case of this boot cannot be reported; its case, if any,
                     // then lacks a run, which `collate` makes an error.
@@ -451,7 +453,7 @@ fn boot_and_collect(
             "note: the kernel did not power off after its last result; {emulator} was stopped \
              (a kernel without CONFIG_PCI, or without ACPI, halts instead under QEMU)"
         );
-        eprintln!("{} {note}", stamp(started));
+        shown.note(&format!("{} {note}", stamp(started)));
         outcome.note = Some(note);
     }
     let booted = outcome.kernel.is_some();

@@ -29,6 +29,7 @@ pub mod options;
 pub mod output;
 pub mod paging;
 pub mod path_io;
+pub mod progress;
 pub mod repeat;
 pub mod report;
 pub mod runner;
