@@ -21,10 +21,12 @@ const MAX_REPEAT: u32 = 1000;
 /// Checks that KVM reports nested page faults injected by its instruction emulator to L1 correctly
 /// (SVM #NPF exit_info_1 GUEST_PAGE/GUEST_FINAL, VMX EPT-violation GVA_IS_VALID/GVA_TRANSLATED).
 ///
-/// Exit status: 0 every selected case ran --repeat times and passed; 1 a case failed or errored;
-/// 125 this kernel cannot be judged (no nested support in it, KVM refused nesting, it did not
-/// boot); 255 something must be fixed first (a flag, a path, a missing emulator, an empty
-/// selection) or the run was interrupted.
+/// Exit status: 0 every case that could run here ran --repeat times and passed (expected
+/// failures on open findings and cases not run here are listed, not failed); 1 a case failed or
+/// errored (with --strict, an expected failure too); 125 this kernel cannot be judged (no nested
+/// support in it, KVM refused nesting, it did not boot, nothing selected could run); 255
+/// something must be fixed first (a flag, a path, /dev/kvm, a missing emulator, an empty
+/// selection, a named case that cannot run here) or the run was interrupted.
 #[derive(Debug, Parser)]
 #[command(version, about, args_conflicts_with_subcommands = true)]
 pub struct Cli {
