@@ -52,6 +52,7 @@ pub fn main() -> ExitCode {
         },
         Ok(Done::Informed) => Ending::Informed,
         Ok(Done::CannotNest) => Ending::CannotNest,
+        Ok(Done::Unexplained) => Ending::Unexplained,
         Err(error) => {
             eprintln!("nestfault: error: {error:#}");
             Ending::MustFix
@@ -81,8 +82,11 @@ fn closed_stdout(error: &anyhow::Error) -> bool {
 enum Done {
     /// Printed what was asked for (--list, kconfig, a host that can run the suite).
     Informed,
-    /// `nestfault host` on a machine where no vendor nests.
+    /// `nestfault host` on a machine where no vendor nests; a survey with a kernel it could not
+    /// judge.
     CannotNest,
+    /// A survey found a failure no known fix or finding explains.
+    Unexplained,
     Judged(Vec<verdict::Verdict>),
 }
 
@@ -91,6 +95,14 @@ fn run(cli: &Cli) -> anyhow::Result<Done> {
         Some(Command::Kconfig(args)) => {
             crate::kconfig::run(args)?;
             return Ok(Done::Informed);
+        }
+        Some(Command::Survey(args)) => {
+            let ending = crate::survey::run(args, &mut std::io::stdout().lock())?;
+            return Ok(match ending {
+                crate::survey::SurveyEnding::Explained => Done::Informed,
+                crate::survey::SurveyEnding::Unexplained => Done::Unexplained,
+                crate::survey::SurveyEnding::NotJudged => Done::CannotNest,
+            });
         }
         Some(Command::Cache(args)) => {
             crate::caches::run(args, &mut std::io::stdout().lock())?;

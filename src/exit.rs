@@ -25,8 +25,11 @@ pub enum Ending<'a> {
     MustFix,
     /// SIGINT, SIGTERM or SIGHUP: the run is incomplete and must be repeated.
     Interrupted,
-    /// `nestfault host` found no vendor this machine's KVM nests.
+    /// `nestfault host` found no vendor this machine's KVM nests, or a survey a kernel it could
+    /// not judge.
     CannotNest,
+    /// A survey found a failure that no known fix or finding explains.
+    Unexplained,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,6 +53,7 @@ impl ExitClass {
             Ending::Informed => return ExitClass::Passed,
             Ending::MustFix | Ending::Interrupted => return ExitClass::MustFix,
             Ending::CannotNest => return ExitClass::Untestable,
+            Ending::Unexplained => return ExitClass::Failed,
             Ending::Judged { verdicts, strict } => (verdicts, *strict),
         };
         let any = |status| verdicts.iter().any(|v| v.status == status);

@@ -35,6 +35,7 @@ pub mod report;
 pub mod runner;
 pub mod scenario;
 pub mod selection;
+pub mod survey;
 pub mod verdict;
 pub mod vm;
 mod watchdog;

@@ -139,6 +139,11 @@ pub enum Command {
     /// Say where nestfault's caches are, what each holds and its size (Debian kernels, kernel
     /// trees, extracted vmlinux files, unsigned module copies); --clear [KIND] removes it.
     Cache(crate::caches::CacheArgs),
+    /// Which of these kernels carries which fix: runs each (as --kernel) for the vendors asked,
+    /// or reads the --format json report of an earlier run, and prints a fix-by-kernel table.
+    /// Exit 0 when every kernel was judged and every failure is explained by a known fix or
+    /// finding, 1 when some failure is unexplained, 125 when some kernel could not be judged.
+    Survey(crate::survey::SurveyArgs),
 }
 
 impl Cli {
