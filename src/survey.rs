@@ -500,4 +500,61 @@ mod tests {
             "{text}"
         );
     }
+
+    /// The survey's three formats exactly, over four made-up kernels (fixed, unfixed, partial,
+    /// one with an unexplained failure): `NESTFAULT_BLESS=1` rewrites the files.
+    #[test]
+    fn the_survey_formats_are_the_golden_ones() {
+        let cases = scenario::expand(&scenario::built_in().unwrap());
+        let stage_rows: Vec<String> = cases
+            .iter()
+            .filter(|c| arch::fix_checked_by(c) == Some(&arch::svm::STAGE_FIX))
+            .map(Case::id)
+            .collect();
+        let all: Vec<(&str, &str)> = stage_rows
+            .iter()
+            .map(|id| (id.as_str(), "without 297c2fe249db"))
+            .collect();
+        let odd = [(
+            "svm/final_page_unmapped/hardware",
+            "exit_info_2: wanted 1, got 2",
+        )];
+        let columns = || {
+            vec![
+                judge("7.2", VendorKind::Svm, &svm_report("7.2.13", &[]), &cases),
+                judge("6.1", VendorKind::Svm, &svm_report("6.1.192", &all), &cases),
+                judge(
+                    "x",
+                    VendorKind::Svm,
+                    &svm_report("6.12.117", &all[..2]),
+                    &cases,
+                ),
+                judge("y", VendorKind::Svm, &svm_report("7.3.1", &odd), &cases),
+            ]
+        };
+        let goldens = [
+            ("survey.txt", include_str!("report/golden/survey.txt")),
+            ("survey.md", include_str!("report/golden/survey.md")),
+            ("survey.json", include_str!("report/golden/survey.json")),
+        ];
+        for (file, golden) in goldens {
+            let mut out = Vec::new();
+            match file {
+                "survey.txt" => table(&columns(), false, &mut out).unwrap(),
+                "survey.md" => table(&columns(), true, &mut out).unwrap(),
+                _ => {
+                    serde_json::to_writer_pretty(&mut out, &columns()).unwrap();
+                    out.push(b'\n');
+                }
+            }
+            let text = String::from_utf8(out).unwrap();
+            if std::env::var_os("NESTFAULT_BLESS").is_some() {
+                let dir =
+                    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/report/golden");
+                std::fs::write(dir.join(file), &text).unwrap();
+                continue;
+            }
+            assert_eq!(text, golden, "{file}");
+        }
+    }
 }

@@ -346,6 +346,36 @@ mod tests {
         assert!(text.contains("\u{1b}[1;31m✗ FAIL\u{1b}[0m"), "{text}");
     }
 
+    /// The matrix exactly, on a terminal and plain: `NESTFAULT_BLESS=1` rewrites the files after
+    /// a change that is meant.
+    #[test]
+    fn the_matrix_is_the_golden_one() {
+        for (color, file, golden) in [
+            (
+                false,
+                "matrix-plain.txt",
+                include_str!("golden/matrix-plain.txt"),
+            ),
+            (
+                true,
+                "matrix-terminal.txt",
+                include_str!("golden/matrix-terminal.txt"),
+            ),
+        ] {
+            let text = rendered(HumanStyle {
+                per_case: false,
+                color,
+            });
+            if std::env::var_os("NESTFAULT_BLESS").is_some() {
+                let dir =
+                    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/report/golden");
+                std::fs::write(dir.join(file), &text).unwrap();
+                continue;
+            }
+            assert_eq!(text, golden, "{file}");
+        }
+    }
+
     #[test]
     fn verbose_keeps_a_line_per_case() {
         let text = rendered(HumanStyle {
