@@ -3,10 +3,11 @@
 use std::path::Path;
 
 use super::backend::EmulatorBackend;
-use super::error::BootError;
-use super::tools::Requirement;
-use super::{bochs, qemu, Emulator};
+use super::options::Emulator;
+use super::{bochs, qemu};
 use crate::arch;
+use crate::boot::error::BootError;
+use crate::boot::tools::Requirement;
 use crate::module_param;
 use crate::scenario::VendorKind;
 

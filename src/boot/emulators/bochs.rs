@@ -14,11 +14,12 @@ use std::time::Duration;
 
 use super::backend::{BootRequest, EmulatorBackend};
 use super::console::{self, LineSender, LineSplitter, Output, Phase, Progress, Running, Stream};
-use super::error::BootError;
 use super::iso;
-use super::tempdir::private_dir;
-use super::tools::{Location, Requirement};
-use super::{BootOptions, BootReport};
+use super::options::BootOptions;
+use super::outcome::BootReport;
+use crate::boot::error::BootError;
+use crate::boot::tempdir::private_dir;
+use crate::boot::tools::{Location, Requirement};
 
 const PROGRAM: &str = "bochs-bin";
 const BIOS: &str = "/usr/share/bochs/BIOS-bochs-latest";

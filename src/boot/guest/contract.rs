@@ -10,7 +10,7 @@ pub(crate) const POWER_OFF_MARKER: &str = "nestfault-init: powering off";
 
 /// Files that build_initramfs writes and inner_setup reads.
 pub(crate) mod paths {
-    use crate::boot::compression::Compression;
+    use crate::boot::input::compression::Compression;
 
     /// One module per line, `name<TAB>parameters`, in load order.
     pub(crate) const LOAD_ORDER: &str = "/nestfault/modules.load";

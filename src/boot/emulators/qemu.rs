@@ -10,10 +10,11 @@ use std::time::Duration;
 
 use super::backend::{BootRequest, EmulatorBackend};
 use super::console::{self, Progress, Running, Stream};
-use super::error::BootError;
-use super::tools::{Location, Requirement};
+use super::options::{BootOptions, Emulator};
+use super::outcome::{BootEnd, BootReport};
 use super::tsc;
-use super::{BootEnd, BootOptions, BootReport, Emulator};
+use crate::boot::error::BootError;
+use crate::boot::tools::{Location, Requirement};
 
 const PROGRAM: &str = "qemu-system-x86_64";
 /// What QEMU's own lines are marked with in a boot's console tail.

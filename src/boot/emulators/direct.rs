@@ -26,7 +26,7 @@ use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use super::error::BootError;
+use crate::boot::error::BootError;
 use crate::elf::Elf;
 
 // The program the setup code jumps to. Position-independent: it finds its own address first, and

@@ -4,8 +4,8 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use super::error::BootError;
 use super::{deb, tree};
+use crate::boot::error::BootError;
 
 /// What the user gave: `--kernel IMAGE [--modules DIR]`.
 ///

@@ -7,7 +7,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use super::compression::Compression;
-use super::error::BootError;
+use crate::boot::error::BootError;
 
 /// A .deb is an ar archive whose first member is `debian-binary`.
 pub(crate) fn is_deb(path: &Path) -> Result<bool, BootError> {

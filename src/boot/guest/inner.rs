@@ -8,10 +8,10 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use super::compression::Compression;
 use super::contract::{paths, INIT_MARKER, POWER_OFF_MARKER};
-use super::error::BootError;
 use crate::arch;
+use crate::boot::error::BootError;
+use crate::boot::input::compression::Compression;
 use crate::module_param;
 use crate::scenario::VendorKind;
 

@@ -11,9 +11,10 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::contract::{INIT_MARKER, POWER_OFF_MARKER};
-use super::error::BootError;
-use super::{BootEnd, BootOptions, BootReport};
+use super::options::BootOptions;
+use super::outcome::{BootEnd, BootReport};
+use crate::boot::error::BootError;
+use crate::boot::guest::contract::{INIT_MARKER, POWER_OFF_MARKER};
 
 const TAIL_LINES: usize = 40;
 /// The emulator's own last lines kept for when the console cannot explain the end.

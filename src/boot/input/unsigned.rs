@@ -58,8 +58,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::cache;
-use super::error::BootError;
-use super::tools::{run_tool, Location};
+use crate::boot::error::BootError;
+use crate::boot::tools::{run_tool, Location};
 use crate::elf::Elf;
 
 /// Ends a signed module (include/linux/module_signature.h, MODULE_SIG_STRING).

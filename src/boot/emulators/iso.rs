@@ -5,8 +5,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::error::BootError;
-use super::tools::{run_tool, Location, Requirement};
+use crate::boot::error::BootError;
+use crate::boot::tools::{run_tool, Location, Requirement};
 
 pub(crate) const ISOLINUX_BIN: Requirement = Requirement {
     what: "isolinux.bin",

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use super::cache;
 use super::compression::Compression;
-use super::error::BootError;
+use crate::boot::error::BootError;
 use crate::cache_lock::EntryLock;
 use crate::elf::{Elf, EM_X86_64};
 

@@ -1,10 +1,11 @@
 //! The seam between the boot layer and its emulators: one trait each emulator implements, and
 //! what a boot is asked to boot.
 
-use super::error::BootError;
+use super::options::BootOptions;
+use super::outcome::BootReport;
 use super::start::BootFiles;
-use super::tools::Requirement;
-use super::{BootOptions, BootReport};
+use crate::boot::error::BootError;
+use crate::boot::tools::Requirement;
 
 /// One emulator that stands in for hardware with SVM or VMX: what it needs on the host, and
 /// booting a kernel under test in it.

@@ -9,8 +9,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::compression::Compression;
-use super::error::BootError;
 use super::unsigned::CopyCache;
+use crate::boot::error::BootError;
 use crate::elf::Elf;
 
 /// A module ready to be put into the initramfs, with its modinfo.

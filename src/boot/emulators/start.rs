@@ -5,9 +5,11 @@
 
 use std::path::{Path, PathBuf};
 
-use super::error::BootError;
-use super::kernel::PreparedKernel;
-use super::{direct, vmlinux, BootOptions};
+use super::direct;
+use super::options::BootOptions;
+use crate::boot::error::BootError;
+use crate::boot::input::kernel::PreparedKernel;
+use crate::boot::input::vmlinux;
 
 /// What the emulator loads: a kernel image and the ramdisk to go with it.
 pub(crate) struct BootFiles {

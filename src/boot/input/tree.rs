@@ -5,7 +5,7 @@ use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
-use super::error::BootError;
+use crate::boot::error::BootError;
 
 /// Where kbuild leaves the x86 boot image.
 const BZIMAGE: &str = "arch/x86/boot/bzImage";
