@@ -25,12 +25,12 @@
 
 use nestfault_protocol::{Mailbox, MAILBOX_GPA, MAX_WRITES};
 
-use crate::arch::{ArchError, ControlBlock, Vendor};
+use crate::arch::{ArchError, ControlBlock, NestedTables, Vendor};
 use crate::elf;
 use crate::machine::{CpuState, FaultSite, Segment, TSS_GPA};
 use crate::mailbox::GuestMailbox;
 use crate::paging::{Format, LayoutError, PageTable, Perms, PhysImage, PAGE_SIZE};
-use crate::scenario::{Access, AccessPath, Case, LeafSize, Placement, Span, Target};
+use crate::scenario::{Access, AccessPath, Case, EptAd, L2Ad, LeafSize, Placement, Span, Target};
 
 pub const MEMORY_SIZE: u64 = 2 << 20;
 const GDT_GPA: u64 = 0x2000;
@@ -49,6 +49,10 @@ pub const FAULT_GVA: u64 = 0x80_0000_0000;
 pub const FAULT_GVA_OFFSET: u64 = (3 << 39) | (5 << 30) | (7 << 21) | (9 << 12) | 0x5a8;
 /// The data page's GPA when a 2 MiB or 1 GiB page maps it (1 GiB-aligned, above L1's memory).
 pub const DATA_GPA_BEYOND_RAM: u64 = 0x4000_0000;
+/// L2's accessed and dirty bits (SDM vol. 3A 4.8: bits 5 and 6 of a paging entry).
+const L2_ACCESSED: u64 = 1 << 5;
+const L2_DIRTY: u64 = 1 << 6;
+
 /// A crossing access ([`Span::Crossing`]) starts this many bytes before the broken page's first
 /// byte and is 4 bytes long.
 pub const CROSSING_LEAD: u64 = 2;
@@ -176,6 +180,19 @@ pub fn build(case: &Case, vendor: &dyn Vendor, stub: &[u8]) -> Result<GuestImage
         data_gpa: data,
         walk: l2_tables.walk(&memory, gva)?,
     };
+    if point.l2_ad == L2Ad::Set {
+        // As if L2 had been there before: the CPU need write no A or D bit on this walk.
+        let leaf = site.walk.len() - 1;
+        for (level, &entry) in site.walk.iter().enumerate() {
+            let flags = if level == leaf {
+                L2_ACCESSED | L2_DIRTY
+            } else {
+                L2_ACCESSED
+            };
+            let value = memory.read_u64("an L2 entry", entry)?;
+            memory.write_u64("an L2 entry", entry, value | flags)?;
+        }
+    }
     let access_gva = match lead_in {
         Some(_) => data_gva - CROSSING_LEAD,
         None => data_gva,
@@ -210,7 +227,11 @@ pub fn build(case: &Case, vendor: &dyn Vendor, stub: &[u8]) -> Result<GuestImage
     };
     let host_save = memory.alloc_page("the host-save area")?;
     let control = memory.alloc_page("the control block")?;
-    let block = vendor.control_block(&base, &l2, nested.root)?;
+    let tables = NestedTables {
+        root: nested.root,
+        accessed_dirty: point.ept_ad == EptAd::On,
+    };
+    let block = vendor.control_block(&base, &l2, tables)?;
     write_mailbox(&mut memory, &block, host_save, control)?;
     Ok(GuestImage {
         memory,

@@ -115,6 +115,25 @@ axis! {
 }
 
 axis! {
+    /// VMX: whether L1's EPTP enables EPT accessed and dirty flags (bit 6). With them on, every
+    /// access to an L2 paging-structure entry is a write as far as EPT is concerned; with them
+    /// off, a read, and a write only where the CPU sets an A or D bit (SDM 29.3.3.2).
+    pub enum EptAd {
+        On = "on",
+        Off = "off",
+    }
+}
+
+axis! {
+    /// L2's own accessed and dirty bits on the faulting address's walk: still clear (the CPU
+    /// must write them, a write to the table page) or already set (it need not).
+    pub enum L2Ad {
+        Clear = "clear",
+        Set = "set",
+    }
+}
+
+axis! {
     /// How the fault reaches L0.
     pub enum AccessPath {
         /// String I/O (OUTSB reads, INSB writes), which L0 emulates since L1 does not intercept I/O:
@@ -163,6 +182,8 @@ pub struct Scenario {
     pub l2_leaf: LeafSize,
     pub placement: Placement,
     pub span: Span,
+    pub ept_ad: EptAd,
+    pub l2_ad: L2Ad,
     /// The (vendor, path) pairs left after the matrix's exclusions, vendor-major.
     pub runs: Vec<(VendorKind, AccessPath)>,
 }
@@ -184,6 +205,8 @@ impl Scenario {
             l2_leaf: point.l2_leaf,
             placement: point.placement,
             span: point.span,
+            ept_ad: point.ept_ad,
+            l2_ad: point.l2_ad,
             runs,
         }
     }
@@ -204,6 +227,12 @@ impl Scenario {
         }
         if point.span != Span::Within {
             name += &format!("_{}", point.span);
+        }
+        if point.ept_ad != EptAd::On {
+            name += &format!("_ept_ad_{}", point.ept_ad);
+        }
+        if point.l2_ad != L2Ad::Clear {
+            name += &format!("_l2_ad_{}", point.l2_ad);
         }
         name
     }
@@ -245,6 +274,12 @@ impl Scenario {
         if point.span == Span::Crossing {
             text += ", 4 bytes starting 2 bytes before the page";
         }
+        if point.ept_ad == EptAd::Off {
+            text += ", EPT A/D flags off";
+        }
+        if point.l2_ad == L2Ad::Set {
+            text += ", L2's A/D bits already set";
+        }
         text
     }
 }
@@ -274,6 +309,8 @@ struct Point {
     l2_leaf: LeafSize,
     placement: Placement,
     span: Span,
+    ept_ad: EptAd,
+    l2_ad: L2Ad,
 }
 
 /// Seeds and scenario files spell a point out field by field (serde's `flatten` would not
@@ -288,6 +325,8 @@ macro_rules! point_of {
             l2_leaf: $spelled.l2_leaf,
             placement: $spelled.placement,
             span: $spelled.span,
+            ept_ad: $spelled.ept_ad,
+            l2_ad: $spelled.l2_ad,
         }
     };
 }
@@ -324,6 +363,22 @@ fn only_within() -> Vec<Span> {
     vec![Span::Within]
 }
 
+fn ept_ad_on() -> EptAd {
+    EptAd::On
+}
+
+fn only_ept_ad_on() -> Vec<EptAd> {
+    vec![EptAd::On]
+}
+
+fn l2_ad_clear() -> L2Ad {
+    L2Ad::Clear
+}
+
+fn only_l2_ad_clear() -> Vec<L2Ad> {
+    vec![L2Ad::Clear]
+}
+
 /// A product of axis values; every point of it is a scenario.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -341,6 +396,10 @@ struct Block {
     placement: Vec<Placement>,
     #[serde(default = "only_within")]
     span: Vec<Span>,
+    #[serde(default = "only_ept_ad_on")]
+    ept_ad: Vec<EptAd>,
+    #[serde(default = "only_l2_ad_clear")]
+    l2_ad: Vec<L2Ad>,
 }
 
 impl Block {
@@ -352,14 +411,20 @@ impl Block {
                     self.nested_leaf.iter().flat_map(move |&nested_leaf| {
                         self.l2_leaf.iter().flat_map(move |&l2_leaf| {
                             self.placement.iter().flat_map(move |&placement| {
-                                self.span.iter().map(move |&span| Point {
-                                    target,
-                                    fault,
-                                    access,
-                                    nested_leaf,
-                                    l2_leaf,
-                                    placement,
-                                    span,
+                                self.span.iter().flat_map(move |&span| {
+                                    self.ept_ad.iter().flat_map(move |&ept_ad| {
+                                        self.l2_ad.iter().map(move |&l2_ad| Point {
+                                            target,
+                                            fault,
+                                            access,
+                                            nested_leaf,
+                                            l2_leaf,
+                                            placement,
+                                            span,
+                                            ept_ad,
+                                            l2_ad,
+                                        })
+                                    })
                                 })
                             })
                         })
@@ -383,6 +448,8 @@ struct Exclusion {
     l2_leaf: Option<Vec<LeafSize>>,
     placement: Option<Vec<Placement>>,
     span: Option<Vec<Span>>,
+    ept_ad: Option<Vec<EptAd>>,
+    l2_ad: Option<Vec<L2Ad>>,
     path: Option<Vec<AccessPath>>,
     vendor: Option<Vec<VendorKind>>,
 }
@@ -399,6 +466,8 @@ impl Exclusion {
             && holds(&self.l2_leaf, point.l2_leaf)
             && holds(&self.placement, point.placement)
             && holds(&self.span, point.span)
+            && holds(&self.ept_ad, point.ept_ad)
+            && holds(&self.l2_ad, point.l2_ad)
             && holds(&self.path, path)
             && holds(&self.vendor, vendor)
     }
@@ -420,6 +489,10 @@ struct Seed {
     placement: Placement,
     #[serde(default = "within")]
     span: Span,
+    #[serde(default = "ept_ad_on")]
+    ept_ad: EptAd,
+    #[serde(default = "l2_ad_clear")]
+    l2_ad: L2Ad,
 }
 
 #[derive(Debug, Deserialize)]
@@ -448,6 +521,10 @@ struct ScenarioFile {
     placement: Placement,
     #[serde(default = "within")]
     span: Span,
+    #[serde(default = "ept_ad_on")]
+    ept_ad: EptAd,
+    #[serde(default = "l2_ad_clear")]
+    l2_ad: L2Ad,
     #[serde(default = "all_paths")]
     paths: Vec<AccessPath>,
     #[serde(default = "all_vendors")]

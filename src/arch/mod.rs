@@ -35,6 +35,16 @@ pub struct Fix {
     pub release: &'static str,
 }
 
+impl Finding {
+    /// The bits of `field` this finding explains (0: none).
+    pub fn explains(&self, field: Field) -> u64 {
+        self.fields
+            .iter()
+            .filter(|(known, _)| *known == field)
+            .fold(0, |bits, (_, mask)| bits | mask)
+    }
+}
+
 impl Fix {
     /// What a diagnosis always contains when it names this fix: the commit id, or the title.
     pub fn label(&self) -> &'static str {
@@ -60,9 +70,11 @@ impl Fix {
 pub struct Finding {
     pub name: &'static str,
     pub summary: &'static str,
-    /// The one exit field the finding makes wrong: a row wrong there and nowhere else is an
-    /// expected failure (`xfail`); wrong anywhere else, it is a failure like any other.
-    pub field: Field,
+    /// The exit fields the finding makes wrong, each with the bits of it the finding explains
+    /// (`!0`: all of them): a row wrong in those bits and nowhere else is an expected failure
+    /// (`xfail`); wrong anywhere else (another bit of the same field included), it is a failure
+    /// like any other.
+    pub fields: &'static [(Field, u64)],
     /// Its write-up, relative to the repository (docs/findings/).
     pub write_up: &'static str,
 }
@@ -78,7 +90,7 @@ pub const PAGE_ALIGNED_GPA: Finding = Finding {
               page frame (walk_addr_generic: gfn_to_gpa(table_gfn), gfn_to_gpa(gfn)), so the \
               nested fault it synthesizes names the page, not the faulting byte or entry; no \
               upstream fix known",
-    field: Field::Gpa,
+    fields: &[(Field::Gpa, !0)],
     write_up: "docs/findings/page-aligned-gpa.md",
 };
 
@@ -90,7 +102,7 @@ pub fn open_findings(case: &Case) -> Vec<&'static Finding> {
         findings.push(&PAGE_ALIGNED_GPA);
     }
     if case.vendor == VendorKind::Vmx {
-        findings.extend(vmx::open_finding(case));
+        findings.extend(vmx::open_findings(case));
     }
     findings
 }
@@ -196,6 +208,14 @@ pub fn fix_checked_by(case: &Case) -> Option<&'static Fix> {
 /// Whether L0's instruction emulator, not the CPU, meets the fault.
 pub fn emulator_walks(path: AccessPath) -> bool {
     path != AccessPath::Hardware
+}
+
+/// L1's nested page tables as its control block names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NestedTables {
+    pub root: u64,
+    /// VMX: EPT accessed and dirty flags on (EPTP bit 6); SVM's NPT has no such switch.
+    pub accessed_dirty: bool,
 }
 
 /// What the stub needs to run L2: its writes to the VMCB/VMCS, the exit fields to read back, and
@@ -308,7 +328,7 @@ pub trait Vendor {
         &self,
         l1: &CpuState,
         l2: &CpuState,
-        nested_root: u64,
+        nested: NestedTables,
     ) -> Result<ControlBlock, ArchError>;
     /// The vendor's name for `field` (reports and JSON use it), or `None` if it has none.
     fn field_name(&self, field: Field) -> Option<&'static str>;

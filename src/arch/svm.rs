@@ -6,7 +6,7 @@ use kvm_bindings::CpuId;
 
 use super::{
     bit_diff, bit_names, cpuid_leaf, emulator_walks, faulting_gpa, has_bit, ArchError,
-    ControlBlock, Exit, Expectation, Expected, Field, Fix, Vendor,
+    ControlBlock, Exit, Expectation, Expected, Field, Fix, NestedTables, Vendor,
 };
 use crate::machine::{CpuState, FaultSite, Segment, RFLAGS_FIXED};
 use crate::paging::{Format, LeafEdit, Perms};
@@ -217,8 +217,9 @@ impl Vendor for Svm {
         &self,
         _l1: &CpuState,
         l2: &CpuState,
-        nested_root: u64,
+        nested: NestedTables,
     ) -> Result<ControlBlock, ArchError> {
+        let nested_root = nested.root;
         use vmcb::*;
         let segment = |offset: u64, s: Segment| {
             let packed = u64::from(s.selector)

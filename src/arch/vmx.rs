@@ -5,11 +5,13 @@ use nestfault_protocol::{Executor, FieldWrite, EXIT_FIELDS};
 
 use super::{
     bit_diff, bit_names, emulator_walks, faulting_gpa, has_bit, ArchError, ControlBlock, Exit,
-    Expectation, Expected, Field, Finding, Fix, Vendor,
+    Expectation, Expected, Field, Finding, Fix, NestedTables, Vendor,
 };
 use crate::machine::{CpuState, FaultSite, Segment, RFLAGS_FIXED};
 use crate::paging::{Format, LeafEdit, Perms};
-use crate::scenario::{Access, AccessPath, Case, Fault, LeafSize, Scenario, Span, Target};
+use crate::scenario::{
+    Access, AccessPath, Case, EptAd, Fault, L2Ad, LeafSize, Scenario, Span, Target,
+};
 
 /// The KVM module that offers VMX.
 pub const KVM_MODULE: &str = "kvm_intel";
@@ -38,8 +40,23 @@ pub const STALE_LINEAR_ADDRESS: Finding = Finding {
               nested_ept_inject_page_fault sets only the GPA): after the #UD exit of forced \
               emulation an earlier access's, after a string-I/O exit where the access starts, \
               not where it faults; no upstream fix known",
-    field: Field::LinearAddress,
+    fields: &[(Field::LinearAddress, !0)],
     write_up: "docs/findings/vmx-stale-guest-linear-address.md",
+};
+
+/// KVM's emulator asks L1's EPT for write access on every access to an L2 paging-structure
+/// entry (walk_addr_generic's `nested_access`: PT_HAVE_ACCESSED_DIRTY is constant `true` for
+/// L2's own 64-bit tables, whatever L1's EPTP says), where with EPT A/D off the SDM (29.3.3.2)
+/// makes it a read, and a write only where an A or D bit must be set: an unmapped table page is
+/// reported as written (ACC_WRITE), and a read-only one faults although nothing is written.
+pub const EPT_AD_OFF_TABLE_WRITES: Finding = Finding {
+    name: "table walks written with EPT A/D off",
+    summary: "KVM's emulator asks L1's EPT for write access on every L2 paging-structure access \
+              (walk_addr_generic: nested_access has PFERR_WRITE_MASK whenever L2's tables have \
+              A/D bits, which 64-bit ones always do), even where L1's EPTP leaves EPT A/D off \
+              and the access is a read; no upstream fix known",
+    fields: &[(Field::Code, !0), (Field::Bits, QUAL_WRITE)],
+    write_up: "docs/findings/vmx-ept-ad-off-table-writes.md",
 };
 
 /// Forced emulation starts at a #UD exit, which saves no linear address: every EPT violation it
@@ -53,6 +70,46 @@ pub fn open_finding(case: &Case) -> Option<&'static Finding> {
         AccessPath::Hardware => false,
     };
     (saved_elsewhere && case.scenario.fault != Fault::ReservedBit).then_some(&STALE_LINEAR_ADDRESS)
+}
+
+/// Whether, by the architecture, L2's walk writes to its tables in EPT's eyes: always with EPT
+/// A/D on (SDM 29.3.3.2); with them off only to set an A or D bit, which a not-present table
+/// page never gets to, and L2's A/D bits already set never need.
+fn walk_writes(scenario: &Scenario) -> bool {
+    scenario.ept_ad == EptAd::On
+        || match scenario.fault {
+            Fault::Unmapped => false,
+            _ => scenario.l2_ad == L2Ad::Clear,
+        }
+}
+
+/// Whether the scenario ends without an EPT violation: a read-only L2 table page that the walk
+/// only reads (EPT A/D off, L2's A/D bits set).
+fn no_violation(scenario: &Scenario) -> bool {
+    scenario.target != Target::Final
+        && scenario.fault == Fault::WriteProtected
+        && !walk_writes(scenario)
+}
+
+/// Every open finding of `case` (VMX): [`open_finding`]'s, and [`EPT_AD_OFF_TABLE_WRITES`] where
+/// the emulator walks L2's tables with EPT A/D off and the architecture writes nothing there: a
+/// table page not present (the walk's read faults first), or read-only with L2's A/D bits
+/// already set.
+pub fn open_findings(case: &Case) -> Vec<&'static Finding> {
+    let scenario = &case.scenario;
+    let writes_nothing = match scenario.fault {
+        Fault::Unmapped => true,
+        Fault::WriteProtected => scenario.l2_ad == L2Ad::Set,
+        _ => false,
+    };
+    let ad_off_walk = emulator_walks(case.path)
+        && scenario.ept_ad == EptAd::Off
+        && scenario.target != Target::Final
+        && writes_nothing;
+    open_finding(case)
+        .into_iter()
+        .chain(ad_off_walk.then_some(&EPT_AD_OFF_TABLE_WRITES))
+        .collect()
 }
 
 /// Measured on 6.1 (all paths): an EPT misconfiguration reached L1 with the qualification of
@@ -69,7 +126,10 @@ pub const MISCONFIG_QUALIFICATION_FIX: Fix = Fix {
 /// that started emulation (zero for I/O and #UD exits) or were stale. Every misconfiguration,
 /// on any path, needs [`MISCONFIG_QUALIFICATION_FIX`].
 pub fn fix_checked_by(case: &Case) -> Option<&'static Fix> {
-    if case.scenario.fault == Fault::ReservedBit {
+    if no_violation(&case.scenario) {
+        // Nothing but the exit reason is compared: no fix's bits can show.
+        None
+    } else if case.scenario.fault == Fault::ReservedBit {
         Some(&MISCONFIG_QUALIFICATION_FIX)
     } else {
         emulator_walks(case.path).then_some(&GVA_BITS_FIX)
@@ -263,11 +323,6 @@ impl Vmx {
         for (bit, what) in [
             (EPT_CAP_WALK_LENGTH_4, "4-level EPT (bit 6)"),
             (EPT_CAP_WB, "write-back EPT paging structures (bit 14)"),
-            (
-                EPT_CAP_ACCESSED_DIRTY,
-                "EPT A/D bits (bit 21): load kvm_intel with eptad=1 (with --kernel: \
-                 --kernel-param kvm_intel.eptad=1)",
-            ),
         ] {
             if ept & bit == 0 {
                 return Err(format!(
@@ -303,6 +358,12 @@ impl Vendor for Vmx {
 
     fn unsupported(&self, scenario: &Scenario) -> Option<String> {
         let ept = self.capabilities.ept_vpid;
+        if scenario.ept_ad == EptAd::On && ept & EPT_CAP_ACCESSED_DIRTY == 0 {
+            return Some(format!(
+                "KVM offers L1 no EPT A/D flags (bit 21 of IA32_VMX_EPT_VPID_CAP {ept:#x}): \
+                 load kvm_intel with eptad=1 (with --kernel: --kernel-param kvm_intel.eptad=1)"
+            ));
+        }
         let (bit, size) = match scenario.nested_leaf {
             LeafSize::Size4K => (0, ""),
             LeafSize::Size2M => (EPT_CAP_2M_PAGES, "2 MiB (bit 16)"),
@@ -342,9 +403,14 @@ impl Vendor for Vmx {
         &self,
         l1: &CpuState,
         l2: &CpuState,
-        nested_root: u64,
+        nested: NestedTables,
     ) -> Result<ControlBlock, ArchError> {
         use control::*;
+        let accessed_dirty = if nested.accessed_dirty {
+            EPTP_ACCESSED_DIRTY
+        } else {
+            0
+        };
         use field::*;
         let caps = &self.capabilities;
         let mut writes = vec![
@@ -373,7 +439,7 @@ impl Vendor for Vmx {
             (EXCEPTION_BITMAP, 0),
             (
                 EPT_POINTER,
-                nested_root | EPTP_MEMTYPE_WB | EPTP_WALK_LENGTH_4 | EPTP_ACCESSED_DIRTY,
+                nested.root | EPTP_MEMTYPE_WB | EPTP_WALK_LENGTH_4 | accessed_dirty,
             ),
             (VMCS_LINK_POINTER, u64::MAX),
             (GUEST_CR0, l2.cr0),
@@ -473,11 +539,30 @@ impl Vendor for Vmx {
             };
         }
         let final_page = scenario.target == Target::Final;
+        // SDM 29.3.3.2: with EPT A/D flags on, every access to a guest paging-structure entry is
+        // a write for EPT; with them off, a read, and then a write only where the CPU must set
+        // an A or D bit in it (kvm-unit-tests' ept_access_test_paddr_*_ad_disabled: not present
+        // reads 0x081; read-only and A clear, or D clear on a write, 0x0AB; A/D set, no exit).
+        let table_write = walk_writes(scenario);
+        if no_violation(scenario) {
+            return Expectation {
+                code: Expected::exact(EXIT_REASON_VMCALL),
+                bits: Expected { value: 0, mask: 0 },
+                gpa: Expected { value: 0, mask: 0 },
+                linear_address: Some(Expected { value: 0, mask: 0 }),
+                notes: vec![
+                    "no EPT violation: with EPT A/D off and L2's A/D bits already set, L2's walk \
+                     reads its tables and writes nothing (SDM 29.3.3.2)"
+                        .to_string(),
+                ],
+            };
+        }
         let access = match (final_page, scenario.access) {
             (true, Access::Read) => QUAL_READ,
             (true, Access::Write) => QUAL_WRITE,
             (true, Access::Fetch) => QUAL_FETCH,
-            (false, _) => QUAL_READ | QUAL_WRITE,
+            (false, _) if table_write => QUAL_READ | QUAL_WRITE,
+            (false, _) => QUAL_READ,
         };
         let permissions = match scenario.fault {
             Fault::WriteProtected => QUAL_READABLE | QUAL_EXECUTABLE,
@@ -714,11 +799,64 @@ mod tests {
         assert_eq!(vmx().unsupported(&one_g.scenario), None);
     }
 
+    /// kvm-unit-tests' real-hardware values for a paging-structure page (x86/vmx_tests.c,
+    /// ept_access_test_paddr_*_ad_disabled/_ad_enabled): with EPT A/D off, not present reads
+    /// 0x081; read-only with A clear 0x0AB; read-only with A (and D) set, no exit; with EPT A/D
+    /// on, 0x0AB whatever L2's A/D bits (GVA_IS_VALID added by the paddr helpers).
+    #[test]
+    fn ept_ad_rows_match_kvm_unit_tests() {
+        let expected = |id: &str| vmx().expect(&built_in_case(id), &site());
+        let bits = |id: &str| {
+            let e = expected(id);
+            (e.code.value, e.bits.value)
+        };
+        assert_eq!(
+            bits("vmx/pt_page_unmapped_read_ept_ad_off/emulated"),
+            (48, 0x081)
+        );
+        assert_eq!(
+            bits("vmx/pt_page_write_protected_read_ept_ad_off/emulated"),
+            (48, 0x0ab)
+        );
+        assert_eq!(
+            bits("vmx/pt_page_write_protected_write_ept_ad_off/emulated"),
+            (48, 0x0ab)
+        );
+        assert_eq!(
+            bits("vmx/pt_page_write_protected_read_l2_ad_set/hardware"),
+            (48, 0x0ab)
+        );
+        for id in [
+            "vmx/pt_page_write_protected_read_ept_ad_off_l2_ad_set/hardware",
+            "vmx/pt_page_write_protected_write_ept_ad_off_l2_ad_set/emulated",
+        ] {
+            let e = expected(id);
+            assert_eq!(e.code, Expected::exact(EXIT_REASON_VMCALL), "{id}");
+            assert_eq!((e.bits.mask, e.gpa.mask), (0, 0), "{id}");
+        }
+        let finding =
+            |id: &str| open_findings(&built_in_case(id)).contains(&&EPT_AD_OFF_TABLE_WRITES);
+        assert!(finding("vmx/pt_page_unmapped_read_ept_ad_off/emulated"));
+        assert!(finding(
+            "vmx/pt_page_write_protected_read_ept_ad_off_l2_ad_set/emulated"
+        ));
+        assert!(!finding(
+            "vmx/pt_page_write_protected_read_ept_ad_off/emulated"
+        ));
+        assert!(!finding("vmx/pt_page_unmapped_read_ept_ad_off/hardware"));
+    }
+
     #[test]
     fn every_open_finding_has_its_write_up() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        let page = std::fs::read_to_string(root.join(STALE_LINEAR_ADDRESS.write_up)).unwrap();
-        assert!(page.contains(STALE_LINEAR_ADDRESS.name), "{page}");
+        for finding in [
+            &STALE_LINEAR_ADDRESS,
+            &EPT_AD_OFF_TABLE_WRITES,
+            &super::super::PAGE_ALIGNED_GPA,
+        ] {
+            let page = std::fs::read_to_string(root.join(finding.write_up)).unwrap();
+            assert!(page.contains(finding.name), "{}: {page}", finding.write_up);
+        }
     }
 
     #[test]
@@ -796,7 +934,11 @@ mod tests {
             data: Segment::DATA,
             tr: Segment::TSS,
         };
-        let block = vmx().control_block(&state, &state, 0x30_0000).unwrap();
+        let tables = NestedTables {
+            root: 0x30_0000,
+            accessed_dirty: true,
+        };
+        let block = vmx().control_block(&state, &state, tables).unwrap();
         let value = |field| {
             block
                 .writes
@@ -812,9 +954,22 @@ mod tests {
         assert_eq!(value(0x4822), Some(0x8b), "TR access rights");
         assert_eq!(value(0x4820), Some(1 << 16), "LDTR unusable");
         assert_eq!(value(0x0c0c), Some(0x18), "host TR selector");
+        // Without EPT A/D offered (kvm_intel eptad=0), the rows that need them are not run;
+        // those with EPT A/D off still are.
         let mut no_ad = VmxCapabilities::KVM_UNDER_BOCHS;
         no_ad.ept_vpid &= !EPT_CAP_ACCESSED_DIRTY;
-        assert!(Vmx::new(no_ad).unwrap_err().contains("A/D"));
+        let vmx = Vmx::new(no_ad).unwrap();
+        let on = built_in_case("vmx/pt_page_unmapped/emulated");
+        assert!(vmx.unsupported(&on.scenario).unwrap().contains("eptad=1"));
+        let off = built_in_case("vmx/pt_page_unmapped_read_ept_ad_off/emulated");
+        assert_eq!(vmx.unsupported(&off.scenario), None);
+        let tables = NestedTables {
+            root: 0x30_0000,
+            accessed_dirty: false,
+        };
+        let block = vmx.control_block(&state, &state, tables).unwrap();
+        let eptp = block.writes.iter().find(|w| w.field == field::EPT_POINTER);
+        assert_eq!(eptp.map(|w| w.value), Some(0x30_001e), "EPTP bit 6 clear");
         assert!(adjust("x", 0x0000_0001_0000_0000, 0b10).is_err());
     }
 }

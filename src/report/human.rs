@@ -105,13 +105,14 @@ fn matrix(verdicts: &[Verdict], color: bool, out: &mut dyn Write) -> io::Result<
         writeln!(out)?;
         writeln!(
             out,
-            "{:<10} {:<15} {:<6} {:<7} {:<8} {:<8} {:<COLUMN$} {:<COLUMN$} {}",
+            "{:<10} {:<15} {:<6} {:<7} {:<8} {:<8} {:<9} {:<COLUMN$} {:<COLUMN$} {}",
             vendor.to_uppercase(),
             "fault",
             "access",
             "leaves",
             "place",
             "span",
+            "a/d",
             PATHS[0],
             PATHS[1],
             PATHS[2]
@@ -119,9 +120,15 @@ fn matrix(verdicts: &[Verdict], color: bool, out: &mut dyn Write) -> io::Result<
         for (_, cells, first) in rows {
             let axes = &first.axes;
             let leaves = format!("{}/{}", axes.nested_leaf, axes.l2_leaf);
+            // EPT's A/D flags and L2's own, for VMX; SVM has no such switch.
+            let ad = if vendor == "vmx" {
+                format!("{}/{}", axes.ept_ad, axes.l2_ad)
+            } else {
+                "-".to_string()
+            };
             let mut line = format!(
-                "{:<10} {:<15} {:<6} {:<7} {:<8} {:<8}",
-                axes.target, axes.fault, axes.access, leaves, axes.placement, axes.span
+                "{:<10} {:<15} {:<6} {:<7} {:<8} {:<8} {:<9}",
+                axes.target, axes.fault, axes.access, leaves, axes.placement, axes.span, ad
             );
             for status in cells {
                 line.push(' ');

@@ -277,7 +277,7 @@ pub(crate) mod sample {
             Status::Xfail,
             Some(&format!(
                 "{finding}\nguest_linear_address: wanted 0x400000, got 0x201000\n\
-                 guest_linear_address 0x201000 is not this access's: the signature of the stale \
+                 guest_linear_address 0x201000 is not what the architecture reports: the signature of the stale \
                  guest-linear address"
             )),
             52,

@@ -110,6 +110,8 @@ fn check(
             ("l2_leaf", point.l2_leaf.name()),
             ("placement", point.placement.name()),
             ("span", point.span.name()),
+            ("ept_ad", point.ept_ad.name()),
+            ("l2_ad", point.l2_ad.name()),
         ] {
             expect(
                 field(axis) == value,
@@ -543,7 +545,8 @@ mod tests {
                     "target": point.target.name(), "fault": point.fault.name(),
                     "access": point.access.name(), "nested_leaf": point.nested_leaf.name(),
                     "l2_leaf": point.l2_leaf.name(), "placement": point.placement.name(),
-                    "span": point.span.name(),
+                    "span": point.span.name(), "ept_ad": point.ept_ad.name(),
+                    "l2_ad": point.l2_ad.name(),
                     "expected": {"exit_info_1": format!("{expected:#x}")},
                     "actual": {"exit_info_1": format!("{actual:#x}")},
                     "diagnosis": diagnosis,
@@ -624,7 +627,8 @@ mod tests {
                     "target": point.target.name(), "fault": point.fault.name(),
                     "access": point.access.name(), "nested_leaf": point.nested_leaf.name(),
                     "l2_leaf": point.l2_leaf.name(), "placement": point.placement.name(),
-                    "span": point.span.name(),
+                    "span": point.span.name(), "ept_ad": point.ept_ad.name(),
+                    "l2_ad": point.l2_ad.name(),
                     "diagnosis": if names.is_empty() { "paths agree".to_string() } else { names.join("; ") },
                 })
             })
