@@ -331,8 +331,28 @@ macro_rules! point_of {
     };
 }
 
-fn size_4k() -> LeafSize {
-    LeafSize::Size4K
+/// The default of an axis that a block, a seed or a file may leave out: the usual case.
+macro_rules! default_axis {
+    ($($axis:ident => $value:expr,)*) => {
+        $(impl Default for $axis {
+            fn default() -> Self {
+                $value
+            }
+        })*
+    };
+}
+
+default_axis! {
+    LeafSize => LeafSize::Size4K,
+    Placement => Placement::Aligned,
+    Span => Span::Within,
+    EptAd => EptAd::On,
+    L2Ad => L2Ad::Clear,
+}
+
+/// A block's axis left out: the default value alone.
+fn only_default<T: Default>() -> Vec<T> {
+    vec![T::default()]
 }
 
 fn all_paths() -> Vec<AccessPath> {
@@ -341,42 +361,6 @@ fn all_paths() -> Vec<AccessPath> {
 
 fn all_vendors() -> Vec<VendorKind> {
     VendorKind::ALL.to_vec()
-}
-
-fn only_4k() -> Vec<LeafSize> {
-    vec![LeafSize::Size4K]
-}
-
-fn aligned() -> Placement {
-    Placement::Aligned
-}
-
-fn only_aligned() -> Vec<Placement> {
-    vec![Placement::Aligned]
-}
-
-fn within() -> Span {
-    Span::Within
-}
-
-fn only_within() -> Vec<Span> {
-    vec![Span::Within]
-}
-
-fn ept_ad_on() -> EptAd {
-    EptAd::On
-}
-
-fn only_ept_ad_on() -> Vec<EptAd> {
-    vec![EptAd::On]
-}
-
-fn l2_ad_clear() -> L2Ad {
-    L2Ad::Clear
-}
-
-fn only_l2_ad_clear() -> Vec<L2Ad> {
-    vec![L2Ad::Clear]
 }
 
 /// A product of axis values; every point of it is a scenario.
@@ -388,17 +372,17 @@ struct Block {
     target: Vec<Target>,
     fault: Vec<Fault>,
     access: Vec<Access>,
-    #[serde(default = "only_4k")]
+    #[serde(default = "only_default")]
     nested_leaf: Vec<LeafSize>,
-    #[serde(default = "only_4k")]
+    #[serde(default = "only_default")]
     l2_leaf: Vec<LeafSize>,
-    #[serde(default = "only_aligned")]
+    #[serde(default = "only_default")]
     placement: Vec<Placement>,
-    #[serde(default = "only_within")]
+    #[serde(default = "only_default")]
     span: Vec<Span>,
-    #[serde(default = "only_ept_ad_on")]
+    #[serde(default = "only_default")]
     ept_ad: Vec<EptAd>,
-    #[serde(default = "only_l2_ad_clear")]
+    #[serde(default = "only_default")]
     l2_ad: Vec<L2Ad>,
 }
 
@@ -481,17 +465,17 @@ struct Seed {
     target: Target,
     fault: Fault,
     access: Access,
-    #[serde(default = "size_4k")]
+    #[serde(default)]
     nested_leaf: LeafSize,
-    #[serde(default = "size_4k")]
+    #[serde(default)]
     l2_leaf: LeafSize,
-    #[serde(default = "aligned")]
+    #[serde(default)]
     placement: Placement,
-    #[serde(default = "within")]
+    #[serde(default)]
     span: Span,
-    #[serde(default = "ept_ad_on")]
+    #[serde(default)]
     ept_ad: EptAd,
-    #[serde(default = "l2_ad_clear")]
+    #[serde(default)]
     l2_ad: L2Ad,
 }
 
@@ -513,17 +497,17 @@ struct ScenarioFile {
     target: Target,
     fault: Fault,
     access: Access,
-    #[serde(default = "size_4k")]
+    #[serde(default)]
     nested_leaf: LeafSize,
-    #[serde(default = "size_4k")]
+    #[serde(default)]
     l2_leaf: LeafSize,
-    #[serde(default = "aligned")]
+    #[serde(default)]
     placement: Placement,
-    #[serde(default = "within")]
+    #[serde(default)]
     span: Span,
-    #[serde(default = "ept_ad_on")]
+    #[serde(default)]
     ept_ad: EptAd,
-    #[serde(default = "l2_ad_clear")]
+    #[serde(default)]
     l2_ad: L2Ad,
     #[serde(default = "all_paths")]
     paths: Vec<AccessPath>,

@@ -269,48 +269,38 @@ fn judge(input: &str, vendor: VendorKind, report: &Value, cases: &[Case]) -> Col
         column.not_judged = Some(why.lines().next().unwrap_or("").to_string());
         return column;
     }
-    let (fixes, findings) = known();
-    for fix in fixes {
+    // The judged rows whose case `belongs`, and how many of them `shows` the fix or finding.
+    let count = |belongs: &dyn Fn(&Case) -> bool, shows: &dyn Fn(&Value) -> bool| {
         let rows: Vec<&&Value> = results
             .iter()
             .filter(|r| {
-                case_of(&field(r, "id")).is_some_and(|c| arch::fix_checked_by(c) == Some(fix))
-                    && judged(&field(r, "status"))
+                case_of(&field(r, "id")).is_some_and(belongs) && judged(&field(r, "status"))
             })
             .collect();
-        if rows.is_empty() {
-            continue;
-        }
-        let failing = rows
-            .iter()
-            .filter(|r| field(r, "status") == "fail" && field(r, "diagnosis").contains(fix.label()))
-            .count();
+        (rows.len(), rows.iter().filter(|r| shows(r)).count())
+    };
+    let (fixes, findings) = known();
+    for fix in fixes {
+        let (rows, failing) = count(&|case| arch::fix_checked_by(case) == Some(fix), &|r| {
+            field(r, "status") == "fail" && field(r, "diagnosis").contains(fix.label())
+        });
         let state = match failing {
+            _ if rows == 0 => continue,
             0 => "carried".to_string(),
-            n if n == rows.len() => "missing".to_string(),
-            n => format!("partial ({n} of {} rows fail)", rows.len()),
+            n if n == rows => "missing".to_string(),
+            n => format!("partial ({n} of {rows} rows fail)"),
         };
         column.states.insert(fix.label().to_string(), state);
     }
     for finding in findings {
-        let rows: Vec<&&Value> = results
-            .iter()
-            .filter(|r| {
-                case_of(&field(r, "id")).is_some_and(|c| arch::open_findings(c).contains(&finding))
-                    && judged(&field(r, "status"))
-            })
-            .collect();
-        if rows.is_empty() {
-            continue;
-        }
-        let shows = rows
-            .iter()
-            .filter(|r| field(r, "diagnosis").contains(finding.name))
-            .count();
+        let (rows, shows) = count(&|case| arch::open_findings(case).contains(&finding), &|r| {
+            field(r, "diagnosis").contains(finding.name)
+        });
         let state = match shows {
+            _ if rows == 0 => continue,
             0 => "gone".to_string(),
-            n if n == rows.len() => "shows".to_string(),
-            n => format!("shows on {n} of {} rows", rows.len()),
+            n if n == rows => "shows".to_string(),
+            n => format!("shows on {n} of {rows} rows"),
         };
         column.states.insert(finding.name.to_string(), state);
     }
@@ -548,13 +538,7 @@ mod tests {
                 }
             }
             let text = String::from_utf8(out).unwrap();
-            if std::env::var_os("NESTFAULT_BLESS").is_some() {
-                let dir =
-                    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/report/golden");
-                std::fs::write(dir.join(file), &text).unwrap();
-                continue;
-            }
-            assert_eq!(text, golden, "{file}");
+            crate::report::check_golden(file, golden, &text);
         }
     }
 }

@@ -373,13 +373,7 @@ mod tests {
                 per_case: false,
                 color,
             });
-            if std::env::var_os("NESTFAULT_BLESS").is_some() {
-                let dir =
-                    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/report/golden");
-                std::fs::write(dir.join(file), &text).unwrap();
-                continue;
-            }
-            assert_eq!(text, golden, "{file}");
+            super::super::check_golden(file, golden, &text);
         }
     }
 

@@ -159,6 +159,18 @@ pub fn render(
     }
 }
 
+/// Golden outputs kept in `src/report/golden/`: a test compares what it rendered with the file,
+/// or with `NESTFAULT_BLESS=1` writes the file anew after a change that is meant.
+#[cfg(test)]
+pub(crate) fn check_golden(file: &str, golden: &str, rendered: &str) {
+    if std::env::var_os("NESTFAULT_BLESS").is_some() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/report/golden");
+        std::fs::write(dir.join(file), rendered).unwrap();
+        return;
+    }
+    assert_eq!(rendered, golden, "{file} (NESTFAULT_BLESS=1 rewrites it)");
+}
+
 /// Hand-built verdicts with every status, shaped like the real ones (the diagnoses are what
 /// `verdict::judge` and the runner write), for the renderers' tests and docs/output-formats.md.
 #[cfg(test)]
