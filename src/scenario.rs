@@ -211,30 +211,34 @@ impl Scenario {
         }
     }
 
-    /// `<target>_<fault>_<access>`, then `_nested_<size>` and `_l2_<size>` for leaves that are
-    /// not 4 KiB, `_offset` for an access off its page's start and `_crossing` for one that
-    /// starts on the page before.
+    /// `<target>_<fault>_<access>`, then for each axis off its default a suffix:
+    /// `_nested_<size>`, `_l2_<size>`, `_offset`, `_crossing`, `_ept_ad_off`, `_l2_ad_set`.
     fn derived_name(point: &Point) -> String {
-        let mut name = format!("{}_{}_{}", point.target, point.fault, point.access);
-        if point.nested_leaf != LeafSize::Size4K {
-            name += &format!("_nested_{}", point.nested_leaf);
-        }
-        if point.l2_leaf != LeafSize::Size4K {
-            name += &format!("_l2_{}", point.l2_leaf);
-        }
-        if point.placement != Placement::Aligned {
-            name += &format!("_{}", point.placement);
-        }
-        if point.span != Span::Within {
-            name += &format!("_{}", point.span);
-        }
-        if point.ept_ad != EptAd::On {
-            name += &format!("_ept_ad_{}", point.ept_ad);
-        }
-        if point.l2_ad != L2Ad::Clear {
-            name += &format!("_l2_ad_{}", point.l2_ad);
-        }
-        name
+        let suffix =
+            |off_default: bool, text: String| if off_default { text } else { String::new() };
+        let p = point;
+        [
+            format!("{}_{}_{}", p.target, p.fault, p.access),
+            suffix(
+                p.nested_leaf != LeafSize::default(),
+                format!("_nested_{}", p.nested_leaf),
+            ),
+            suffix(
+                p.l2_leaf != LeafSize::default(),
+                format!("_l2_{}", p.l2_leaf),
+            ),
+            suffix(
+                p.placement != Placement::default(),
+                format!("_{}", p.placement),
+            ),
+            suffix(p.span != Span::default(), format!("_{}", p.span)),
+            suffix(
+                p.ept_ad != EptAd::default(),
+                format!("_ept_ad_{}", p.ept_ad),
+            ),
+            suffix(p.l2_ad != L2Ad::default(), format!("_l2_ad_{}", p.l2_ad)),
+        ]
+        .concat()
     }
 
     fn describe(point: &Point) -> String {

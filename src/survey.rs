@@ -443,14 +443,19 @@ mod tests {
         json!({"kernel": kernel, "vendor": ["svm"], "results": results})
     }
 
-    #[test]
-    fn fixes_are_carried_missing_or_partial_and_the_rest_unexplained() {
-        let cases = scenario::expand(&scenario::built_in().unwrap());
-        let stage_rows: Vec<String> = cases
+    /// The ids of the rows the SVM stage fix decides.
+    fn stage_rows(cases: &[Case]) -> Vec<String> {
+        cases
             .iter()
             .filter(|c| arch::fix_checked_by(c) == Some(&arch::svm::STAGE_FIX))
             .map(Case::id)
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn fixes_are_carried_missing_or_partial_and_the_rest_unexplained() {
+        let cases = scenario::expand(&scenario::built_in().unwrap());
+        let stage_rows = stage_rows(&cases);
         let fixed = judge("7.2", VendorKind::Svm, &svm_report("7.2.13", &[]), &cases);
         assert_eq!(fixed.states["297c2fe249db"], "carried");
         assert_eq!(fixed.states["page-aligned GPA"], "shows");
@@ -496,11 +501,7 @@ mod tests {
     #[test]
     fn the_survey_formats_are_the_golden_ones() {
         let cases = scenario::expand(&scenario::built_in().unwrap());
-        let stage_rows: Vec<String> = cases
-            .iter()
-            .filter(|c| arch::fix_checked_by(c) == Some(&arch::svm::STAGE_FIX))
-            .map(Case::id)
-            .collect();
+        let stage_rows = stage_rows(&cases);
         let all: Vec<(&str, &str)> = stage_rows
             .iter()
             .map(|id| (id.as_str(), "without 297c2fe249db"))
