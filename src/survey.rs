@@ -235,7 +235,11 @@ fn known() -> (Vec<&'static Fix>, Vec<&'static Finding>) {
             &arch::vmx::GVA_BITS_FIX,
             &arch::vmx::MISCONFIG_QUALIFICATION_FIX,
         ],
-        vec![&arch::PAGE_ALIGNED_GPA, &arch::vmx::STALE_LINEAR_ADDRESS],
+        vec![
+            &arch::PAGE_ALIGNED_GPA,
+            &arch::vmx::STALE_LINEAR_ADDRESS,
+            &arch::vmx::EPT_AD_OFF_TABLE_WRITES,
+        ],
     )
 }
 
