@@ -99,6 +99,7 @@ fn run(cli: &Cli) -> anyhow::Result<Done> {
         Some(Command::Survey(args)) => {
             let ending = crate::survey::run(args, &mut std::io::stdout().lock())?;
             return Ok(match ending {
+                crate::survey::SurveyEnding::MustFix(why) => bail!("{why}"),
                 crate::survey::SurveyEnding::Explained => Done::Informed,
                 crate::survey::SurveyEnding::Unexplained => Done::Unexplained,
                 crate::survey::SurveyEnding::NotJudged => Done::CannotNest,

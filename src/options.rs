@@ -142,7 +142,8 @@ pub enum Command {
     /// Which of these kernels carries which fix: runs each (as --kernel) for the vendors asked,
     /// or reads the --format json report of an earlier run, and prints a fix-by-kernel table.
     /// Exit 0 when every kernel was judged and every failure is explained by a known fix or
-    /// finding, 1 when some failure is unexplained, 125 when some kernel could not be judged.
+    /// finding, 1 when some failure is unexplained, 125 when some kernel could not be judged,
+    /// 255 when a run needs something fixed first (a missing input, no archive, no emulator).
     Survey(crate::survey::SurveyArgs),
 }
 

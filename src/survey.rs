@@ -66,6 +66,9 @@ struct Column {
 
 /// How the survey ends, for the exit status.
 pub enum SurveyEnding {
+    /// A run needs something fixed first (a kernel input that does not exist, an archive that
+    /// cannot be reached, a missing emulator): its message, as the run said it.
+    MustFix(String),
     /// Every kernel judged, every failure explained.
     Explained,
     /// Some failure no fix or finding explains.
@@ -113,7 +116,15 @@ pub fn run(args: &SurveyArgs, out: &mut dyn Write) -> anyhow::Result<SurveyEndin
             columns.len()
         )?;
     }
-    Ok(if columns.iter().any(|c| !c.unexplained.is_empty()) {
+    let must_fix = columns.iter().find_map(|c| {
+        c.not_judged
+            .as_deref()
+            .filter(|why| why.starts_with(MUST_FIX))
+            .map(|why| format!("{} {}: {why}", c.input, c.vendor))
+    });
+    Ok(if let Some(why) = must_fix {
+        SurveyEnding::MustFix(why)
+    } else if columns.iter().any(|c| !c.unexplained.is_empty()) {
         SurveyEnding::Unexplained
     } else if columns.iter().any(|c| c.not_judged.is_some()) {
         SurveyEnding::NotJudged
@@ -130,6 +141,7 @@ fn gather(args: &SurveyArgs, vendors: &[VendorKind]) -> anyhow::Result<Gathered>
     for input in &args.kernels {
         let label = input.display().to_string();
         if let Some(report) = read_report(input)? {
+            let before = jobs.len();
             for vendor in vendors {
                 if report["vendor"]
                     .as_array()
@@ -137,6 +149,15 @@ fn gather(args: &SurveyArgs, vendors: &[VendorKind]) -> anyhow::Result<Gathered>
                 {
                     jobs.push((label.clone(), *vendor, Some(report.clone()), input.clone()));
                 }
+            }
+            if jobs.len() == before {
+                let asked: Vec<&str> = vendors.iter().map(|v| v.name()).collect();
+                bail!(
+                    "{label} has no results for {}: it is a report of vendor {}; survey it \
+                     with that --vendor",
+                    asked.join(" or "),
+                    report["vendor"]
+                );
             }
             continue;
         }
@@ -203,6 +224,9 @@ fn read_report(path: &Path) -> anyhow::Result<Option<Value>> {
     Ok(Some(report))
 }
 
+/// How a run that needs something fixed first (it exited 255) is noted in its column.
+const MUST_FIX: &str = "nestfault exited 255: ";
+
 /// `nestfault --kernel INPUT --vendor VENDOR --format json`: its report, or why there is none
 /// (an exit of 255 is the machine's or the input's to fix: its last stderr line says what).
 fn run_kernel(exe: &Path, input: &Path, vendor: VendorKind) -> Result<Value, String> {
@@ -216,7 +240,7 @@ fn run_kernel(exe: &Path, input: &Path, vendor: VendorKind) -> Result<Value, Str
     let stderr = String::from_utf8_lossy(&output.stderr);
     if output.status.code() == Some(255) {
         let last = stderr.lines().last().unwrap_or("no message");
-        return Err(format!("nestfault exited 255: {last}"));
+        return Err(format!("{MUST_FIX}{last}"));
     }
     serde_json::from_slice(&output.stdout).map_err(|_| {
         format!(

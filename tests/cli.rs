@@ -294,3 +294,50 @@ fn help_texts_name_only_paths_that_exist() {
         );
     }
 }
+
+/// Issue 21: the survey's exit codes, over reports made earlier: 0 when every failure is
+/// explained, 1 when one is not, 255 for an input that is not there or a report of another
+/// vendor.
+#[test]
+fn survey_exit_codes_follow_what_it_found() {
+    let dir = std::env::temp_dir().join(format!("nestfault-survey-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let report = |name: &str, status: &str, diagnosis: &str| {
+        let path = dir.join(name);
+        let json = serde_json::json!({
+            "kernel": "7.2.13", "vendor": ["svm"],
+            "results": [
+                {"id": "svm/pt_page_unmapped/emulated", "vendor": "svm", "status": "pass", "diagnosis": ""},
+                {"id": "svm/final_page_unmapped/hardware", "vendor": "svm", "status": status,
+                 "diagnosis": diagnosis},
+            ]
+        });
+        std::fs::write(&path, json.to_string()).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let explained = report("fixed.json", "pass", "");
+    let odd = report("odd.json", "fail", "exit_info_2: wanted 0x1, got 0x2");
+    let run = |args: &[&str]| nestfault(&[&["survey"], args].concat());
+    let fine = run(&[&explained]);
+    assert_eq!(fine.status.code(), Some(0), "{}", text(&fine.stderr));
+    assert!(
+        text(&fine.stdout).contains("fix 297c2fe249db"),
+        "{}",
+        text(&fine.stdout)
+    );
+    let unexplained = run(&["--format", "markdown", &odd]);
+    assert_eq!(unexplained.status.code(), Some(1));
+    assert!(text(&unexplained.stdout).contains("no known fix or finding explains it"));
+    assert_eq!(
+        run(&["--vendor", "vmx", &explained]).status.code(),
+        Some(255)
+    );
+    let missing = run(&["--vendor", "svm", "/nonexistent/kernel.bzImage"]);
+    assert_eq!(
+        missing.status.code(),
+        Some(255),
+        "{}",
+        text(&missing.stderr)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
