@@ -297,6 +297,10 @@ pub fn run(args: &E2eArgs) -> Result<()> {
         )),
         None => println!("e2e as a host: not run ({AS_HOST_KERNEL} is not among the kernels)"),
     }
+    outcomes.push(report_stage(
+        "README first run",
+        readme_first_run(&nestfault, &workspace),
+    ));
     if !args.no_tree {
         let outcome = tree::run(&args.kernels.cache.dir()?, &nestfault, &workspace);
         if let Err(error) = &outcome {
@@ -313,6 +317,35 @@ pub fn run(args: &E2eArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The README's first `nestfault --kernel debian:...` command, as written there, run with this
+/// build: Debian's newest kernel must pass (exit 0), so that the first thing a new user runs is
+/// proven. Returns what it printed last.
+fn readme_first_run(nestfault: &Path, workspace: &Path) -> Result<String> {
+    let readme =
+        std::fs::read_to_string(workspace.join("README.md")).context("reading the README")?;
+    let line = readme
+        .lines()
+        .find(|line| line.starts_with("nestfault --kernel debian:"))
+        .context("the README has no `nestfault --kernel debian:...` line")?;
+    let command = line.split('#').next().unwrap_or(line);
+    let args: Vec<&str> = command.split_whitespace().skip(1).collect();
+    let output = Command::new(nestfault)
+        .args(&args)
+        .output()
+        .with_context(|| format!("running `{}`", command.trim()))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let last = stdout.lines().last().unwrap_or("").to_string();
+    if output.status.code() != Some(0) {
+        bail!(
+            "`{}` exited {:?}:\n{stdout}{}",
+            command.trim(),
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(format!("`{}`: {last}", command.trim()))
 }
 
 /// Prints how the stage `name` went (`ok (detail)` or why it failed); true if it passed.
