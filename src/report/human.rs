@@ -4,7 +4,6 @@
 //! expected failures by finding, one line per reason a case did not run, and a summary.
 //! `--verbose` prints a line per case instead of the matrix, as before it.
 
-use std::collections::BTreeMap;
 use std::io::{self, Write};
 
 use super::{vendors, Counts, HumanStyle};
@@ -173,21 +172,61 @@ fn needs_reading(verdicts: &[Verdict], out: &mut dyn Write) -> io::Result<()> {
             writeln!(out, "        {line}")?;
         }
     }
-    // (status, first line) -> how many, in order of first appearance.
-    let mut grouped: Vec<(Status, &str, usize)> = Vec::new();
-    for verdict in verdicts
-        .iter()
-        .filter(|v| matches!(v.status, Status::Xfail | Status::NotRun | Status::Skip))
-    {
-        let reason = verdict
-            .diagnosis
-            .as_deref()
-            .and_then(|d| d.lines().next())
-            .unwrap_or("no reason given");
-        let reason = if verdict.status == Status::Skip {
-            verdict.diagnosis.as_deref().unwrap_or(reason)
+    let mut grouped = grouped_reasons(
+        verdicts
+            .iter()
+            .filter(|v| matches!(v.status, Status::Xfail | Status::NotRun | Status::Skip)),
+    );
+    // Expected failures, then what did not run, then what was not tested; stable, so each kind
+    // keeps the order its reasons first came in.
+    grouped.sort_by_key(|(status, ..)| match status {
+        Status::Xfail => 0,
+        Status::NotRun => 1,
+        _ => 2,
+    });
+    for (status, reason, count) in grouped {
+        heading(out)?;
+        write_reason(status, reason, count, out)?;
+    }
+    Ok(())
+}
+
+/// A line per case, its diagnosis indented under it; what did not run is listed once below.
+fn per_case(verdicts: &[Verdict], out: &mut dyn Write) -> io::Result<()> {
+    let width = verdicts.iter().map(|v| v.id.len()).max().unwrap_or(0);
+    let listed_at_end = |verdict: &Verdict| matches!(verdict.status, Status::Skip | Status::NotRun);
+    for verdict in verdicts {
+        let time = if listed_at_end(verdict) {
+            String::new()
         } else {
-            reason
+            format!("{:>6} ms", verdict.duration_ms)
+        };
+        let line = format!("{} {:width$} {time}", label(verdict.status), verdict.id);
+        writeln!(out, "{}", line.trim_end())?;
+        if !listed_at_end(verdict) {
+            for line in verdict.diagnosis.iter().flat_map(|d| d.lines()) {
+                writeln!(out, "        {line}")?;
+            }
+        }
+    }
+    for (status, reason, count) in grouped_reasons(verdicts.iter().filter(|v| listed_at_end(v))) {
+        write_reason(status, reason, count, out)?;
+    }
+    Ok(())
+}
+
+/// (status, reason, how many) for `verdicts`, in the order each reason first came: the whole
+/// diagnosis of a case that did not run or a vendor not tested, the first line (the finding) of
+/// an expected failure.
+fn grouped_reasons<'a>(
+    verdicts: impl Iterator<Item = &'a Verdict>,
+) -> Vec<(Status, &'a str, usize)> {
+    let mut grouped: Vec<(Status, &str, usize)> = Vec::new();
+    for verdict in verdicts {
+        let diagnosis = verdict.diagnosis.as_deref().unwrap_or("no reason given");
+        let reason = match verdict.status {
+            Status::Xfail => diagnosis.lines().next().unwrap_or(diagnosis),
+            _ => diagnosis,
         };
         match grouped
             .iter_mut()
@@ -197,69 +236,20 @@ fn needs_reading(verdicts: &[Verdict], out: &mut dyn Write) -> io::Result<()> {
             None => grouped.push((verdict.status, reason, 1)),
         }
     }
-    let order = |status: Status| match status {
-        Status::Xfail => 0,
-        Status::NotRun => 1,
-        _ => 2,
-    };
-    let mut by_kind: BTreeMap<u8, Vec<(Status, &str, usize)>> = BTreeMap::new();
-    for entry in grouped {
-        by_kind.entry(order(entry.0)).or_default().push(entry);
-    }
-    for (status, reason, count) in by_kind.into_values().flatten() {
-        heading(out)?;
-        let cases = if count == 1 { "case" } else { "cases" };
-        match status {
-            Status::Xfail => {
-                let reason = reason.strip_prefix("expected failure: ").unwrap_or(reason);
-                writeln!(out, "xfail ({count} {cases}): {reason}")?
-            }
-            Status::NotRun => writeln!(out, "not run ({count} {cases}): {reason}")?,
-            _ => writeln!(out, "not tested: {reason}")?,
-        }
-    }
-    Ok(())
+    grouped
 }
 
-/// A line per case, its diagnosis indented under it; what did not run is listed once below.
-fn per_case(verdicts: &[Verdict], out: &mut dyn Write) -> io::Result<()> {
-    let width = verdicts.iter().map(|v| v.id.len()).max().unwrap_or(0);
-    let mut not_run: Vec<(Status, &str, usize)> = Vec::new();
-    for verdict in verdicts {
-        let listed_at_end = matches!(verdict.status, Status::Skip | Status::NotRun);
-        let time = if listed_at_end {
-            String::new()
-        } else {
-            format!("{:>6} ms", verdict.duration_ms)
-        };
-        let line = format!("{} {:width$} {time}", label(verdict.status), verdict.id);
-        writeln!(out, "{}", line.trim_end())?;
-        match &verdict.diagnosis {
-            Some(reason) if listed_at_end => {
-                match not_run
-                    .iter_mut()
-                    .find(|(status, known, _)| *status == verdict.status && known == reason)
-                {
-                    Some((_, _, count)) => *count += 1,
-                    None => not_run.push((verdict.status, reason, 1)),
-                }
-            }
-            Some(diagnosis) => {
-                for line in diagnosis.lines() {
-                    writeln!(out, "        {line}")?;
-                }
-            }
-            None => {}
+/// One line for a reason `count` cases share.
+fn write_reason(status: Status, reason: &str, count: usize, out: &mut dyn Write) -> io::Result<()> {
+    let cases = if count == 1 { "case" } else { "cases" };
+    match status {
+        Status::Xfail => {
+            let reason = reason.strip_prefix("expected failure: ").unwrap_or(reason);
+            writeln!(out, "xfail ({count} {cases}): {reason}")
         }
+        Status::NotRun => writeln!(out, "not run ({count} {cases}): {reason}"),
+        _ => writeln!(out, "not tested: {reason}"),
     }
-    for (status, reason, count) in not_run {
-        let cases = if count == 1 { "case" } else { "cases" };
-        match status {
-            Status::NotRun => writeln!(out, "not run ({count} {cases}): {reason}")?,
-            _ => writeln!(out, "not tested: {reason}")?,
-        }
-    }
-    Ok(())
 }
 
 /// The counts, and the wall time where the run measured it.
