@@ -27,14 +27,42 @@ pub fn is_on(value: &str) -> bool {
     value == "Y" || value.parse::<u64>().is_ok_and(|number| number != 0)
 }
 
+/// The user's `MODULE.PARAM[=VALUE]` kernel parameters that name `module`, in order, as (param,
+/// value); module and parameter names compare with '-' and '_' alike, as the kernel's do.
+pub fn user_params_for<'a>(
+    module: &str,
+    user: &'a [String],
+) -> impl Iterator<Item = (String, Option<&'a str>)> + 'a {
+    let module = canonical(module);
+    user.iter().filter_map(move |param| {
+        let (key, value) = match param.split_once('=') {
+            Some((key, value)) => (key, Some(value)),
+            None => (param.as_str(), None),
+        };
+        let (owner, name) = key.split_once('.')?;
+        (canonical(owner) == module).then(|| (canonical(name), value))
+    })
+}
+
+/// The value the user's kernel parameters give `module.name` (the last one wins, as on the
+/// kernel's command line and in modprobe); `None` when none gives it one.
+pub fn user_value<'a>(module: &str, name: &str, user: &'a [String]) -> Option<&'a str> {
+    let name = canonical(name);
+    user_params_for(module, user)
+        .filter(|(param, _)| *param == name)
+        .filter_map(|(_, value)| value)
+        .last()
+}
+
+fn canonical(name: &str) -> String {
+    name.replace('-', "_")
+}
+
 /// `ours`, the load parameters nestfault gives `module` ("name=value ..."), with the user's
 /// `MODULE.PARAM[=VALUE]` kernel parameters for that module applied the way modprobe applies the
 /// kernel command line's to a module it loads: a parameter the user sets takes the user's value
-/// (the last one given), and the user's others are added. Module and parameter names compare
-/// with '-' and '_' alike, as the kernel's do.
+/// (the last one given), and the user's others are added.
 pub fn with_user_params(module: &str, ours: &str, user: &[String]) -> String {
-    let canonical = |name: &str| name.replace('-', "_");
-    let module = canonical(module);
     let mut params: Vec<(String, Option<String>)> = ours
         .split_whitespace()
         .map(|param| match param.split_once('=') {
@@ -42,18 +70,8 @@ pub fn with_user_params(module: &str, ours: &str, user: &[String]) -> String {
             None => (canonical(param), None),
         })
         .collect();
-    for param in user {
-        let (key, value) = match param.split_once('=') {
-            Some((key, value)) => (key, Some(value.to_string())),
-            None => (param.as_str(), None),
-        };
-        let Some((owner, name)) = key.split_once('.') else {
-            continue;
-        };
-        if canonical(owner) != module {
-            continue;
-        }
-        let name = canonical(name);
+    for (name, value) in user_params_for(module, user) {
+        let value = value.map(str::to_string);
         match params.iter_mut().find(|(known, _)| *known == name) {
             Some((_, old)) => *old = value,
             None => params.push((name, value)),

@@ -8,6 +8,7 @@ use anyhow::{bail, Context};
 use clap::Parser;
 
 use crate::boot::{self, Emulator};
+use crate::module_param;
 use crate::output::NamedPath;
 use crate::report::Format;
 use crate::scenario::{self, Case, VendorKind};
@@ -208,11 +209,8 @@ impl Cli {
     /// Whether the user's `--kernel-param`s leave kvm's forced-emulation prefix off (the last
     /// one wins, as on the kernel's command line and in modprobe).
     pub fn turns_forced_prefix_off(&self) -> bool {
-        let last = self.kernel_params.iter().rev().find_map(|param| {
-            let (name, value) = param.split_once('=')?;
-            (name == "kvm.force_emulation_prefix").then_some(value)
-        });
-        last.is_some_and(|value| !crate::module_param::is_on(value))
+        let set = module_param::user_value("kvm", "force_emulation_prefix", &self.kernel_params);
+        set.is_some_and(|value| !module_param::is_on(value))
     }
 
     /// What the run reads from the user's files: an output must be none of these.
