@@ -51,7 +51,7 @@ pub fn main() -> ExitCode {
             strict: cli.strict,
         },
         Ok(Done::Informed) => Ending::Informed,
-        Ok(Done::CannotNest) => Ending::CannotNest,
+        Ok(Done::NotJudged) => Ending::NotJudged,
         Ok(Done::Unexplained) => Ending::Unexplained,
         Err(error) => {
             eprintln!("nestfault: error: {error:#}");
@@ -84,7 +84,7 @@ enum Done {
     Informed,
     /// `nestfault host` on a machine where no vendor nests; a survey with a kernel it could not
     /// judge.
-    CannotNest,
+    NotJudged,
     /// A survey found a failure no known fix or finding explains.
     Unexplained,
     Judged(Vec<verdict::Verdict>),
@@ -102,7 +102,7 @@ fn run(cli: &Cli) -> anyhow::Result<Done> {
                 crate::survey::SurveyEnding::MustFix(why) => bail!("{why}"),
                 crate::survey::SurveyEnding::Explained => Done::Informed,
                 crate::survey::SurveyEnding::Unexplained => Done::Unexplained,
-                crate::survey::SurveyEnding::NotJudged => Done::CannotNest,
+                crate::survey::SurveyEnding::NotJudged => Done::NotJudged,
             });
         }
         Some(Command::Cache(args)) => {
@@ -115,7 +115,7 @@ fn run(cli: &Cli) -> anyhow::Result<Done> {
             return Ok(if nests {
                 Done::Informed
             } else {
-                Done::CannotNest
+                Done::NotJudged
             });
         }
         None => {}

@@ -27,7 +27,7 @@ pub enum Ending<'a> {
     Interrupted,
     /// `nestfault host` found no vendor this machine's KVM nests, or a survey a kernel it could
     /// not judge.
-    CannotNest,
+    NotJudged,
     /// A survey found a failure that no known fix or finding explains.
     Unexplained,
 }
@@ -52,7 +52,7 @@ impl ExitClass {
         let (verdicts, strict) = match ending {
             Ending::Informed => return ExitClass::Passed,
             Ending::MustFix | Ending::Interrupted => return ExitClass::MustFix,
-            Ending::CannotNest => return ExitClass::Untestable,
+            Ending::NotJudged => return ExitClass::Untestable,
             Ending::Unexplained => return ExitClass::Failed,
             Ending::Judged { verdicts, strict } => (verdicts, *strict),
         };
@@ -139,6 +139,6 @@ mod tests {
         assert_eq!(ExitClass::of(&Ending::Informed).code(), 0);
         assert_eq!(ExitClass::of(&Ending::MustFix).code(), 255);
         assert_eq!(ExitClass::of(&Ending::Interrupted).code(), 255);
-        assert_eq!(ExitClass::of(&Ending::CannotNest).code(), 125);
+        assert_eq!(ExitClass::of(&Ending::NotJudged).code(), 125);
     }
 }

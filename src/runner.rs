@@ -92,7 +92,7 @@ pub fn run(
                     .map(Missing::Nesting)
                     .or_else(|| {
                         (case.path == AccessPath::Forced)
-                            .then(|| forced_emulation.clone().err().map(Missing::Option))
+                            .then(|| forced_emulation.clone().err().map(Missing::Setting))
                             .flatten()
                     });
                 let verdict = match missing {
@@ -102,7 +102,7 @@ pub fn run(
                     Some(Missing::Nesting(reason)) => {
                         Verdict::without_run(case, Status::Skip, reason)
                     }
-                    Some(Missing::Option(reason)) => {
+                    Some(Missing::Setting(reason)) => {
                         Verdict::without_run(case, Status::NotRun, reason)
                     }
                     None => run_one(&kvm, &cpuid, case, options, hardware.as_ref(), &reaper),
@@ -126,7 +126,7 @@ enum Missing {
     /// The vendor cannot nest at all: this kernel cannot be judged for it.
     Nesting(String),
     /// An optional setting the case needs (the forced-emulation prefix): the case is not run.
-    Option(String),
+    Setting(String),
 }
 
 /// The cases' indices by scenario (and vendor), the hardware path first in each.

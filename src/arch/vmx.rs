@@ -97,15 +97,10 @@ fn no_violation(scenario: &Scenario) -> bool {
 /// already set.
 pub fn open_findings(case: &Case) -> Vec<&'static Finding> {
     let scenario = &case.scenario;
-    let writes_nothing = match scenario.fault {
-        Fault::Unmapped => true,
-        Fault::WriteProtected => scenario.l2_ad == L2Ad::Set,
-        _ => false,
-    };
     let ad_off_walk = emulator_walks(case.path)
-        && scenario.ept_ad == EptAd::Off
         && scenario.target != Target::Final
-        && writes_nothing;
+        && matches!(scenario.fault, Fault::Unmapped | Fault::WriteProtected)
+        && !walk_writes(scenario);
     open_finding(case)
         .into_iter()
         .chain(ad_off_walk.then_some(&EPT_AD_OFF_TABLE_WRITES))
