@@ -148,7 +148,7 @@ fn run(cli: &Cli) -> anyhow::Result<Done> {
             }
             let run = kernel_mode::run(cli, image, &all)?;
             if !cli.as_host.is_empty() {
-                return as_host_results(cli, &run.commands);
+                return as_host_results(&run);
             }
             (run.environment, run.verdicts)
         }
@@ -206,18 +206,13 @@ fn run(cli: &Cli) -> anyhow::Result<Done> {
 
 /// Prints what each `--as-host` command did, one JSON object a line; every command must have
 /// reported in every boot.
-fn as_host_results(cli: &Cli, results: &[crate::as_host::CommandResult]) -> anyhow::Result<Done> {
+fn as_host_results(run: &kernel_mode::KernelRun) -> anyhow::Result<Done> {
     let mut stdout = std::io::stdout().lock();
-    for result in results {
+    for result in &run.commands {
         writeln!(stdout, "{}", serde_json::to_string(result)?)?;
     }
-    let boots = cli.explicit_vendors().map_or(2, |vendors| vendors.len());
-    if results.len() != cli.as_host.len() * boots {
-        bail!(
-            "the guest reported {} of {} --as-host commands (see the progress above)",
-            results.len(),
-            cli.as_host.len() * boots
-        );
+    if let Some(why) = &run.commands_missing {
+        bail!("{why}");
     }
     Ok(Done::Informed)
 }

@@ -219,6 +219,7 @@ pub fn run(cli: &Cli, image: &Path, all: &[Case]) -> anyhow::Result<KernelRun> {
     let mut verdicts = Vec::new();
     let mut vendors = Vec::new();
     let mut commands = Vec::new();
+    let mut commands_missing = None;
     for (planned, outcome) in boots.iter().zip(outcomes) {
         let mut outcome = outcome?;
         release = outcome.kernel.clone().unwrap_or(release);
@@ -229,6 +230,17 @@ pub fn run(cli: &Cli, image: &Path, all: &[Case]) -> anyhow::Result<KernelRun> {
         if cli.as_host.is_empty() {
             verdicts.extend(collate(&planned.cases, outcome, cli.repeat));
         } else {
+            if outcome.commands.len() < cli.as_host.len() {
+                let why = match &outcome.missing {
+                    Missing::Untestable(why) | Missing::Unfinished(why) => why,
+                };
+                commands_missing = Some(format!(
+                    "the {} guest reported {} of {} --as-host commands: {why}",
+                    planned.kind,
+                    outcome.commands.len(),
+                    cli.as_host.len()
+                ));
+            }
             commands.extend(std::mem::take(&mut outcome.commands));
         }
     }
@@ -238,6 +250,7 @@ pub fn run(cli: &Cli, image: &Path, all: &[Case]) -> anyhow::Result<KernelRun> {
         environment,
         verdicts,
         commands,
+        commands_missing,
     })
 }
 
@@ -248,6 +261,8 @@ pub struct KernelRun {
     pub verdicts: Vec<Verdict>,
     /// What each `--as-host` command did, per boot in order.
     pub commands: Vec<CommandResult>,
+    /// Why a boot did not report every `--as-host` command, if one did not.
+    pub commands_missing: Option<String>,
 }
 
 /// One boot to come: a vendor, its cases, the emulator and where its console goes.
