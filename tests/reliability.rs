@@ -349,24 +349,30 @@ const TWO_PATHS: [&str; 4] = [
     "svm/pt_page_unmapped/force?",
 ];
 
+/// A scratch directory whose fake kernel passes [`CASE`] and ends [`FORCED`] with `status`.
+fn forced_case_ends(name: &str, status: Status, why: &str) -> Scratch {
+    let scratch = Scratch::new(name);
+    scratch.fake_qemu(
+        &[
+            kernel_line(),
+            passed_line(),
+            verdict_line(FORCED, status, Some(why)),
+            Record::Done.to_line(),
+        ],
+        "exit 0",
+    );
+    scratch
+}
+
 /// Issue 19: a case not run for a setting this kernel lacks (the forced-emulation prefix off,
 /// as distributions ship it) is listed with how to enable it, and never turns a run that
 /// otherwise passed into 125; but a case the user named that cannot run is theirs to fix (255),
 /// and a selection none of which could run was not judged (125).
 #[test]
 fn cases_not_run_here_are_listed_not_untestable() {
-    let scratch = Scratch::new("not-run");
     let why = "kvm's force_emulation_prefix is 0: turn it on at runtime with `echo 1 | sudo tee \
                /sys/module/kvm/parameters/force_emulation_prefix`";
-    scratch.fake_qemu(
-        &[
-            kernel_line(),
-            passed_line(),
-            verdict_line(FORCED, Status::NotRun, Some(why)),
-            Record::Done.to_line(),
-        ],
-        "exit 0",
-    );
+    let scratch = forced_case_ends("not-run", Status::NotRun, why);
     let run = |extra: &[&str]| {
         let kernel = scratch.fake_bzimage();
         let mut args = vec!["--kernel", path_str(&kernel), "--vendor", "svm"];
@@ -407,17 +413,8 @@ fn cases_not_run_here_are_listed_not_untestable() {
 /// passes the run unless --strict; an unexpected pass counts as a pass.
 #[test]
 fn expected_failures_pass_unless_strict() {
-    let scratch = Scratch::new("xfail");
     let finding = "expected failure: the open finding \"stale guest-linear address\"";
-    scratch.fake_qemu(
-        &[
-            kernel_line(),
-            passed_line(),
-            verdict_line(FORCED, Status::Xfail, Some(finding)),
-            Record::Done.to_line(),
-        ],
-        "exit 0",
-    );
+    let scratch = forced_case_ends("xfail", Status::Xfail, finding);
     let kernel = scratch.fake_bzimage();
     let run = |extra: &[&str]| {
         let mut args = vec!["--kernel", path_str(&kernel), "--vendor", "svm"];

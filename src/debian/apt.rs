@@ -394,23 +394,23 @@ fn unreachable(stderr: &str) -> Vec<&str> {
         .collect()
 }
 
-/// Whether `lists` holds any package list, however old.
-fn has_lists(lists: &Path) -> bool {
+/// The package lists in `lists` (apt may keep them compressed: `..._Packages.lz4`).
+fn package_lists(lists: &Path) -> impl Iterator<Item = fs::DirEntry> {
     fs::read_dir(lists)
         .into_iter()
         .flatten()
         .flatten()
-        .any(|entry| entry.file_name().to_string_lossy().contains("_Packages"))
+        .filter(|entry| entry.file_name().to_string_lossy().contains("_Packages"))
+}
+
+/// Whether `lists` holds any package list, however old.
+fn has_lists(lists: &Path) -> bool {
+    package_lists(lists).next().is_some()
 }
 
 /// Whether `lists` holds package lists younger than LISTS_MAX_AGE.
 fn lists_are_fresh(lists: &Path) -> bool {
-    fs::read_dir(lists)
-        .into_iter()
-        .flatten()
-        .flatten()
-        // apt may keep the lists compressed: `..._Packages.lz4`.
-        .filter(|entry| entry.file_name().to_string_lossy().contains("_Packages"))
+    package_lists(lists)
         .filter_map(|entry| entry.metadata().ok()?.modified().ok())
         .max()
         .and_then(|time| SystemTime::now().duration_since(time).ok())
