@@ -30,7 +30,9 @@ use crate::elf;
 use crate::machine::{CpuState, FaultSite, Segment, TSS_GPA};
 use crate::mailbox::GuestMailbox;
 use crate::paging::{Format, LayoutError, PageTable, Perms, PhysImage, PAGE_SIZE};
-use crate::scenario::{Access, AccessPath, Case, EptAd, L2Ad, LeafSize, Placement, Span, Target};
+use crate::scenario::{
+    Access, AccessPath, Case, EptAd, L2Ad, L2Paging, LeafSize, Placement, Span, Target,
+};
 
 pub const MEMORY_SIZE: u64 = 2 << 20;
 const GDT_GPA: u64 = 0x2000;
@@ -47,6 +49,40 @@ pub const FAULT_GVA: u64 = 0x80_0000_0000;
 /// The same, [`Placement::Offset`]: PML4 entry 3, PDPT entry 5, PD entry 7, PT entry 9, byte
 /// 0x5a8 of the page (a one-byte access stays inside it).
 pub const FAULT_GVA_OFFSET: u64 = (3 << 39) | (5 << 30) | (7 << 21) | (9 << 12) | 0x5a8;
+/// The aligned and offset addresses in L2's other paging modes: the same shape (the root's entry
+/// of its own, then entry 0 of every table and byte 0, or entries 5/7/9 and byte 0x5a8 from the
+/// top down), within 32 bits where L2 runs in protected mode.
+const FAULT_GVA_5LEVEL: u64 = 1 << 48;
+const FAULT_GVA_OFFSET_5LEVEL: u64 = (2 << 48) | FAULT_GVA_OFFSET;
+const FAULT_GVA_PAE: u64 = 1 << 30;
+const FAULT_GVA_OFFSET_PAE: u64 = (3 << 30) | (7 << 21) | (9 << 12) | 0x5a8;
+const FAULT_GVA_32BIT: u64 = 1 << 22;
+const FAULT_GVA_OFFSET_32BIT: u64 = (3 << 22) | (9 << 12) | 0x5a8;
+
+/// Where L2's data access lies in `mode` with `placement`.
+pub fn fault_gva(mode: L2Paging, placement: Placement) -> u64 {
+    match (mode, placement) {
+        (L2Paging::FourLevel, Placement::Aligned) => FAULT_GVA,
+        (L2Paging::FourLevel, Placement::Offset) => FAULT_GVA_OFFSET,
+        (L2Paging::FiveLevel, Placement::Aligned) => FAULT_GVA_5LEVEL,
+        (L2Paging::FiveLevel, Placement::Offset) => FAULT_GVA_OFFSET_5LEVEL,
+        (L2Paging::Pae, Placement::Aligned) => FAULT_GVA_PAE,
+        (L2Paging::Pae, Placement::Offset) => FAULT_GVA_OFFSET_PAE,
+        (L2Paging::Bits32, Placement::Aligned) => FAULT_GVA_32BIT,
+        (L2Paging::Bits32, Placement::Offset) => FAULT_GVA_OFFSET_32BIT,
+    }
+}
+
+/// The format of L2's own tables in `mode`.
+pub fn l2_format(mode: L2Paging) -> Format {
+    match mode {
+        L2Paging::FourLevel => Format::X86_64,
+        L2Paging::FiveLevel => Format::La57,
+        L2Paging::Pae => Format::Pae,
+        L2Paging::Bits32 => Format::Paging32,
+    }
+}
+
 /// The data page's GPA when a 2 MiB or 1 GiB page maps it (1 GiB-aligned, above L1's memory).
 pub const DATA_GPA_BEYOND_RAM: u64 = 0x4000_0000;
 /// L2's accessed and dirty bits (SDM vol. 3A 4.8: bits 5 and 6 of a paging entry).
@@ -68,6 +104,7 @@ const CR0_NE: u64 = 1 << 5;
 const CR0_WP: u64 = 1 << 16;
 const CR0_PG: u64 = 1 << 31;
 const CR4_PAE: u64 = 1 << 5;
+const CR4_LA57: u64 = 1 << 12;
 const EFER_LME: u64 = 1 << 8;
 const EFER_LMA: u64 = 1 << 10;
 /// NX in entries is legal only with EFER.NXE, and KVM reports fetch faults (ID, ACC_INSTR) only
@@ -112,11 +149,13 @@ pub fn build(case: &Case, vendor: &dyn Vendor, stub: &[u8]) -> Result<GuestImage
         code: Segment::CODE64,
         data: Segment::DATA,
         tr: Segment::TSS,
+        pae_pdptes: None,
     };
 
     // L2's world.
     let point = &case.scenario;
-    let l2_tables = PageTable::new(Format::X86_64, &mut memory)?;
+    let mode = point.l2_paging;
+    let l2_tables = PageTable::new(l2_format(mode), &mut memory)?;
     let code = memory.alloc_page("L2 code")?;
     let stack = memory.alloc_page("L2 stack")?;
     l2_tables.map(&mut memory, code, code, Perms::RWX)?;
@@ -127,10 +166,7 @@ pub fn build(case: &Case, vendor: &dyn Vendor, stub: &[u8]) -> Result<GuestImage
     } else {
         memory.alloc_page("the data page")?
     };
-    let data_gva = match point.placement {
-        Placement::Aligned => FAULT_GVA,
-        Placement::Offset => FAULT_GVA_OFFSET,
-    };
+    let data_gva = fault_gva(mode, point.placement);
     let page_of = |gva: u64| gva & !(point.l2_leaf.bytes() - 1);
     l2_tables.map_sized(
         &mut memory,
@@ -170,27 +206,26 @@ pub fn build(case: &Case, vendor: &dyn Vendor, stub: &[u8]) -> Result<GuestImage
         }
     };
     // L2's first instruction fetch is the first walk of its CR3 page.
-    let gva = if point.target == Target::Pml4 {
-        code
-    } else {
-        data_gva
-    };
+    let gva = if point.breaks_root() { code } else { data_gva };
     let site = FaultSite {
         gva,
         data_gpa: data,
         walk: l2_tables.walk(&memory, gva)?,
+        levels: mode.levels(),
     };
     if point.l2_ad == L2Ad::Set {
-        // As if L2 had been there before: the CPU need write no A or D bit on this walk.
+        // As if L2 had been there before: the CPU need write no A or D bit on this walk. (A
+        // PAE PDPTE has none: its bits 5 and 6 are reserved.)
         let leaf = site.walk.len() - 1;
-        for (level, &entry) in site.walk.iter().enumerate() {
-            let flags = if level == leaf {
+        let first = usize::from(mode == L2Paging::Pae);
+        for (depth, &entry) in site.walk.iter().enumerate().skip(first) {
+            let flags = if depth == leaf {
                 L2_ACCESSED | L2_DIRTY
             } else {
                 L2_ACCESSED
             };
-            let value = memory.read_u64("an L2 entry", entry)?;
-            memory.write_u64("an L2 entry", entry, value | flags)?;
+            let value = l2_tables.read_entry(&memory, entry)?;
+            l2_tables.write_entry(&mut memory, entry, value | flags)?;
         }
     }
     let access_gva = match lead_in {
@@ -207,6 +242,12 @@ pub fn build(case: &Case, vendor: &dyn Vendor, stub: &[u8]) -> Result<GuestImage
         vendor.done_instruction(),
     );
     memory.write("L2 code", code, &program)?;
+    if point.access == Access::Fetch && data != DATA_GPA_BEYOND_RAM {
+        // A fetch that does not fault (a PAE PDPT page under EPT) runs the hypercall that
+        // says so, not the page's zeros.
+        let target = data + data_gva % PAGE_SIZE;
+        memory.write("the data page", target, &vendor.done_instruction())?;
+    }
 
     // L1's nested tables: identity, with the scenario's fault.
     memory.align_pool(PREFETCH_GROUP);
@@ -219,11 +260,22 @@ pub fn build(case: &Case, vendor: &dyn Vendor, stub: &[u8]) -> Result<GuestImage
     let broken = site.broken_page(point.target);
     nested.set_leaf(&mut memory, broken, vendor.nested_edit(point.fault))?;
 
+    let pae_pdptes = match mode {
+        L2Paging::Pae => {
+            let mut entries = [0; 4];
+            for (i, entry) in (0..).zip(&mut entries) {
+                *entry = l2_tables.read_entry(&memory, l2_tables.root + 8 * i)?;
+            }
+            Some(entries)
+        }
+        _ => None,
+    };
     let l2 = CpuState {
         cr3: l2_tables.root,
         rip: code,
         rsp: stack + PAGE_SIZE,
-        ..base.clone()
+        pae_pdptes,
+        ..l2_mode(&base, mode, vendor)
     };
     let host_save = memory.alloc_page("the host-save area")?;
     let control = memory.alloc_page("the control block")?;
@@ -238,6 +290,24 @@ pub fn build(case: &Case, vendor: &dyn Vendor, stub: &[u8]) -> Result<GuestImage
         l1: base,
         site,
     })
+}
+
+/// L1's context with L2's paging mode: long mode with CR4.PAE (and LA57 for 5 levels), or
+/// protected mode with a 32-bit code segment, with or without CR4.PAE (SDM 4.1.1). EFER.NXE
+/// stays on, so that PAE entries may carry NX.
+fn l2_mode(l1: &CpuState, mode: L2Paging, vendor: &dyn Vendor) -> CpuState {
+    let (cr4, efer, code) = match mode {
+        L2Paging::FourLevel => (CR4_PAE, EFER_LME | EFER_LMA, Segment::CODE64),
+        L2Paging::FiveLevel => (CR4_PAE | CR4_LA57, EFER_LME | EFER_LMA, Segment::CODE64),
+        L2Paging::Pae => (CR4_PAE, 0, Segment::CODE32),
+        L2Paging::Bits32 => (0, 0, Segment::CODE32),
+    };
+    CpuState {
+        cr4: cr4 | vendor.required_cr4(),
+        efer: efer | EFER_NXE,
+        code,
+        ..l1.clone()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -312,14 +382,28 @@ struct L2Accesses {
 
 /// L2's code: the lead-in read (a crossing access), the prime read, the scenario's access, then
 /// the vendor's hypercall, which L1 intercepts as "finished without a fault". A crossing access
-/// is 4 bytes (OUTSD/INSD, or MOV EAX), any other 1 byte (OUTSB/INSB, MOV AL).
+/// is 4 bytes (OUTSD/INSD, or MOV EAX), any other 1 byte (OUTSB/INSB, MOV AL). In long mode
+/// addresses are 64-bit immediates (with REX.W where the opcode needs it), in protected mode
+/// 32-bit ones: the same opcodes otherwise.
 fn l2_program(case: &Case, at: L2Accesses, done: [u8; 3]) -> Vec<u8> {
+    let long_mode = case.scenario.l2_paging.long_mode();
     let mut code = Vec::new();
-    let imm64 = |code: &mut Vec<u8>, value: u64| code.extend_from_slice(&value.to_le_bytes());
+    let address = |code: &mut Vec<u8>, value: u64| {
+        let bytes = value.to_le_bytes();
+        code.extend_from_slice(if long_mode { &bytes } else { &bytes[..4] });
+    };
+    // mov r/e{si,di,ax}, imm: B8+r, REX.W for the 64-bit register.
+    let load = |code: &mut Vec<u8>, opcode: u8, value: u64| {
+        if long_mode {
+            code.push(0x48);
+        }
+        code.push(opcode);
+        address(code, value);
+    };
     for read in at.lead_in.into_iter().chain(at.prime) {
-        // mov al, [moffs64]
+        // mov al, [moffs]
         code.push(0xa0);
-        imm64(&mut code, read);
+        address(&mut code, read);
     }
     let access = case.scenario.access;
     // The one-byte opcodes' 4-byte forms are the next opcode up (OUTSB 6e -> OUTSD 6f, INSB 6c
@@ -327,12 +411,11 @@ fn l2_program(case: &Case, at: L2Accesses, done: [u8; 3]) -> Vec<u8> {
     let wide = u8::from(case.scenario.span == Span::Crossing);
     match case.path {
         AccessPath::Emulated => {
-            let (load_index_register, string_op) = match access {
-                Access::Write => (0xbf, 0x6c), // mov rdi, imm64; insb
-                _ => (0xbe, 0x6e),             // mov rsi, imm64; outsb
+            let (index_register, string_op) = match access {
+                Access::Write => (0xbf, 0x6c), // mov rdi/edi; insb
+                _ => (0xbe, 0x6e),             // mov rsi/esi; outsb
             };
-            code.extend_from_slice(&[0x48, load_index_register]);
-            imm64(&mut code, at.access);
+            load(&mut code, index_register, at.access);
             code.extend_from_slice(&[0x66, 0xba]); // mov dx, imm16
             code.extend_from_slice(&L2_IO_PORT.to_le_bytes());
             code.push(string_op + wide);
@@ -342,13 +425,18 @@ fn l2_program(case: &Case, at: L2Accesses, done: [u8; 3]) -> Vec<u8> {
                 code.extend_from_slice(&FORCED_EMULATION_PREFIX);
             }
             match access {
-                Access::Read => code.push(0xa0 + wide),  // mov al, [moffs64]
-                Access::Write => code.push(0xa2 + wide), // mov [moffs64], al
-                Access::Fetch => code.extend_from_slice(&[0x48, 0xb8]), // mov rax, imm64
-            }
-            imm64(&mut code, at.access);
-            if access == Access::Fetch {
-                code.extend_from_slice(&[0xff, 0xe0]); // jmp rax
+                Access::Read => {
+                    code.push(0xa0 + wide); // mov al, [moffs]
+                    address(&mut code, at.access);
+                }
+                Access::Write => {
+                    code.push(0xa2 + wide); // mov [moffs], al
+                    address(&mut code, at.access);
+                }
+                Access::Fetch => {
+                    load(&mut code, 0xb8, at.access); // mov rax/eax, imm
+                    code.extend_from_slice(&[0xff, 0xe0]); // jmp rax/eax
+                }
             }
         }
     }
@@ -453,18 +541,20 @@ mod tests {
                     assert_eq!(entry & edit.extra_bits, edit.extra_bits, "{id}");
                 }
             }
-            let l2_levels = 5 - point.l2_leaf.level() as usize;
+            let levels = point.l2_paging.levels() as usize;
             assert_eq!(
                 site.walk.len(),
-                if point.target == Target::Pml4 {
-                    4
+                if point.breaks_root() {
+                    levels
                 } else {
-                    l2_levels
-                }
+                    levels + 1 - point.l2_leaf.level() as usize
+                },
+                "{id}"
             );
-            if point.target != Target::Pml4 {
+            if !point.breaks_root() {
+                let entry_bytes = l2_format(point.l2_paging).entry_bytes();
                 for (depth, entry) in site.walk.iter().enumerate() {
-                    let index = entry % PAGE_SIZE / 8;
+                    let index = entry % PAGE_SIZE / entry_bytes;
                     match point.placement {
                         Placement::Aligned if depth > 0 => {
                             assert_eq!(index, 0, "{id}: entry {depth} of its table is index 0")
@@ -484,7 +574,7 @@ mod tests {
                     assert_eq!(whole(page), Some(Perms::RWX), "{id}: table page {page:#x}");
                 }
             }
-            if point.target != Target::Pml4 {
+            if !point.breaks_root() {
                 assert_ne!(
                     broken & !(PAGE_SIZE - 1),
                     site.walk[0] & !(PAGE_SIZE - 1),
@@ -526,7 +616,8 @@ mod tests {
             );
             assert_eq!(expectation.gpa.mask, !0, "{id}: the GPA is compared whole");
             if let Some(linear) = expectation.linear_address.filter(|l| l.mask != 0) {
-                assert_eq!(linear.value, FAULT_GVA_OFFSET, "{id}");
+                let gva = fault_gva(case.scenario.l2_paging, Placement::Offset);
+                assert_eq!(linear.value, gva, "{id}");
             }
         }
     }

@@ -27,6 +27,13 @@ impl Segment {
         limit: 0xffff_ffff,
         access_rights: 0xa09b,
     };
+    /// Protected mode's flat 32-bit code segment (D=1, L=0), for L2 in PAE or 32-bit paging.
+    pub const CODE32: Segment = Segment {
+        selector: 0x08,
+        base: 0,
+        limit: 0xffff_ffff,
+        access_rights: 0xc09b,
+    };
     pub const DATA: Segment = Segment {
         selector: 0x10,
         base: 0,
@@ -73,7 +80,8 @@ impl Segment {
     }
 }
 
-/// A 64-bit CPL0 context: L1's (set through KVM) and L2's (described to L1's VMCB/VMCS).
+/// A CPL0 context: L1's (64-bit, set through KVM) and L2's (described to L1's VMCB/VMCS; 64-bit,
+/// or 32-bit protected mode with PAE or 32-bit paging).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CpuState {
     pub cr0: u64,
@@ -87,6 +95,9 @@ pub struct CpuState {
     pub code: Segment,
     pub data: Segment,
     pub tr: Segment,
+    /// With PAE paging, the four PDPTEs at CR3: VMX takes them from the VMCS at VM entry when
+    /// EPT is on (SDM 26.3.2.4); SVM's walk reads them from memory.
+    pub pae_pdptes: Option<[u64; 4]>,
 }
 
 /// Where the scenario's fault is, in L2's address spaces; the oracle derives GPAs from it.
@@ -97,19 +108,19 @@ pub struct FaultSite {
     pub gva: u64,
     pub data_gpa: u64,
     /// The GPAs of the L2 paging-structure entries on the walk of `gva`, root first, down to the
-    /// leaf (four entries for a 4 KiB page, three for 2 MiB).
+    /// leaf (one per level of L2's paging mode for a 4 KiB page, one fewer for 2 MiB).
     pub walk: Vec<u64>,
+    /// The levels of L2's paging mode: the root's table level (4 for a PML4).
+    pub levels: u32,
 }
 
 impl FaultSite {
     /// The GPA of the L2 paging-structure entry that lives in the page `target` breaks; `None`
     /// for the final page (or a level the walk does not reach).
     pub fn entry_gpa(&self, target: Target) -> Option<u64> {
-        let level = target.table_level()? as usize;
-        self.walk
-            .len()
-            .checked_sub(level)
-            .map(|_| self.walk[4 - level])
+        let level = target.table_level()?;
+        let depth = self.levels.checked_sub(level)?;
+        self.walk.get(depth as usize).copied()
     }
 
     /// The GPA of the page `target` breaks.
@@ -128,6 +139,7 @@ impl FaultSite {
             gva: 0x80_0000_0000,
             data_gpa: 0x21_0000,
             walk: vec![0x14_0008, 0x20_3000, 0x20_4000, 0x20_5000],
+            levels: 4,
         }
     }
 }

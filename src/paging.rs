@@ -1,5 +1,6 @@
-//! One 4-level page-table builder for the three formats nestfault needs: L1's and L2's own x86-64
-//! tables, AMD NPT and Intel EPT; 4 KiB leaves, and 2 MiB / 1 GiB ones where a scenario asks.
+//! One page-table builder for the formats nestfault needs: L1's and L2's own tables (x86-64 4- and
+//! 5-level, and L2's PAE and 32-bit ones), AMD NPT and Intel EPT; 4 KiB leaves, and 2 MiB / 1 GiB
+//! ones where a scenario asks. A format says its depth, its entry size and its index width.
 //!
 //! A fault is an edit of a built table, addressed by what it breaks: [`PageTable::set_leaf`] on the
 //! GPA of the data page, or of a page-table page that [`PageTable::walk`] names.
@@ -14,11 +15,18 @@ use crate::scenario::LeafSize;
 pub const PAGE_SIZE: u64 = 4096;
 const ADDRESS_MASK: u64 = 0x000f_ffff_ffff_f000;
 
-/// The entry formats (Intel SDM vol. 3 4.5 and 29.3.2; AMD APM vol. 2 5.3 and 15.25).
+/// The entry formats (Intel SDM vol. 3 4.3-4.5 and 29.3.2; AMD APM vol. 2 5.2-5.3 and 15.25).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
     /// x86-64 4-level paging: P, R/W in bit 1. Used for L1's and L2's own tables (CPL0 only).
     X86_64,
+    /// x86-64 5-level paging (CR4.LA57): the same entries, a PML5 above the PML4.
+    La57,
+    /// PAE paging: 8-byte entries, three levels; the root (the PDPT) has four entries, which
+    /// may carry no R/W, U/S, A, D or NX bit (SDM 4.4.1: bits 2:1 and 8:5 are reserved).
+    Pae,
+    /// 32-bit paging: 4-byte entries, two levels of 1024, no NX bit.
+    Paging32,
     /// AMD nested paging: the x86-64 format; the nested walk is a user access, so U=1 unless a
     /// scenario takes it away.
     Npt,
@@ -88,8 +96,8 @@ mod bits {
 /// Where an entry sits in a walk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum EntryKind {
-    /// Points at the next table.
-    Table,
+    /// Points at the next table: a `level` above 1.
+    Table { level: u32 },
     /// Maps a page: 4 KiB at level 1, large above.
     Leaf { level: u32 },
 }
@@ -99,11 +107,15 @@ impl Format {
         use bits::*;
         let set = |on: bool, bit: u64| if on { bit } else { 0 };
         let (leaf, large) = match kind {
-            EntryKind::Table => (false, false),
+            EntryKind::Table { .. } => (false, false),
             EntryKind::Leaf { level } => (true, level > 1),
         };
         let flags = match self {
-            Format::X86_64 => PRESENT | set(perms.write, WRITABLE) | set(!perms.exec, NO_EXECUTE),
+            Format::Pae if kind == (EntryKind::Table { level: 3 }) => PRESENT,
+            Format::X86_64 | Format::La57 | Format::Pae => {
+                PRESENT | set(perms.write, WRITABLE) | set(!perms.exec, NO_EXECUTE)
+            }
+            Format::Paging32 => PRESENT | set(perms.write, WRITABLE),
             Format::Npt => {
                 PRESENT
                     | set(perms.write, WRITABLE)
@@ -120,9 +132,43 @@ impl Format {
         (address & ADDRESS_MASK) | flags | set(large, LARGE)
     }
 
+    /// Table levels, root included.
+    pub fn levels(self) -> u32 {
+        match self {
+            Format::Paging32 => 2,
+            Format::Pae => 3,
+            Format::X86_64 | Format::Npt | Format::Ept => 4,
+            Format::La57 => 5,
+        }
+    }
+
+    /// Bytes per entry.
+    pub fn entry_bytes(self) -> u64 {
+        match self {
+            Format::Paging32 => 4,
+            _ => 8,
+        }
+    }
+
+    /// The index of `address`'s entry in its table at `level` (1: the page table).
+    fn index(self, address: u64, level: u32) -> u64 {
+        let bits = match self {
+            Format::Paging32 => 10,
+            _ => 9,
+        };
+        (address >> (12 + bits * (level - 1))) & ((1 << bits) - 1)
+    }
+
+    /// The GPA of `address`'s entry in `table` at `level`.
+    fn slot(self, table: u64, address: u64, level: u32) -> u64 {
+        table + self.entry_bytes() * self.index(address, level)
+    }
+
     fn is_present(self, entry: u64) -> bool {
         match self {
-            Format::X86_64 | Format::Npt => entry & bits::PRESENT != 0,
+            Format::X86_64 | Format::La57 | Format::Pae | Format::Paging32 | Format::Npt => {
+                entry & bits::PRESENT != 0
+            }
             Format::Ept => entry & (bits::EPT_READ | bits::EPT_WRITE | bits::EPT_EXEC) != 0,
         }
     }
@@ -132,12 +178,12 @@ impl Format {
     pub fn perms_of(self, entry: u64) -> Perms {
         use bits::*;
         match self {
-            Format::X86_64 | Format::Npt => Perms {
+            Format::X86_64 | Format::La57 | Format::Pae | Format::Paging32 | Format::Npt => Perms {
                 read: true,
                 write: entry & WRITABLE != 0,
                 exec: entry & NO_EXECUTE == 0,
                 // L1's and L2's own tables are supervisor tables whatever `user` says.
-                user: self == Format::X86_64 || entry & USER != 0,
+                user: self != Format::Npt || entry & USER != 0,
             },
             Format::Ept => Perms {
                 read: entry & EPT_READ != 0,
@@ -317,20 +363,39 @@ impl PhysImage {
     }
 }
 
-/// A 4-level table rooted at `root` in a [`PhysImage`].
+/// A table of [`Format`] rooted at `root` in a [`PhysImage`].
 #[derive(Clone, Copy, Debug)]
 pub struct PageTable {
     pub format: Format,
     pub root: u64,
 }
 
-const LEVELS: u32 = 4;
-
-fn index(address: u64, level: u32) -> u64 {
-    (address >> (12 + 9 * (level - 1))) & 0x1ff
-}
-
 impl PageTable {
+    /// The entry at `slot`, as wide as the format's entries.
+    pub fn read_entry(&self, image: &PhysImage, slot: u64) -> Result<u64, LayoutError> {
+        match self.format.entry_bytes() {
+            4 => {
+                let bytes = image.read("a page-table entry", slot, 4)?;
+                Ok(u32::from_le_bytes(bytes.try_into().expect("4 bytes")).into())
+            }
+            _ => image.read_u64("a page-table entry", slot),
+        }
+    }
+
+    pub fn write_entry(
+        &self,
+        image: &mut PhysImage,
+        slot: u64,
+        entry: u64,
+    ) -> Result<(), LayoutError> {
+        let bytes = entry.to_le_bytes();
+        image.write(
+            "a page-table entry",
+            slot,
+            &bytes[..self.format.entry_bytes() as usize],
+        )
+    }
+
     pub fn new(format: Format, image: &mut PhysImage) -> Result<Self, LayoutError> {
         Ok(Self {
             format,
@@ -359,19 +424,13 @@ impl PageTable {
         size: LeafSize,
     ) -> Result<(), LayoutError> {
         let leaf_level = size.level();
-        let slot = self.leaf_table(image, address, leaf_level)? + 8 * index(address, leaf_level);
-        if self
-            .format
-            .is_present(image.read_u64("a page-table entry", slot)?)
-        {
+        let table = self.leaf_table(image, address, leaf_level)?;
+        let slot = self.format.slot(table, address, leaf_level);
+        if self.format.is_present(self.read_entry(image, slot)?) {
             return Err(self.already_mapped(address));
         }
         let leaf = EntryKind::Leaf { level: leaf_level };
-        image.write_u64(
-            "a page-table entry",
-            slot,
-            self.format.entry(target, perms, leaf),
-        )
+        self.write_entry(image, slot, self.format.entry(target, perms, leaf))
     }
 
     /// The table at `leaf_level` on the walk of `address`, with the tables above it allocated
@@ -383,13 +442,15 @@ impl PageTable {
         leaf_level: u32,
     ) -> Result<u64, LayoutError> {
         let mut table = self.root;
-        for level in (leaf_level + 1..=LEVELS).rev() {
-            let slot = table + 8 * index(address, level);
-            let entry = image.read_u64("a page-table entry", slot)?;
+        for level in (leaf_level + 1..=self.format.levels()).rev() {
+            let slot = self.format.slot(table, address, level);
+            let entry = self.read_entry(image, slot)?;
             table = if !self.format.is_present(entry) {
                 let next = image.alloc_page("a page table")?;
-                let table_entry = self.format.entry(next, Perms::RWX, EntryKind::Table);
-                image.write_u64("a page-table entry", slot, table_entry)?;
+                let table_entry = self
+                    .format
+                    .entry(next, Perms::RWX, EntryKind::Table { level });
+                self.write_entry(image, slot, table_entry)?;
                 next
             } else if entry & bits::LARGE != 0 {
                 return Err(self.already_mapped(address));
@@ -422,23 +483,29 @@ impl PageTable {
             "{start:#x}..{end:#x}"
         );
         let leaf = EntryKind::Leaf { level: 1 };
-        let span = LeafSize::Size2M.bytes();
+        let entry_bytes = self.format.entry_bytes();
+        // What one page table maps.
+        let span = PAGE_SIZE * (PAGE_SIZE / entry_bytes);
         let mut address = start;
         while address < end {
             let chunk_end = (address - address % span + span).min(end);
             let table = self.leaf_table(image, address, 1)?;
-            let first_slot = table + 8 * index(address, 1);
-            let len = (chunk_end - address) / PAGE_SIZE * 8;
+            let first_slot = self.format.slot(table, address, 1);
+            let len = (chunk_end - address) / PAGE_SIZE * entry_bytes;
             let old = image.read("a page table", first_slot, len)?;
-            if let Some(at) = old.chunks_exact(8).position(|entry| {
-                self.format
-                    .is_present(u64::from_le_bytes(entry.try_into().expect("8 bytes")))
+            if let Some(at) = old.chunks_exact(entry_bytes as usize).position(|entry| {
+                let mut bytes = [0; 8];
+                bytes[..entry.len()].copy_from_slice(entry);
+                self.format.is_present(u64::from_le_bytes(bytes))
             }) {
                 return Err(self.already_mapped(address + at as u64 * PAGE_SIZE));
             }
             let entries: Vec<u8> = (address..chunk_end)
                 .step_by(PAGE_SIZE as usize)
-                .flat_map(|page| self.format.entry(page, Perms::RWX, leaf).to_le_bytes())
+                .flat_map(|page| {
+                    let entry = self.format.entry(page, Perms::RWX, leaf).to_le_bytes();
+                    entry.into_iter().take(entry_bytes as usize)
+                })
                 .collect();
             image.write("a page table", first_slot, &entries)?;
             address = chunk_end;
@@ -446,15 +513,15 @@ impl PageTable {
         Ok(())
     }
 
-    /// The GPAs of the entries on the walk of `address`, root first, down to its leaf: four for a
-    /// 4 KiB page, three for 2 MiB, two for 1 GiB.
+    /// The GPAs of the entries on the walk of `address`, root first, down to its leaf: one per
+    /// level for a 4 KiB page (four with 4-level paging), one fewer for 2 MiB, two for 1 GiB.
     pub fn walk(&self, image: &PhysImage, address: u64) -> Result<Vec<u64>, LayoutError> {
         let mut entries = Vec::new();
         let mut table = self.root;
-        for level in (1..=LEVELS).rev() {
-            let slot = table + 8 * index(address, level);
+        for level in (1..=self.format.levels()).rev() {
+            let slot = self.format.slot(table, address, level);
             entries.push(slot);
-            let entry = image.read_u64("a page-table entry", slot)?;
+            let entry = self.read_entry(image, slot)?;
             if !self.format.is_present(entry) {
                 return Err(LayoutError::NotMapped {
                     format: self.format,
@@ -478,12 +545,12 @@ impl PageTable {
     ) -> Result<(), LayoutError> {
         let entries = self.walk(image, address)?;
         let slot = *entries.last().expect("a walk has a leaf");
-        let level = LEVELS + 1 - entries.len() as u32;
-        let entry = image.read_u64("a page-table entry", slot)?;
+        let level = self.format.levels() + 1 - entries.len() as u32;
+        let entry = self.read_entry(image, slot)?;
         let new = edit.perms.map_or(0, |perms| {
             self.format.entry(entry, perms, EntryKind::Leaf { level }) | edit.extra_bits
         });
-        image.write_u64("a page-table entry", slot, new)
+        self.write_entry(image, slot, new)
     }
 
     /// Where `address` leads and with what permissions, or `None` if a level is not present:
@@ -499,8 +566,8 @@ impl PageTable {
             Err(LayoutError::NotMapped { .. }) => return Ok(None),
             Err(error) => return Err(error),
         };
-        let leaf = image.read_u64("a page-table entry", *entries.last().unwrap())?;
-        let size = PAGE_SIZE << (9 * (LEVELS - entries.len() as u32));
+        let leaf = self.read_entry(image, *entries.last().unwrap())?;
+        let size = PAGE_SIZE << (9 * (self.format.levels() - entries.len() as u32));
         Ok(Some((
             (leaf & ADDRESS_MASK & !(size - 1)) | (address & (size - 1)),
             self.format.perms_of(leaf),
@@ -535,8 +602,15 @@ mod tests {
         assert_eq!(entry(Format::Ept, Perms::READ_EXEC), address | 0x35);
         assert_eq!(entry(Format::Ept, Perms::READ_WRITE), address | 0x33);
         assert_eq!(entry(Format::Ept, Perms::WRITE_ONLY), address | 0x32);
-        let table = EntryKind::Table;
+        let table = EntryKind::Table { level: 2 };
         assert_eq!(Format::Ept.entry(address, Perms::RWX, table), address | 0x7);
+        let pdpte = EntryKind::Table { level: 3 };
+        assert_eq!(Format::Pae.entry(address, Perms::RWX, pdpte), address | 1);
+        assert_eq!(
+            Format::Pae.entry(address, Perms::RWX, table),
+            address | 0b11
+        );
+        assert_eq!(entry(Format::Paging32, Perms::READ_WRITE), address | 0b11);
         let large = EntryKind::Leaf { level: 2 };
         assert_eq!(
             Format::Ept.entry(address, Perms::RWX, large),
@@ -585,6 +659,63 @@ mod tests {
             [table.root + 8, pdpt + 16, pd + 24, pt + 32]
         );
         assert_eq!(image.read_u64("", pt + 32).unwrap(), 0x5003);
+    }
+
+    /// Each mode's walk by the architecture's index fields and entry sizes (SDM 4.3-4.5): 32-bit
+    /// paging 10-bit indices of 4-byte entries, PAE a 2-bit root index, 5-level bits 56:48.
+    #[test]
+    fn every_l2_mode_walks_its_own_indices() {
+        let cases = [
+            (Format::Paging32, (3 << 22) | (9 << 12), vec![3 * 4, 9 * 4]),
+            (
+                Format::Pae,
+                (3 << 30) | (7 << 21) | (9 << 12),
+                vec![3 * 8, 7 * 8, 9 * 8],
+            ),
+            (
+                Format::La57,
+                (2 << 48) | (3 << 39) | (5 << 30) | (7 << 21) | (9 << 12),
+                vec![2 * 8, 3 * 8, 5 * 8, 7 * 8, 9 * 8],
+            ),
+        ];
+        for (format, address, offsets) in cases {
+            let mut memory = image();
+            let table = PageTable::new(format, &mut memory).unwrap();
+            table.map(&mut memory, address, 0x5000, Perms::RWX).unwrap();
+            let walk = table.walk(&memory, address).unwrap();
+            let in_page: Vec<u64> = walk.iter().map(|slot| slot % PAGE_SIZE).collect();
+            assert_eq!(in_page, offsets, "{format:?}");
+            assert_eq!(walk[0], table.root + offsets[0], "{format:?}: the root");
+            let leaf = table.read_entry(&memory, *walk.last().unwrap()).unwrap();
+            assert_eq!(
+                leaf, 0x5003,
+                "{format:?}: present and writable, nothing else"
+            );
+            assert_eq!(
+                table.translate(&memory, address + 0x5a8).unwrap(),
+                Some((0x55a8, Perms::RWX)),
+                "{format:?}"
+            );
+        }
+        // A 4-byte entry is 4 bytes: its neighbour stays untouched.
+        let mut memory = image();
+        let table = PageTable::new(Format::Paging32, &mut memory).unwrap();
+        table
+            .map(&mut memory, 0x40_0000, 0x5000, Perms::RWX)
+            .unwrap();
+        table
+            .map(&mut memory, 0x40_1000, 0x6000, Perms::RWX)
+            .unwrap();
+        let walk = table.walk(&memory, 0x40_0000).unwrap();
+        assert_eq!(memory.read_u64("", walk[1]).unwrap(), 0x6003_0000_5003);
+        // PAE's root entries carry P alone (bits 2:1 and 8:5 are reserved there).
+        let mut memory = image();
+        let table = PageTable::new(Format::Pae, &mut memory).unwrap();
+        table
+            .map(&mut memory, 0x4000_0000, 0x5000, Perms::RWX)
+            .unwrap();
+        let pdpte = memory.read_u64("", table.root + 8).unwrap();
+        assert_eq!(pdpte & 0xfff, 1, "{pdpte:#x}");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use kvm_bindings::CpuId;
 use kvm_ioctls::Kvm;
 
-use crate::arch::{Svm, SvmCapabilities, Vendor, Vmx};
+use crate::arch::{self, Svm, SvmCapabilities, Vendor, Vmx};
 use crate::elf::L1_STUB;
 use crate::environment::vmx_capabilities;
 use crate::layout::{self, MEMORY_SIZE};
@@ -206,7 +206,8 @@ fn run_one(
         Ok(Err(missing)) => return Verdict::without_run(case, Status::NotRun, missing),
         Err(error) => return harness_error(error.to_string()),
     };
-    if let Some(reason) = vendor.unsupported(&case.scenario) {
+    let unsupported = vendor.unsupported(&case.scenario);
+    if let Some(reason) = unsupported.or_else(|| arch::unsupported_paging(cpuid, &case.scenario)) {
         return Verdict::without_run(case, Status::NotRun, reason);
     }
     let image = match layout::build(case, vendor.as_ref(), L1_STUB) {

@@ -51,8 +51,11 @@ axis! {
         PageTable = "pt_page",
         PageDirectory = "pd_page",
         Pdpt = "pdpt_page",
-        /// L2's CR3 page: every walk starts there, instruction fetches included.
+        /// With 4-level paging L2's CR3 page: every walk starts there, instruction fetches
+        /// included.
         Pml4 = "pml4_page",
+        /// With 5-level paging L2's CR3 page.
+        Pml5 = "pml5_page",
     }
 }
 
@@ -134,6 +137,24 @@ axis! {
 }
 
 axis! {
+    /// L2's own paging mode, which decides the tables its walk goes through (SDM vol. 3A 4.3-4.5,
+    /// APM vol. 2 5.2-5.3): KVM's emulator walks 32-bit tables with its paging32 walker and the
+    /// others with paging64, and with PAE the root's four entries are special.
+    pub enum L2Paging {
+        /// Long mode, 4-level paging: PML4, PDPT, PD, PT.
+        FourLevel = "4level",
+        /// Protected mode, PAE paging: a PDPT of four entries at CR3, then PD and PT. With EPT
+        /// the CPU takes the four PDPTEs from the VMCS at VM entry (SDM 26.3.2.4); with NPT the
+        /// walk reads them from memory.
+        Pae = "pae",
+        /// Protected mode, 32-bit paging: PD and PT of 1024 4-byte entries.
+        Bits32 = "32bit",
+        /// Long mode, 5-level paging (CR4.LA57): PML5 above the PML4.
+        FiveLevel = "5level",
+    }
+}
+
+axis! {
     /// How the fault reaches L0.
     pub enum AccessPath {
         /// String I/O (OUTSB reads, INSB writes), which L0 emulates since L1 does not intercept I/O:
@@ -165,7 +186,35 @@ impl Target {
             Target::PageDirectory => Some(2),
             Target::Pdpt => Some(3),
             Target::Pml4 => Some(4),
+            Target::Pml5 => Some(5),
         }
+    }
+}
+
+impl L2Paging {
+    /// How many table levels L2's walk has.
+    pub fn levels(self) -> u32 {
+        match self {
+            L2Paging::Bits32 => 2,
+            L2Paging::Pae => 3,
+            L2Paging::FourLevel => 4,
+            L2Paging::FiveLevel => 5,
+        }
+    }
+
+    /// L2's CR3 page in this mode: the table every walk starts at.
+    pub fn root(self) -> Target {
+        match self {
+            L2Paging::Bits32 => Target::PageDirectory,
+            L2Paging::Pae => Target::Pdpt,
+            L2Paging::FourLevel => Target::Pml4,
+            L2Paging::FiveLevel => Target::Pml5,
+        }
+    }
+
+    /// Whether L2 runs in long mode (64-bit code) rather than protected mode (32-bit code).
+    pub fn long_mode(self) -> bool {
+        matches!(self, L2Paging::FourLevel | L2Paging::FiveLevel)
     }
 }
 
@@ -184,6 +233,7 @@ pub struct Scenario {
     pub span: Span,
     pub ept_ad: EptAd,
     pub l2_ad: L2Ad,
+    pub l2_paging: L2Paging,
     /// The (vendor, path) pairs left after the matrix's exclusions, vendor-major.
     pub runs: Vec<(VendorKind, AccessPath)>,
 }
@@ -207,12 +257,20 @@ impl Scenario {
             span: point.span,
             ept_ad: point.ept_ad,
             l2_ad: point.l2_ad,
+            l2_paging: point.l2_paging,
             runs,
         }
     }
 
+    /// Whether the broken page is L2's CR3 page, which every access walks (its first
+    /// instruction fetch included).
+    pub fn breaks_root(&self) -> bool {
+        self.target == self.l2_paging.root()
+    }
+
     /// `<target>_<fault>_<access>`, then for each axis off its default a suffix:
-    /// `_nested_<size>`, `_l2_<size>`, `_offset`, `_crossing`, `_ept_ad_off`, `_l2_ad_set`.
+    /// `_nested_<size>`, `_l2_<size>`, `_offset`, `_crossing`, `_ept_ad_off`, `_l2_ad_set`,
+    /// `_pae`, `_32bit`, `_5level`.
     fn derived_name(point: &Point) -> String {
         let suffix =
             |off_default: bool, text: String| if off_default { text } else { String::new() };
@@ -237,6 +295,10 @@ impl Scenario {
                 format!("_ept_ad_{}", p.ept_ad),
             ),
             suffix(p.l2_ad != L2Ad::default(), format!("_l2_ad_{}", p.l2_ad)),
+            suffix(
+                p.l2_paging != L2Paging::default(),
+                format!("_{}", p.l2_paging),
+            ),
         ]
         .concat()
     }
@@ -249,7 +311,9 @@ impl Scenario {
         };
         let page = match point.target {
             Target::Final => "the page".to_string(),
-            Target::Pml4 => "anything (every walk starts at its CR3 page)".to_string(),
+            root if root == point.l2_paging.root() => {
+                "anything (every walk starts at its CR3 page)".to_string()
+            }
             table => format!("through its {}", table.name().replace('_', " ")),
         };
         let broken = match point.fault {
@@ -284,6 +348,12 @@ impl Scenario {
         if point.l2_ad == L2Ad::Set {
             text += ", L2's A/D bits already set";
         }
+        match point.l2_paging {
+            L2Paging::FourLevel => {}
+            L2Paging::Pae => text += ", L2 in PAE paging",
+            L2Paging::Bits32 => text += ", L2 in 32-bit paging",
+            L2Paging::FiveLevel => text += ", L2 in 5-level paging",
+        }
         text
     }
 }
@@ -315,6 +385,34 @@ struct Point {
     span: Span,
     ept_ad: EptAd,
     l2_ad: L2Ad,
+    l2_paging: L2Paging,
+}
+
+impl Point {
+    /// Why nestfault cannot build this point, if so: a table the mode's walk does not have, or
+    /// an axis the layout builds in 4-level paging only.
+    fn unbuildable(&self) -> Option<String> {
+        let mode = self.l2_paging;
+        if self
+            .target
+            .table_level()
+            .is_some_and(|level| level > mode.levels())
+        {
+            return Some(format!(
+                "{} does not exist in {mode} paging (its CR3 page is the {})",
+                self.target,
+                mode.root()
+            ));
+        }
+        if mode != L2Paging::FourLevel
+            && (self.l2_leaf != LeafSize::Size4K || self.span != Span::Within)
+        {
+            return Some(format!(
+                "l2_leaf and span are built with 4-level paging only, not {mode}"
+            ));
+        }
+        None
+    }
 }
 
 /// Seeds and scenario files spell a point out field by field (serde's `flatten` would not
@@ -331,6 +429,7 @@ macro_rules! point_of {
             span: $spelled.span,
             ept_ad: $spelled.ept_ad,
             l2_ad: $spelled.l2_ad,
+            l2_paging: $spelled.l2_paging,
         }
     };
 }
@@ -352,6 +451,7 @@ default_axis! {
     Span => Span::Within,
     EptAd => EptAd::On,
     L2Ad => L2Ad::Clear,
+    L2Paging => L2Paging::FourLevel,
 }
 
 /// A block's axis left out: the default value alone.
@@ -388,6 +488,8 @@ struct Block {
     ept_ad: Vec<EptAd>,
     #[serde(default = "only_default")]
     l2_ad: Vec<L2Ad>,
+    #[serde(default = "only_default")]
+    l2_paging: Vec<L2Paging>,
 }
 
 impl Block {
@@ -401,16 +503,19 @@ impl Block {
                             self.placement.iter().flat_map(move |&placement| {
                                 self.span.iter().flat_map(move |&span| {
                                     self.ept_ad.iter().flat_map(move |&ept_ad| {
-                                        self.l2_ad.iter().map(move |&l2_ad| Point {
-                                            target,
-                                            fault,
-                                            access,
-                                            nested_leaf,
-                                            l2_leaf,
-                                            placement,
-                                            span,
-                                            ept_ad,
-                                            l2_ad,
+                                        self.l2_ad.iter().flat_map(move |&l2_ad| {
+                                            self.l2_paging.iter().map(move |&l2_paging| Point {
+                                                target,
+                                                fault,
+                                                access,
+                                                nested_leaf,
+                                                l2_leaf,
+                                                placement,
+                                                span,
+                                                ept_ad,
+                                                l2_ad,
+                                                l2_paging,
+                                            })
                                         })
                                     })
                                 })
@@ -438,6 +543,7 @@ struct Exclusion {
     span: Option<Vec<Span>>,
     ept_ad: Option<Vec<EptAd>>,
     l2_ad: Option<Vec<L2Ad>>,
+    l2_paging: Option<Vec<L2Paging>>,
     path: Option<Vec<AccessPath>>,
     vendor: Option<Vec<VendorKind>>,
 }
@@ -456,6 +562,7 @@ impl Exclusion {
             && holds(&self.span, point.span)
             && holds(&self.ept_ad, point.ept_ad)
             && holds(&self.l2_ad, point.l2_ad)
+            && holds(&self.l2_paging, point.l2_paging)
             && holds(&self.path, path)
             && holds(&self.vendor, vendor)
     }
@@ -481,6 +588,8 @@ struct Seed {
     ept_ad: EptAd,
     #[serde(default)]
     l2_ad: L2Ad,
+    #[serde(default)]
+    l2_paging: L2Paging,
 }
 
 #[derive(Debug, Deserialize)]
@@ -513,6 +622,8 @@ struct ScenarioFile {
     ept_ad: EptAd,
     #[serde(default)]
     l2_ad: L2Ad,
+    #[serde(default)]
+    l2_paging: L2Paging,
     #[serde(default = "all_paths")]
     paths: Vec<AccessPath>,
     #[serde(default = "all_vendors")]
@@ -573,6 +684,12 @@ impl Matrix {
         };
         let mut seen: std::collections::HashMap<Point, &str> = Default::default();
         for (point, why) in points {
+            if let Some(problem) = point.unbuildable() {
+                return Err(invalid(format!(
+                    "block \"{why}\": {}: {problem}",
+                    Scenario::derived_name(&point)
+                )));
+            }
             if let Some(first) = seen.insert(point, why) {
                 return Err(invalid(format!(
                     "{} is spanned by two blocks (\"{first}\" and \"{why}\")",
@@ -675,6 +792,9 @@ impl Matrix {
         }
         if parsed.summary.trim().is_empty() {
             return Err(invalid("`summary` must say what L2 does".into()));
+        }
+        if let Some(problem) = point.unbuildable() {
+            return Err(invalid(problem));
         }
         let runs = self.runs(&point, &parsed.vendors, &parsed.paths);
         if runs.is_empty() {
@@ -856,9 +976,15 @@ mod tests {
             absent("final_page_write_protected_read"),
             "a read of a read-only page works"
         );
-        assert!(ids
-            .iter()
-            .all(|id| !id.contains("pml4_page") || id.ends_with("/hardware")));
+        for case in expand(&built_in().unwrap()) {
+            if case.scenario.breaks_root() {
+                assert_eq!(case.path, AccessPath::Hardware, "{}", case.id());
+            }
+        }
+        assert!(
+            ids.contains(&"vmx/pml4_page_unmapped_read_offset_5level/emulated".to_string()),
+            "below a PML5, the PML4 is an ordinary table"
+        );
     }
 
     #[test]
@@ -884,6 +1010,41 @@ mod tests {
             )
             .unwrap();
         assert_eq!(scenario.runs, [(VendorKind::Svm, AccessPath::Hardware)]);
+    }
+
+    #[test]
+    fn a_table_a_mode_does_not_have_is_refused() {
+        let matrix = matrix().unwrap();
+        let body = "summary = \"s\"\nfault = \"unmapped\"\naccess = \"read\"\n";
+        let error = matrix
+            .parse_file(
+                "a.toml",
+                &format!("{body}target = \"pdpt_page\"\nl2_paging = \"32bit\"\n"),
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("pdpt_page does not exist in 32bit paging") && error.contains("pd_page"),
+            "{error}"
+        );
+        let error = matrix
+            .parse_file(
+                "a.toml",
+                &format!("{body}target = \"pt_page\"\nl2_paging = \"pae\"\nspan = \"crossing\"\n"),
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("4-level paging only"), "{error}");
+        let scenario = matrix
+            .parse_file(
+                "a.toml",
+                &format!(
+                    "{body}target = \"pml5_page\"\nl2_paging = \"5level\"\naccess = \"fetch\"\n"
+                )
+                .replace("access = \"read\"\n", ""),
+            )
+            .unwrap();
+        assert!(scenario.breaks_root());
     }
 
     #[test]

@@ -138,6 +138,7 @@ pub struct Axes {
     pub span: String,
     pub ept_ad: String,
     pub l2_ad: String,
+    pub l2_paging: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -235,6 +236,7 @@ impl Verdict {
                 span: case.scenario.span.name().to_string(),
                 ept_ad: case.scenario.ept_ad.name().to_string(),
                 l2_ad: case.scenario.l2_ad.name().to_string(),
+                l2_paging: case.scenario.l2_paging.name().to_string(),
             },
             status,
             expected: ExitValues::default(),
@@ -347,9 +349,11 @@ pub fn judge(
         // explained); the expected failure's first line says which it is expected on.
         let mut named = Vec::new();
         for finding in &findings {
-            let shown = wrong_fields
-                .iter()
-                .find(|(field, wrong)| wrong & finding.explains(*field) != 0);
+            // Named where it shows and the field is wrong nowhere the findings do not explain
+            // (a GPA of 0 is no page-aligned GPA).
+            let shown = wrong_fields.iter().find(|&&(field, wrong)| {
+                wrong & finding.explains(field) != 0 && explained(&(field, wrong))
+            });
             let Some(&(field, _)) = shown else {
                 continue;
             };

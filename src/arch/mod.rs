@@ -12,7 +12,7 @@ use kvm_bindings::CpuId;
 use crate::machine::{CpuState, FaultSite};
 use crate::module_param;
 use crate::paging::{Format, LeafEdit};
-use crate::scenario::{AccessPath, Case, Fault, Placement, Scenario, Target, VendorKind};
+use crate::scenario::{AccessPath, Case, Fault, L2Paging, Placement, Scenario, VendorKind};
 
 pub use svm::{Svm, SvmCapabilities};
 pub use vmx::{Vmx, VmxCapabilities};
@@ -90,7 +90,8 @@ pub const PAGE_ALIGNED_GPA: Finding = Finding {
               page frame (walk_addr_generic: gfn_to_gpa(table_gfn), gfn_to_gpa(gfn)), so the \
               nested fault it synthesizes names the page, not the faulting byte or entry; no \
               upstream fix known",
-    fields: &[(Field::Gpa, !0)],
+    // The page's address differs from the exact one in the offset bits only.
+    fields: &[(Field::Gpa, 0xfff)],
     write_up: "docs/findings/page-aligned-gpa.md",
 };
 
@@ -98,7 +99,7 @@ pub const PAGE_ALIGNED_GPA: Finding = Finding {
 pub fn open_findings(case: &Case) -> Vec<&'static Finding> {
     let mut findings = Vec::new();
     let off_page_start = case.scenario.placement == Placement::Offset;
-    if emulator_walks(case.path) && off_page_start && case.scenario.target != Target::Pml4 {
+    if emulator_walks(case.path) && off_page_start && !case.scenario.breaks_root() {
         findings.push(&PAGE_ALIGNED_GPA);
     }
     if case.vendor == VendorKind::Vmx {
@@ -192,6 +193,20 @@ pub fn missing_nested_support(cpuid: &CpuId, kind: VendorKind) -> Option<String>
         "{}: KVM_GET_SUPPORTED_CPUID lacks {what}; {why}",
         kind.name().to_uppercase()
     ))
+}
+
+/// Why L1 cannot give L2 the scenario's paging mode, if so: 5-level paging needs LA57 in the
+/// vCPU's CPUID (leaf 7 ECX bit 16), which KVM offers only where the CPU has it and L0's own
+/// kernel runs with 5-level paging.
+pub fn unsupported_paging(cpuid: &CpuId, scenario: &Scenario) -> Option<String> {
+    (scenario.l2_paging == L2Paging::FiveLevel && !has_bit(cpuid, 7, |leaf| leaf.ecx, 16)).then(
+        || {
+            "KVM offers L1 no 5-level paging (LA57, CPUID 7 ECX bit 16): the CPU lacks it, or \
+             L0's kernel runs without it (no5lvl); QEMU's `-cpu max` has it, Bochs' Haswell \
+             model does not"
+                .to_string()
+        },
+    )
 }
 
 /// What KVM can offer a vCPU (KVM_GET_SUPPORTED_CPUID); on a nested-capable host this includes

@@ -10,7 +10,7 @@ use super::{
 use crate::machine::{CpuState, FaultSite, Segment, RFLAGS_FIXED};
 use crate::paging::{Format, LeafEdit, Perms};
 use crate::scenario::{
-    Access, AccessPath, Case, EptAd, Fault, L2Ad, LeafSize, Scenario, Span, Target,
+    Access, AccessPath, Case, EptAd, Fault, L2Ad, L2Paging, LeafSize, Scenario, Span, Target,
 };
 
 /// The KVM module that offers VMX.
@@ -83,12 +83,26 @@ fn walk_writes(scenario: &Scenario) -> bool {
         }
 }
 
-/// Whether the scenario ends without an EPT violation: a read-only L2 table page that the walk
-/// only reads (EPT A/D off, L2's A/D bits set).
-fn no_violation(scenario: &Scenario) -> bool {
-    scenario.target != Target::Final
+/// Why the scenario ends without an EPT violation, if it does: a read-only L2 table page that
+/// the walk only reads (EPT A/D off, L2's A/D bits set), or a PAE PDPT page, which the access
+/// never reads.
+fn no_violation(scenario: &Scenario) -> Option<&'static str> {
+    if scenario.l2_paging == L2Paging::Pae && scenario.target == Target::Pdpt {
+        Some(
+            "no EPT violation: with EPT on, VM entry loads a PAE L2's four PDPTEs from the VMCS \
+             (SDM 26.3.2.4), so L2's walks never read its PDPT page",
+        )
+    } else if scenario.target != Target::Final
         && scenario.fault == Fault::WriteProtected
         && !walk_writes(scenario)
+    {
+        Some(
+            "no EPT violation: with EPT A/D off and L2's A/D bits already set, L2's walk reads \
+             its tables and writes nothing (SDM 29.3.3.2)",
+        )
+    } else {
+        None
+    }
 }
 
 /// Every open finding of `case` (VMX): [`open_finding`]'s, and [`EPT_AD_OFF_TABLE_WRITES`] where
@@ -121,7 +135,7 @@ pub const MISCONFIG_QUALIFICATION_FIX: Fix = Fix {
 /// that started emulation (zero for I/O and #UD exits) or were stale. Every misconfiguration,
 /// on any path, needs [`MISCONFIG_QUALIFICATION_FIX`].
 pub fn fix_checked_by(case: &Case) -> Option<&'static Fix> {
-    if no_violation(&case.scenario) {
+    if no_violation(&case.scenario).is_some() {
         // Nothing but the exit reason is compared: no fix's bits can show.
         None
     } else if case.scenario.fault == Fault::ReservedBit {
@@ -172,6 +186,8 @@ mod field {
     pub const HOST_ES_SELECTOR: u64 = 0x0c00;
     pub const VMCS_LINK_POINTER: u64 = 0x2800;
     pub const GUEST_IA32_EFER: u64 = 0x2806;
+    /// GUEST_PDPTE0; PDPTE1-3 follow at a stride of 2 (SDM B.2.3).
+    pub const GUEST_PDPTE0: u64 = 0x280a;
     pub const HOST_IA32_EFER: u64 = 0x2c02;
     pub const EPT_POINTER: u64 = 0x201a;
     pub const GUEST_PHYSICAL_ADDRESS: u64 = 0x2400;
@@ -216,6 +232,7 @@ mod control {
 }
 
 const CR4_VMXE: u64 = 1 << 13;
+const EFER_LMA: u64 = 1 << 10;
 const MSR_FEATURE_CONTROL: u32 = 0x3a;
 const FEATURE_CONTROL_LOCKED: u64 = 1 << 0;
 const FEATURE_CONTROL_VMX_OUTSIDE_SMX: u64 = 1 << 2;
@@ -408,6 +425,12 @@ impl Vendor for Vmx {
         };
         use field::*;
         let caps = &self.capabilities;
+        // SDM 26.2.4: the "IA-32e mode guest" control must match the EFER.LMA VM entry loads.
+        let ia32e_mode = if l2.efer & EFER_LMA != 0 {
+            ENTRY_IA32E_MODE
+        } else {
+            0
+        };
         let mut writes = vec![
             (PIN_BASED_CONTROLS, adjust("pin-based", caps.pin, 0)?),
             // No I/O exiting and no I/O bitmaps: L0 must emulate L2's string I/O itself.
@@ -429,7 +452,7 @@ impl Vendor for Vmx {
             ),
             (
                 ENTRY_CONTROLS,
-                adjust("VM-entry", caps.entry, ENTRY_IA32E_MODE | ENTRY_LOAD_EFER)?,
+                adjust("VM-entry", caps.entry, ia32e_mode | ENTRY_LOAD_EFER)?,
             ),
             (EXCEPTION_BITMAP, 0),
             (
@@ -455,6 +478,12 @@ impl Vendor for Vmx {
             (HOST_TR_BASE, l1.tr.base),
             (HOST_GDTR_BASE, l1.gdt_base),
         ];
+        if let Some(pdptes) = l2.pae_pdptes {
+            // With EPT, VM entry takes a PAE guest's PDPTEs from here (SDM 26.3.2.4).
+            for (i, pdpte) in (0u64..).zip(pdptes) {
+                writes.push((GUEST_PDPTE0 + 2 * i, pdpte));
+            }
+        }
         // ES, CS, SS, DS, FS, GS, LDTR, TR: selectors, limits, access rights and bases are four
         // arrays with the same order and stride (SDM B.1.2, B.3.3, B.4.3).
         let segments = [
@@ -539,17 +568,13 @@ impl Vendor for Vmx {
         // an A or D bit in it (kvm-unit-tests' ept_access_test_paddr_*_ad_disabled: not present
         // reads 0x081; read-only and A clear, or D clear on a write, 0x0AB; A/D set, no exit).
         let table_write = walk_writes(scenario);
-        if no_violation(scenario) {
+        if let Some(why) = no_violation(scenario) {
             return Expectation {
                 code: Expected::exact(EXIT_REASON_VMCALL),
                 bits: Expected { value: 0, mask: 0 },
                 gpa: Expected { value: 0, mask: 0 },
                 linear_address: Some(Expected { value: 0, mask: 0 }),
-                notes: vec![
-                    "no EPT violation: with EPT A/D off and L2's A/D bits already set, L2's walk \
-                     reads its tables and writes nothing (SDM 29.3.3.2)"
-                        .to_string(),
-                ],
+                notes: vec![why.to_string()],
             };
         }
         let access = match (final_page, scenario.access) {
@@ -928,6 +953,7 @@ mod tests {
             code: Segment::CODE64,
             data: Segment::DATA,
             tr: Segment::TSS,
+            pae_pdptes: None,
         };
         let tables = NestedTables {
             root: 0x30_0000,
@@ -949,6 +975,27 @@ mod tests {
         assert_eq!(value(0x4822), Some(0x8b), "TR access rights");
         assert_eq!(value(0x4820), Some(1 << 16), "LDTR unusable");
         assert_eq!(value(0x0c0c), Some(0x18), "host TR selector");
+        assert_eq!(value(field::ENTRY_CONTROLS), Some(0x8200 | 0x11fb));
+        assert_eq!(value(field::GUEST_PDPTE0), None, "no PDPTEs outside PAE");
+        // A PAE L2: protected mode (no IA-32e mode guest), its PDPTEs in the VMCS.
+        let pae = CpuState {
+            efer: 0x800,
+            code: Segment::CODE32,
+            pae_pdptes: Some([0x21_0001, 0x22_0001, 0, 0x23_0001]),
+            ..state.clone()
+        };
+        let block = vmx().control_block(&state, &pae, tables).unwrap();
+        let value = |field| {
+            block
+                .writes
+                .iter()
+                .find(|w| w.field == field)
+                .map(|w| w.value)
+        };
+        assert_eq!(value(field::ENTRY_CONTROLS), Some(0x8000 | 0x11fb));
+        assert_eq!(value(field::GUEST_PDPTE0), Some(0x21_0001));
+        assert_eq!(value(field::GUEST_PDPTE0 + 6), Some(0x23_0001), "PDPTE3");
+        assert_eq!(value(0x4816), Some(0xc09b), "CS: 32-bit code");
         // Without EPT A/D offered (kvm_intel eptad=0), the rows that need them are not run;
         // those with EPT A/D off still are.
         let mut no_ad = VmxCapabilities::KVM_UNDER_BOCHS;

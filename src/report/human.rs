@@ -104,11 +104,12 @@ fn matrix(verdicts: &[Verdict], color: bool, out: &mut dyn Write) -> io::Result<
         writeln!(out)?;
         writeln!(
             out,
-            "{:<10} {:<15} {:<6} {:<7} {:<8} {:<8} {:<9} {:<COLUMN$} {:<COLUMN$} {}",
+            "{:<10} {:<15} {:<6} {:<7} {:<6} {:<8} {:<8} {:<9} {:<COLUMN$} {:<COLUMN$} {}",
             vendor.to_uppercase(),
             "fault",
             "access",
             "leaves",
+            "paging",
             "place",
             "span",
             "a/d",
@@ -126,8 +127,15 @@ fn matrix(verdicts: &[Verdict], color: bool, out: &mut dyn Write) -> io::Result<
                 "-".to_string()
             };
             let mut line = format!(
-                "{:<10} {:<15} {:<6} {:<7} {:<8} {:<8} {:<9}",
-                axes.target, axes.fault, axes.access, leaves, axes.placement, axes.span, ad
+                "{:<10} {:<15} {:<6} {:<7} {:<6} {:<8} {:<8} {:<9}",
+                axes.target,
+                axes.fault,
+                axes.access,
+                leaves,
+                axes.l2_paging,
+                axes.placement,
+                axes.span,
+                ad
             );
             for status in cells {
                 line.push(' ');

@@ -112,6 +112,7 @@ fn check(
             ("span", point.span.name()),
             ("ept_ad", point.ept_ad.name()),
             ("l2_ad", point.l2_ad.name()),
+            ("l2_paging", point.l2_paging.name()),
         ] {
             expect(
                 field(axis) == value,
@@ -587,7 +588,7 @@ mod tests {
                     "access": point.access.name(), "nested_leaf": point.nested_leaf.name(),
                     "l2_leaf": point.l2_leaf.name(), "placement": point.placement.name(),
                     "span": point.span.name(), "ept_ad": point.ept_ad.name(),
-                    "l2_ad": point.l2_ad.name(),
+                    "l2_ad": point.l2_ad.name(), "l2_paging": point.l2_paging.name(),
                     "expected": {"exit_info_1": format!("{expected:#x}")},
                     "actual": {"exit_info_1": format!("{actual:#x}")},
                     "diagnosis": diagnosis,
@@ -669,7 +670,7 @@ mod tests {
                     "access": point.access.name(), "nested_leaf": point.nested_leaf.name(),
                     "l2_leaf": point.l2_leaf.name(), "placement": point.placement.name(),
                     "span": point.span.name(), "ept_ad": point.ept_ad.name(),
-                    "l2_ad": point.l2_ad.name(),
+                    "l2_ad": point.l2_ad.name(), "l2_paging": point.l2_paging.name(),
                     "diagnosis": if names.is_empty() { "paths agree".to_string() } else { names.join("; ") },
                 })
             })
