@@ -12,7 +12,7 @@ use anyhow::Context;
 use crate::as_host;
 use crate::boot;
 use crate::environment::VendorEnvironment;
-use crate::kernel_mode::{Record, LOADED};
+use crate::kernel_mode::{Record, RecordWriter, LOADED};
 use crate::options::Cli;
 use crate::repeat;
 use crate::runner::{ExitAllowance, RunOptions};
@@ -20,8 +20,9 @@ use crate::runner::{ExitAllowance, RunOptions};
 /// /init: set up, run, report, power off.
 pub fn main() -> ! {
     let mut console = std::io::stdout();
+    let mut writer = RecordWriter::default();
     let mut say = |record: Record| {
-        let _ = writeln!(console, "{}", record.to_line());
+        let _ = writeln!(console, "{}", writer.line(record));
         let _ = console.flush();
     };
     match boot::inner_setup() {

@@ -11,6 +11,7 @@ use anyhow::Context;
 
 use crate::as_host::CommandResult;
 use crate::boot::{self, BootEnd, BootOptions, Emulator, KernelInput};
+use crate::console_stream::{Deflater, Inflater};
 use crate::debian;
 use crate::environment::{Environment, VendorEnvironment};
 use crate::options::Cli;
@@ -28,7 +29,8 @@ pub enum Record {
     /// What the vendor's KVM runs under inside the guest (its `machine` is left to the host,
     /// which knows the emulator).
     Environment(Box<VendorEnvironment>),
-    /// A case's run: the host puts it together with the case into a [`Verdict`].
+    /// A case's run: the host puts it together with the case into a [`Verdict`]. The guest
+    /// sends it as a chunk of the boot's compressed verdict stream ([`RecordWriter`]).
     Verdict(Box<RunResult>),
     /// What one `--as-host` command did.
     HostCommand(Box<CommandResult>),
@@ -67,17 +69,16 @@ impl Record {
     /// is one. A piece with text inside or after its record, or cut short, is not: taking the
     /// part that parses could turn a cut-off record plus console text into a wrong value.
     pub fn parse(line: &str) -> Vec<Record> {
-        let starts: Vec<usize> = line.match_indices(TAG).map(|(start, _)| start).collect();
-        let ends = starts.iter().skip(1).copied().chain([line.len()]);
-        starts
-            .iter()
-            .zip(ends)
-            .filter_map(|(&start, end)| Record::parse_body(&line[start + TAG.len()..end]))
+        pieces(line)
+            .into_iter()
+            .filter_map(|piece| match piece {
+                Piece::Record(record) => Some(record),
+                Piece::Chunk(_) => None,
+            })
             .collect()
     }
 
     fn parse_body(body: &str) -> Option<Record> {
-        let body = body.trim_end_matches(['\r', '\n']);
         let (kind, rest) = body.split_once(' ').unwrap_or((body, ""));
         match kind {
             "kernel" => serde_json::from_str(rest)
@@ -97,6 +98,101 @@ impl Record {
             "done" if rest.is_empty() => Some(Record::Done),
             _ => None,
         }
+    }
+}
+
+/// One piece of a console line: a record, or a chunk of the boot's compressed verdict stream.
+enum Piece {
+    Record(Record),
+    Chunk(String),
+}
+
+/// The kind of line that carries a chunk of the verdict stream.
+const CHUNK: &str = "zverdict ";
+
+/// The pieces of a console line, as [`Record::parse`] describes them.
+fn pieces(line: &str) -> Vec<Piece> {
+    let starts: Vec<usize> = line.match_indices(TAG).map(|(start, _)| start).collect();
+    let ends = starts.iter().skip(1).copied().chain([line.len()]);
+    starts
+        .iter()
+        .zip(ends)
+        .filter_map(|(&start, end)| {
+            let body = line[start + TAG.len()..end].trim_end_matches(['\r', '\n']);
+            match body.strip_prefix(CHUNK) {
+                // Checked whole when it is decoded: here only that it is one chunk.
+                Some(chunk) if chunk.split(' ').count() == 3 => {
+                    Some(Piece::Chunk(chunk.to_string()))
+                }
+                Some(_) => None,
+                None => Record::parse_body(body).map(Piece::Record),
+            }
+        })
+        .collect()
+}
+
+/// The guest's side of the console: every record as a line, verdicts through the boot's
+/// compressed stream.
+#[derive(Default)]
+pub struct RecordWriter {
+    deflater: Deflater,
+}
+
+impl RecordWriter {
+    pub fn line(&mut self, record: Record) -> String {
+        match record {
+            Record::Verdict(verdict) => {
+                format!("{TAG}{CHUNK}{}", self.deflater.chunk(&json_body(&verdict)))
+            }
+            other => other.to_line(),
+        }
+    }
+}
+
+/// The host's side: the records in each console line, verdicts decoded from the boot's stream.
+/// Once the stream breaks, [`RecordReader::broken`] says where and why, and later verdicts are
+/// not taken (they would decode against the wrong history).
+#[derive(Default)]
+pub struct RecordReader {
+    inflater: Inflater,
+    broken: Option<String>,
+}
+
+impl RecordReader {
+    pub fn parse(&mut self, line: &str) -> Vec<Record> {
+        let mut records = Vec::new();
+        for piece in pieces(line) {
+            let chunk = match piece {
+                Piece::Record(record) => {
+                    records.push(record);
+                    continue;
+                }
+                Piece::Chunk(chunk) => chunk,
+            };
+            let verdict = self
+                .inflater
+                .text(&chunk)
+                .map_err(|e| e.to_string())
+                .and_then(
+                    |text| match Record::parse_body(&format!("verdict {text}")) {
+                        Some(record @ Record::Verdict(_)) => Ok(record),
+                        _ => Err(format!("a decoded verdict is not one: {text}")),
+                    },
+                );
+            match verdict {
+                Ok(record) => records.push(record),
+                Err(why) if self.broken.is_none() => {
+                    self.broken = Some(format!("the console's verdict stream broke: {why}"))
+                }
+                Err(_) => {}
+            }
+        }
+        records
+    }
+
+    /// Why verdicts stopped being taken, if they did.
+    pub fn broken(&self) -> Option<&str> {
+        self.broken.as_deref()
     }
 }
 
@@ -425,11 +521,12 @@ fn boot_and_collect(
     // A run's result names its case by id; the boot's cases by theirs, computed once.
     let cases_by_id: HashMap<String, &Case> =
         planned.cases.iter().map(|case| (case.id(), case)).collect();
+    let mut reader = RecordReader::default();
     let mut on_line = |line: &str| {
         if let Some(modules) = line.trim_end().strip_prefix(LOADED) {
             shown.step(&format!("{} loaded {modules}", stamp(started)));
         }
-        for record in Record::parse(line) {
+        for record in reader.parse(line) {
             match record {
                 Record::Kernel(release) => outcome.kernel = Some(release),
                 Record::Environment(environment) => outcome.environment = Some(*environment),
@@ -481,6 +578,8 @@ fn boot_and_collect(
         ))
     } else if cli.bare_boot {
         Missing::Untestable("not run (--bare-boot)".into())
+    } else if let Some(why) = reader.broken() {
+        Missing::Unfinished(why.to_string())
     } else if done {
         Missing::Unfinished("the guest did not run this case".into())
     } else {
@@ -648,6 +747,42 @@ mod tests {
             };
             assert_eq!(Verdict::from_run(&case, (**result).clone()), sent, "{line}");
         }
+    }
+
+    #[test]
+    fn verdicts_cross_the_console_compressed_and_a_broken_stream_says_so() {
+        let record = || Record::Verdict(Box::new(verdict().run_result()));
+        let mut writer = RecordWriter::default();
+        let lines: Vec<String> = (0..3).map(|_| writer.line(record())).collect();
+        for line in &lines {
+            assert!(line.starts_with("@nestfault:zverdict "), "{line}");
+        }
+        assert!(
+            lines[2].len() * 2 < record().to_line().len(),
+            "{}",
+            lines[2]
+        );
+        assert_eq!(writer.line(Record::Done), "@nestfault:done");
+        let mut reader = RecordReader::default();
+        for line in &lines {
+            assert_eq!(reader.parse(&format!("noise{line}\r\n")), [record()]);
+        }
+        assert_eq!(reader.broken(), None);
+        // A chunk lost: nothing after it is taken, and the reason is kept.
+        let mut reader = RecordReader::default();
+        assert_eq!(reader.parse(&lines[0]), [record()]);
+        assert_eq!(reader.parse(&lines[2]), []);
+        assert_eq!(reader.parse(&lines[1]), []);
+        let why = reader.broken().unwrap();
+        assert!(
+            why.contains("chunk 2 arrived where chunk 1 was due"),
+            "{why}"
+        );
+        // Text after a chunk makes it no chunk at all.
+        assert_eq!(
+            RecordReader::default().parse(&format!("{} x", lines[0])),
+            []
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod cache_lock;
 pub mod caches;
 pub mod cli;
 pub mod clock;
+pub mod console_stream;
 pub mod debian;
 pub mod elf;
 pub mod environment;

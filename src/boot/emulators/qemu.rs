@@ -116,7 +116,7 @@ fn command(
     let mut command = Command::new(PROGRAM);
     command
         .args(cpu_args(emulator, fast))
-        .args(["-smp", "1"])
+        .args(["-smp", std::env::var("NF_SMP").as_deref().unwrap_or("1")])
         .args(machine_args(emulator, fast, opts.memory_mib))
         // No default devices, no network, no display: the serial port on
         // stdout is the guest's only connection. -no-reboot makes the reboot
