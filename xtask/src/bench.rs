@@ -21,9 +21,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-use crate::e2e::{build_nestfault, workspace_root};
+use crate::e2e::{build_nestfault, emulator_lacks, workspace_root};
 use crate::kernels::{self, CacheArg, FetchedKernel};
 use crate::tree;
+use nestfault::scenario;
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
@@ -348,12 +349,17 @@ fn case_durations(report: &[u8]) -> Result<Vec<u64>> {
     let results = report["results"]
         .as_array()
         .context("the report has no results")?;
+    let known = scenario::expand(&scenario::built_in()?);
     results
         .iter()
         .map(|case| {
             let status = case["status"].as_str().unwrap_or("(none)");
             // Every status of a case that ran and was judged; not a skip, an error or a case
-            // not run, which measure nothing.
+            // not run, which measure nothing (but for what the emulated CPU cannot run, which
+            // costs nothing either way and is left out).
+            if status == "not_run" && emulator_lacks_reason(&known, case) {
+                return Ok(None);
+            }
             if !matches!(status, "pass" | "fail" | "xfail" | "xpass") {
                 bail!(
                     "case {} ended as {status}, not judged, so the run measures nothing: {}",
@@ -363,9 +369,21 @@ fn case_durations(report: &[u8]) -> Result<Vec<u64>> {
             }
             case["duration_ms"]
                 .as_u64()
+                .map(Some)
                 .with_context(|| format!("a case without duration_ms: {case}"))
         })
+        .filter_map(Result::transpose)
         .collect()
+}
+
+/// Whether `case` (a JSON result) was not run because the emulated CPU lacks what it needs.
+fn emulator_lacks_reason(known: &[scenario::Case], case: &Value) -> bool {
+    let (id, diagnosis) = (case["id"].as_str(), case["diagnosis"].as_str());
+    known
+        .iter()
+        .find(|known| Some(known.id().as_str()) == id)
+        .and_then(emulator_lacks)
+        .is_some_and(|reason| diagnosis.is_some_and(|d| d.contains(reason)))
 }
 
 /// Unpacks the kernel's packages with dpkg-deb (once; kept under target/bench).
