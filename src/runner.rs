@@ -1,11 +1,9 @@
 //! Runs cases on this machine's KVM: one VM per case, the L1 stub inside, L2 through the scenario,
 //! and a verdict for each. Hardware paths run before emulated ones, so that every emulated verdict
-//! can say whether the emulator agreed with the CPU. Scenarios run side by side on as many
-//! threads as there are CPUs (up to [`MAX_WORKERS`]): each case has a VM of its own, and a
-//! scenario's paths stay on one thread, in order.
+//! can say whether the emulator agreed with the CPU.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, SyncSender};
 use std::time::{Duration, Instant};
 
@@ -35,7 +33,7 @@ pub struct RunOptions {
 /// own); it keeps its memory (about 0.5 MiB) and two file descriptors, which the allowance bounds.
 /// Shared by every [`run`] of a process, so that `--repeat` stays within it too.
 pub struct ExitAllowance {
-    left: AtomicUsize,
+    left: Cell<usize>,
 }
 
 impl ExitAllowance {
@@ -46,17 +44,15 @@ impl ExitAllowance {
 
     pub fn up_to(vms: usize) -> Self {
         ExitAllowance {
-            left: AtomicUsize::new(vms),
+            left: Cell::new(vms),
         }
     }
 
     /// Takes one VM off the allowance; false when it is used up.
     fn take(&self) -> bool {
-        self.left
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
-                left.checked_sub(1)
-            })
-            .is_ok()
+        let left = self.left.get();
+        self.left.set(left.saturating_sub(1));
+        left > 0
     }
 }
 
@@ -84,79 +80,45 @@ pub fn run(
     // Only a speed-up (see Anchor): a run without it gets the same verdicts.
     let _anchor = vm::Anchor::new(&kvm).ok();
     let forced_emulation = vm::forced_emulation_prefix();
-    let scenarios = by_scenario(cases);
-    let next = AtomicUsize::new(0);
     let mut verdicts: Vec<Option<Verdict>> = vec![None; cases.len()];
     std::thread::scope(|scope| {
         let reaper = Reaper::spawn(scope);
-        let (landed, verdicts_in) = mpsc::channel::<(usize, Verdict)>();
-        std::thread::scope(|workers_scope| {
-            for _ in 0..workers().min(scenarios.len()) {
-                let landed = landed.clone();
-                let (kvm, cpuid, reaper, next) = (&kvm, &cpuid, &reaper, &next);
-                let (scenarios, forced_emulation) = (&scenarios, &forced_emulation);
-                workers_scope.spawn(move || {
-                    while let Some(scenario) = scenarios.get(next.fetch_add(1, Ordering::Relaxed)) {
-                        // A scenario's hardware path first: its emulated paths are compared with it.
-                        let mut hardware: Option<Verdict> = None;
-                        for &i in scenario {
-                            let case = &cases[i];
-                            let missing = crate::arch::missing_nested_support(cpuid, case.vendor)
-                                .map(Missing::Nesting)
-                                .or_else(|| {
-                                    (case.path == AccessPath::Forced)
-                                        .then(|| {
-                                            forced_emulation.clone().err().map(Missing::Setting)
-                                        })
-                                        .flatten()
-                                });
-                            let verdict = match missing {
-                                _ if crate::interrupt::requested() => Verdict::without_run(
-                                    case,
-                                    Status::Error,
-                                    crate::interrupt::reason(),
-                                ),
-                                Some(Missing::Nesting(reason)) => {
-                                    Verdict::without_run(case, Status::Skip, reason)
-                                }
-                                Some(Missing::Setting(reason)) => {
-                                    Verdict::without_run(case, Status::NotRun, reason)
-                                }
-                                None => {
-                                    run_one(kvm, cpuid, case, options, hardware.as_ref(), reaper)
-                                }
-                            };
-                            if case.path == AccessPath::Hardware {
-                                hardware = Some(verdict.clone());
-                            }
-                            if landed.send((i, verdict)).is_err() {
-                                return;
-                            }
-                        }
+        for scenario in by_scenario(cases) {
+            // A scenario's hardware path first: its emulated paths are compared with it.
+            let mut hardware: Option<Verdict> = None;
+            for i in scenario {
+                let case = &cases[i];
+                let missing = crate::arch::missing_nested_support(&cpuid, case.vendor)
+                    .map(Missing::Nesting)
+                    .or_else(|| {
+                        (case.path == AccessPath::Forced)
+                            .then(|| forced_emulation.clone().err().map(Missing::Setting))
+                            .flatten()
+                    });
+                let verdict = match missing {
+                    _ if crate::interrupt::requested() => {
+                        Verdict::without_run(case, Status::Error, crate::interrupt::reason())
                     }
-                });
-            }
-            drop(landed);
-            // Each verdict is announced as it lands, on this thread, whichever worker ran it.
-            for (i, verdict) in verdicts_in {
+                    Some(Missing::Nesting(reason)) => {
+                        Verdict::without_run(case, Status::Skip, reason)
+                    }
+                    Some(Missing::Setting(reason)) => {
+                        Verdict::without_run(case, Status::NotRun, reason)
+                    }
+                    None => run_one(&kvm, &cpuid, case, options, hardware.as_ref(), &reaper),
+                };
+                if case.path == AccessPath::Hardware {
+                    hardware = Some(verdict.clone());
+                }
                 verdicts[i] = Some(announce(on_verdict, verdict));
             }
-        });
+        }
         // Leaving the scope waits for the reaper to destroy the last VMs.
     });
     verdicts
         .into_iter()
         .map(|v| v.expect("every case ran"))
         .collect()
-}
-
-/// Most threads a run uses: enough for the emulated L0's CPUs (QEMU gets two), few enough that
-/// a host's many CPUs do not turn a run into a load test of KVM.
-const MAX_WORKERS: usize = 4;
-
-/// How many scenarios run side by side: one per CPU, up to [`MAX_WORKERS`].
-fn workers() -> usize {
-    std::thread::available_parallelism().map_or(1, |cpus| cpus.get().min(MAX_WORKERS))
 }
 
 /// What keeps a case from running here.
