@@ -614,6 +614,17 @@ mod tests {
                 0,
                 "{id}: {gpa:#x} is a page, not the access"
             );
+            // Where the architecture puts the entry, whatever the builder did: entry 9, 7, 5 or
+            // 3 of the PT, PD, PDPT or PML4 (the offset placement), 4 bytes each with 32-bit
+            // paging, 8 otherwise (SDM vol. 3A 4.3-4.5).
+            if let Some(level) = case.scenario.target.table_level() {
+                let index = [9, 7, 5, 3][level as usize - 1];
+                let entry_bytes = match case.scenario.l2_paging {
+                    L2Paging::Bits32 => 4,
+                    _ => 8,
+                };
+                assert_eq!(gpa % PAGE_SIZE, index * entry_bytes, "{id}");
+            }
             assert_eq!(expectation.gpa.mask, !0, "{id}: the GPA is compared whole");
             if let Some(linear) = expectation.linear_address.filter(|l| l.mask != 0) {
                 let gva = fault_gva(case.scenario.l2_paging, Placement::Offset);

@@ -278,6 +278,11 @@ pub enum Field {
 impl Field {
     /// In the order verdicts list them.
     pub const ALL: [Field; 4] = [Field::Code, Field::Bits, Field::Gpa, Field::LinearAddress];
+
+    /// An address, whose bits mean nothing one by one (unlike the exit code's and bits').
+    pub fn is_address(self) -> bool {
+        matches!(self, Field::Gpa | Field::LinearAddress)
+    }
 }
 
 /// The exit L1 read back, by meaning.
