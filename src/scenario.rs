@@ -1015,36 +1015,24 @@ mod tests {
     #[test]
     fn a_table_a_mode_does_not_have_is_refused() {
         let matrix = matrix().unwrap();
-        let body = "summary = \"s\"\nfault = \"unmapped\"\naccess = \"read\"\n";
-        let error = matrix
-            .parse_file(
+        let file = |axes: &str| {
+            matrix.parse_file(
                 "a.toml",
-                &format!("{body}target = \"pdpt_page\"\nl2_paging = \"32bit\"\n"),
+                &format!("summary = \"s\"\nfault = \"unmapped\"\n{axes}"),
             )
-            .unwrap_err()
-            .to_string();
+        };
+        let refused = |axes: &str| file(axes).unwrap_err().to_string();
+        let error = refused("access = \"read\"\ntarget = \"pdpt_page\"\nl2_paging = \"32bit\"\n");
         assert!(
             error.contains("pdpt_page does not exist in 32bit paging") && error.contains("pd_page"),
             "{error}"
         );
-        let error = matrix
-            .parse_file(
-                "a.toml",
-                &format!("{body}target = \"pt_page\"\nl2_paging = \"pae\"\nspan = \"crossing\"\n"),
-            )
-            .unwrap_err()
-            .to_string();
+        let error = refused(
+            "access = \"read\"\ntarget = \"pt_page\"\nl2_paging = \"pae\"\nspan = \"crossing\"\n",
+        );
         assert!(error.contains("4-level paging only"), "{error}");
-        let scenario = matrix
-            .parse_file(
-                "a.toml",
-                &format!(
-                    "{body}target = \"pml5_page\"\nl2_paging = \"5level\"\naccess = \"fetch\"\n"
-                )
-                .replace("access = \"read\"\n", ""),
-            )
-            .unwrap();
-        assert!(scenario.breaks_root());
+        let root = file("access = \"fetch\"\ntarget = \"pml5_page\"\nl2_paging = \"5level\"\n");
+        assert!(root.unwrap().breaks_root());
     }
 
     #[test]

@@ -959,14 +959,16 @@ mod tests {
             root: 0x30_0000,
             accessed_dirty: true,
         };
-        let block = vmx().control_block(&state, &state, tables).unwrap();
-        let value = |field| {
+        // The value a control block writes to `field`, if any.
+        fn written(block: &ControlBlock, field: u64) -> Option<u64> {
             block
                 .writes
                 .iter()
                 .find(|w| w.field == field)
                 .map(|w| w.value)
-        };
+        }
+        let block = vmx().control_block(&state, &state, tables).unwrap();
+        let value = |field| written(&block, field);
         assert_eq!(block.revision, Some(0x11e5_7ed0));
         assert_eq!(value(field::EPT_POINTER), Some(0x30_005e));
         assert_eq!(value(field::PROC_BASED_CONTROLS), Some(0x8400_6172));
@@ -985,13 +987,7 @@ mod tests {
             ..state.clone()
         };
         let block = vmx().control_block(&state, &pae, tables).unwrap();
-        let value = |field| {
-            block
-                .writes
-                .iter()
-                .find(|w| w.field == field)
-                .map(|w| w.value)
-        };
+        let value = |field| written(&block, field);
         assert_eq!(value(field::ENTRY_CONTROLS), Some(0x8000 | 0x11fb));
         assert_eq!(value(field::GUEST_PDPTE0), Some(0x21_0001));
         assert_eq!(value(field::GUEST_PDPTE0 + 6), Some(0x23_0001), "PDPTE3");
