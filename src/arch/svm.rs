@@ -10,7 +10,7 @@ use super::{
 };
 use crate::machine::{CpuState, FaultSite, Segment, RFLAGS_FIXED};
 use crate::paging::{Format, LeafEdit, Perms};
-use crate::scenario::{Access, Case, Fault, LeafSize, Scenario, Target};
+use crate::scenario::{Access, Case, Fault, L2Paging, LeafSize, Scenario, Target};
 
 /// Before it, KVM gave every NPF it injected from the emulator GUEST_FINAL, whatever the stage.
 pub const STAGE_FIX: Fix = Fix {
@@ -382,12 +382,20 @@ impl Vendor for Svm {
         } else {
             PFERR_GUEST_PAGE
         };
+        let mut notes = Vec::new();
+        if scenario.l2_paging == L2Paging::Pae && scenario.target == Target::Pdpt {
+            notes.push(
+                "PAE under NPT: no PDPTE registers (the VMCB holds none); the walk reads the \
+                 PDPTE through L1's NPT as part of the access, and the #NPF is taken there"
+                    .to_string(),
+            );
+        }
         Expectation {
             code: Expected::exact(VMEXIT_NPF),
             bits: Expected::exact(error_code),
             gpa: Expected::exact(faulting_gpa(case, site)),
             linear_address: None,
-            notes: Vec::new(),
+            notes,
         }
     }
 
