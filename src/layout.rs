@@ -49,9 +49,10 @@ pub const FAULT_GVA: u64 = 0x80_0000_0000;
 /// The same, [`Placement::Offset`]: PML4 entry 3, PDPT entry 5, PD entry 7, PT entry 9, byte
 /// 0x5a8 of the page (a one-byte access stays inside it).
 pub const FAULT_GVA_OFFSET: u64 = (3 << 39) | (5 << 30) | (7 << 21) | (9 << 12) | 0x5a8;
-/// The aligned and offset addresses in L2's other paging modes: the same shape (the root's entry
-/// of its own, then entry 0 of every table and byte 0, or entries 5/7/9 and byte 0x5a8 from the
-/// top down), within 32 bits where L2 runs in protected mode.
+/// The aligned and offset addresses in L2's other paging modes, of the same shape: a root entry
+/// of their own, then entry 0 of every table below and byte 0, or the offset placement's entries
+/// (PML4 3, PDPT 5, PD 7, PT 9, as far as the mode has those tables) and byte 0x5a8; within 32
+/// bits where L2 runs in protected mode.
 const FAULT_GVA_5LEVEL: u64 = 1 << 48;
 const FAULT_GVA_OFFSET_5LEVEL: u64 = (2 << 48) | FAULT_GVA_OFFSET;
 const FAULT_GVA_PAE: u64 = 1 << 30;
