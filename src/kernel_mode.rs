@@ -173,12 +173,11 @@ impl RecordReader {
                 .inflater
                 .text(&chunk)
                 .map_err(|e| e.to_string())
-                .and_then(
-                    |text| match Record::parse_body(&format!("verdict {text}")) {
-                        Some(record @ Record::Verdict(_)) => Ok(record),
-                        _ => Err(format!("a decoded verdict is not one: {text}")),
-                    },
-                );
+                .and_then(|text| {
+                    serde_json::from_str(&text)
+                        .map(|result| Record::Verdict(Box::new(result)))
+                        .map_err(|error| format!("a decoded verdict is not one ({error}): {text}"))
+                });
             match verdict {
                 Ok(record) => records.push(record),
                 Err(why) if self.broken.is_none() => {
