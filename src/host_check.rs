@@ -91,14 +91,11 @@ fn readiness(
     for case in cases {
         let reason = match &vendor {
             Err(missing) => Some(missing.clone()),
-            Ok(vendor) => vendor
-                .unsupported(&case.scenario)
-                .or_else(|| arch::unsupported_paging(cpuid, &case.scenario))
-                .or_else(|| {
-                    (case.path == AccessPath::Forced)
-                        .then(|| forced.clone().err())
-                        .flatten()
-                }),
+            Ok(vendor) => arch::unsupported(vendor.as_ref(), cpuid, &case.scenario).or_else(|| {
+                (case.path == AccessPath::Forced)
+                    .then(|| forced.clone().err())
+                    .flatten()
+            }),
         };
         match reason {
             None => runnable += 1,

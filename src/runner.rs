@@ -206,8 +206,7 @@ fn run_one(
         Ok(Err(missing)) => return Verdict::without_run(case, Status::NotRun, missing),
         Err(error) => return harness_error(error.to_string()),
     };
-    let unsupported = vendor.unsupported(&case.scenario);
-    if let Some(reason) = unsupported.or_else(|| arch::unsupported_paging(cpuid, &case.scenario)) {
+    if let Some(reason) = arch::unsupported(vendor.as_ref(), cpuid, &case.scenario) {
         return Verdict::without_run(case, Status::NotRun, reason);
     }
     let image = match layout::build(case, vendor.as_ref(), L1_STUB) {

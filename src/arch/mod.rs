@@ -195,19 +195,27 @@ pub fn missing_nested_support(cpuid: &CpuId, kind: VendorKind) -> Option<String>
     ))
 }
 
+/// Why this vCPU cannot run `scenario`, if so: what the vendor's KVM does not offer L1
+/// ([`Vendor::unsupported`]), or L2's paging mode. The one answer the runner and `nestfault
+/// host` both give.
+pub fn unsupported(vendor: &dyn Vendor, cpuid: &CpuId, scenario: &Scenario) -> Option<String> {
+    vendor
+        .unsupported(scenario)
+        .or_else(|| unsupported_paging(cpuid, scenario))
+}
+
 /// Why L1 cannot give L2 the scenario's paging mode, if so: 5-level paging needs LA57 in the
 /// vCPU's CPUID (leaf 7 ECX bit 16), which KVM offers only where the CPU has it and L0's own
 /// kernel runs with 5-level paging.
-pub fn unsupported_paging(cpuid: &CpuId, scenario: &Scenario) -> Option<String> {
-    (scenario.l2_paging == L2Paging::FiveLevel && !has_bit(cpuid, 7, |leaf| leaf.ecx, 16)).then(
-        || {
-            "KVM offers L1 no 5-level paging (LA57, CPUID 7 ECX bit 16): the CPU lacks it, or \
-             L0's kernel runs without it (no5lvl); QEMU's `-cpu max` has it, Bochs' Haswell \
-             model does not"
-                .to_string()
-        },
-    )
+fn unsupported_paging(cpuid: &CpuId, scenario: &Scenario) -> Option<String> {
+    (scenario.l2_paging == L2Paging::FiveLevel && !has_bit(cpuid, 7, |leaf| leaf.ecx, 16))
+        .then(|| NO_5LEVEL_PAGING.to_string())
 }
+
+/// Why a 5-level case is not run where L1 has no LA57.
+pub const NO_5LEVEL_PAGING: &str = "KVM offers L1 no 5-level paging (LA57, CPUID 7 ECX bit 16): \
+     the CPU lacks it, or L0's kernel runs without it (no5lvl); QEMU's `-cpu max` has it, Bochs' \
+     Haswell model does not";
 
 /// What KVM can offer a vCPU (KVM_GET_SUPPORTED_CPUID); on a nested-capable host this includes
 /// SVM and NP or VMX.

@@ -53,10 +53,10 @@ fn missing_fixes(label: &str) -> Result<&'static [&'static Fix]> {
 
 /// What the emulated CPUs cannot give L1, so that a case stays "not run" with this reason under
 /// them: 5-level paging on VMX (Bochs' `corei7_haswell_4770` has no LA57; QEMU's `-cpu max`
-/// has it). Part of the reason nestfault gives, for the checks.
+/// has it). The reason nestfault gives, for the checks.
 pub fn emulator_lacks(case: &Case) -> Option<&'static str> {
     (case.vendor == VendorKind::Vmx && case.scenario.l2_paging == L2Paging::FiveLevel)
-        .then_some("KVM offers L1 no 5-level paging (LA57")
+        .then_some(arch::NO_5LEVEL_PAGING)
 }
 
 fn hex(value: &Value) -> Option<u64> {
@@ -130,7 +130,7 @@ fn check(
         if let Some(reason) = emulator_lacks(case) {
             expect(
                 status == "not_run" && diagnosis.contains(reason),
-                format!("{id}: {status}, wanted not_run ({reason}...); diagnosis: {diagnosis}"),
+                format!("{id}: {status}, wanted not_run ({reason}); diagnosis: {diagnosis}"),
             );
             continue;
         }
@@ -680,7 +680,7 @@ mod tests {
                 let findings = arch::open_findings(case);
                 let names: Vec<&str> = findings.iter().map(|f| f.name).collect();
                 let (status, diagnosis) = match emulator_lacks(case) {
-                    Some(reason) => ("not_run", format!("{reason}, CPUID 7 ECX bit 16)")),
+                    Some(reason) => ("not_run", reason.to_string()),
                     None if names.is_empty() => ("pass", "paths agree".to_string()),
                     None => ("xfail", names.join("; ")),
                 };
